@@ -1,0 +1,32 @@
+"""Benchmark fixtures. ``MUTUALBENCH_BENCH_SMOKE=1`` (CI) shrinks every benchmark to a quick
+check that the code runs; timings from smoke mode mean nothing."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SMOKE = os.environ.get("MUTUALBENCH_BENCH_SMOKE") == "1"
+SHARED_CIFAR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-jpeg75.tar.gz"
+
+
+@pytest.fixture(scope="session")
+def cifar_train():
+    """(images, labels, mean, std, name): the shared CIFAR-10 copy's train split when present,
+    else random images of the same shape; 2,000 images in smoke mode."""
+    if SHARED_CIFAR.exists():
+        from mutualbench.data import load_dataset
+
+        ds = load_dataset(SHARED_CIFAR)
+        images, labels, mean, std, name = ds.train_images, ds.train_labels, ds.mean, ds.std, ds.name
+    else:
+        rng = np.random.default_rng(0)
+        images = rng.integers(0, 256, (50_000, 32, 32, 3), dtype=np.uint8)
+        labels = np.repeat(np.arange(10), 5_000)
+        mean, std, name = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), "random-50k"
+    if SMOKE:
+        images, labels = images[::25], labels[::25]
+    return images, labels, mean, std, name

@@ -1,0 +1,123 @@
+"""The model interface every architecture implements.
+
+A ``FeatureModel`` is an ``nn.Module`` whose ``forward(x)`` returns logits and which can also
+return named intermediate feature maps ("taps") beside them, as hint training needs:
+
+    logits = model(x)
+    logits, feats = model(x, taps=("G",))      # feats["G"] is the tapped map
+    g = model.forward_to(x, "G")               # computes only what the tap needs
+
+``StagedModel`` implements it for networks that are a chain of stages followed by a head,
+with taps at stage boundaries (the blog's VGGs, CIFAR ResNets, wide ResNets).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+
+
+class FeatureModel(nn.Module):
+    """Base class: subclasses set ``arch_name`` and implement the tap machinery."""
+
+    arch_name: str = "?"
+
+    @property
+    def tap_names(self) -> tuple[str, ...]:
+        raise NotImplementedError
+
+    def check_tap(self, tap: str) -> None:
+        if tap not in self.tap_names:
+            known = ", ".join(self.tap_names) or "none"
+            raise UserError(
+                f"architecture {self.arch_name!r} has no feature tap {tap!r} (its taps: {known}); "
+                f"pick one of its taps, or an architecture that has {tap!r} "
+                "(see `mutualbench archs`)"
+            )
+
+    def forward_to(self, x: torch.Tensor, tap: str) -> torch.Tensor:
+        """The feature map at ``tap``; subclasses skip the layers after it."""
+        self.check_tap(tap)
+        return self(x, taps=(tap,))[1][tap]
+
+    def parameters_up_to(self, tap: str) -> Iterator[nn.Parameter]:
+        """Parameters that influence the feature map at ``tap`` (found by autograd)."""
+        self.check_tap(tap)
+        params = [p for p in self.parameters() if p.requires_grad]
+        x = torch.zeros(2, 3, 32, 32, device=params[0].device)
+        was_training = self.training
+        self.eval()  # no BatchNorm statistics may change
+        try:
+            out = self.forward_to(x, tap)
+        finally:
+            self.train(was_training)
+        grads = torch.autograd.grad(out.sum(), params, allow_unused=True)
+        return iter([p for p, g in zip(params, grads, strict=True) if g is not None])
+
+    @torch.no_grad()
+    def tap_shape(self, tap: str, image_size: int = 32) -> tuple[int, int, int]:
+        """(channels, height, width) of the tap for a square RGB input."""
+        self.check_tap(tap)
+        p = next(self.parameters())
+        x = torch.zeros(1, 3, image_size, image_size, device=p.device, dtype=p.dtype)
+        was_training = self.training
+        self.eval()
+        try:
+            return tuple(self.forward_to(x, tap).shape[1:])  # type: ignore[return-value]
+        finally:
+            self.train(was_training)
+
+
+class StagedModel(FeatureModel):
+    """A chain of named stages then a head; ``taps`` names the stages whose outputs are taps."""
+
+    def __init__(
+        self, arch_name: str, stages: Sequence[tuple[str, nn.Module]], head: nn.Module,
+        taps: Sequence[str],
+    ) -> None:
+        super().__init__()
+        self.arch_name = arch_name
+        self.stages = nn.ModuleDict(stages)
+        self.head = head
+        unknown = set(taps) - set(self.stages)
+        if unknown:
+            raise ValueError(f"taps {sorted(unknown)} are not stage names")
+        self._taps = tuple(taps)
+
+    @property
+    def tap_names(self) -> tuple[str, ...]:
+        return self._taps
+
+    def forward(self, x: torch.Tensor, taps: Sequence[str] = ()):
+        for tap in taps:
+            self.check_tap(tap)
+        feats = {}
+        for name, stage in self.stages.items():
+            x = stage(x)
+            if name in taps:
+                feats[name] = x
+        logits = self.head(x)
+        return (logits, feats) if taps else logits
+
+    def forward_to(self, x: torch.Tensor, tap: str) -> torch.Tensor:
+        self.check_tap(tap)
+        for name, stage in self.stages.items():
+            x = stage(x)
+            if name == tap:
+                return x
+        raise AssertionError("unreachable")
+
+    def parameters_up_to(self, tap: str) -> Iterator[nn.Parameter]:
+        self.check_tap(tap)
+        for name, stage in self.stages.items():
+            yield from stage.parameters()
+            if name == tap:
+                return
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,347 @@
+"""Data sets as uint8 arrays with provenance.
+
+``load_dataset(source)`` accepts ``cifar10`` / ``cifar100`` (torchvision, downloaded into the
+data root), a class-per-folder image tree, or a ``.tar.gz`` / ``.tgz`` / ``.tar`` / ``.zip``
+archive of one. Trees and archives are laid out as::
+
+    [optional top folder/]train/<class>/<image>   and   test/<class>/<image>
+
+Classes are the folder names in sorted order. Decoding happens once: the arrays are then
+cached in ``<data root>/cache/<name>-<sha256 prefix>.npz``, keyed by the source's checksum,
+and written atomically so that a failure never leaves a partial cache behind.
+Archives are never extracted to disk; members that are links, absolute paths or contain
+``..`` are rejected.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tarfile
+import zipfile
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from ..errors import DataError
+from ..progress import progress
+
+CACHE_FORMAT = 1
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".ppm", ".tif", ".tiff"}
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
+TORCHVISION_SETS = {"cifar10": "CIFAR10", "cifar100": "CIFAR100"}
+SPLITS = ("train", "test")
+LAYOUT_HELP = (
+    "expected layout: train/<class>/<image> and test/<class>/<image> (optionally inside one "
+    "top-level folder), the same classes in both splits"
+)
+
+
+def default_data_root() -> Path:
+    return Path(os.environ.get("MUTUALBENCH_DATA_ROOT") or Path.home() / ".cache" / "mutualbench")
+
+
+@dataclass
+class ImageDataset:
+    """A train/test split of images as uint8 arrays ``[N, H, W, 3]`` with int64 labels."""
+
+    name: str
+    classes: list[str]
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    sha256: str
+    source: str
+    cache_path: Path | None = None
+    from_cache: bool = False
+    mean: tuple[float, ...] = field(default=())
+    std: tuple[float, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if not self.mean:
+            self.mean, self.std = channel_stats(self.train_images)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        if name == "train":
+            return self.train_images, self.train_labels
+        if name == "test":
+            return self.test_images, self.test_labels
+        raise ValueError(f"unknown split {name!r}")
+
+    def counts(self) -> dict[str, list[int]]:
+        k = self.num_classes
+        return {s: np.bincount(self.split(s)[1], minlength=k).tolist() for s in SPLITS}
+
+    def provenance(self) -> dict:
+        return {
+            "name": self.name,
+            "source": self.source,
+            "sha256": self.sha256,
+            "classes": list(self.classes),
+            "train_size": int(len(self.train_labels)),
+            "test_size": int(len(self.test_labels)),
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }
+
+
+def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of uint8 images in [0, 1] units (float64 accumulation)."""
+    flat = images.reshape(-1, images.shape[-1])
+    mean = np.zeros(flat.shape[1])
+    sq = np.zeros(flat.shape[1])
+    for start in range(0, len(flat), 1 << 22):
+        chunk = flat[start : start + (1 << 22)].astype(np.float64) / 255.0
+        mean += chunk.sum(0)
+        sq += (chunk**2).sum(0)
+    mean /= len(flat)
+    std = np.sqrt(np.maximum(sq / len(flat) - mean**2, 0.0))
+    return tuple(round(float(v), 6) for v in mean), tuple(round(float(v), 6) for v in std)
+
+
+# ----------------------------------------------------------------------------- checksums
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_tree(root: Path) -> str:
+    """Checksum of a folder: every file's relative path and contents, in sorted order."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0")
+        h.update(hashlib.sha256(path.read_bytes()).digest())
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------- cache
+
+
+def _cache_path(root: Path, name: str, sha: str) -> Path:
+    return root / "cache" / f"{name}-{sha[:16]}.npz"
+
+
+def _read_cache(path: Path, source: str, sha: str) -> ImageDataset | None:
+    if not path.exists():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            if meta.get("format") != CACHE_FORMAT or meta.get("sha256") != sha:
+                return None
+            arrays = {k: z[k] for k in ("train_images", "train_labels", "test_images", "test_labels")}
+    except Exception:  # a damaged cache is rebuilt, never trusted
+        return None
+    return ImageDataset(
+        name=meta["name"], classes=meta["classes"], sha256=sha, source=source, cache_path=path,
+        from_cache=True, mean=tuple(meta["mean"]), std=tuple(meta["std"]), **arrays,
+    )
+
+
+def _write_cache(path: Path, ds: ImageDataset) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"format": CACHE_FORMAT, "name": ds.name, "classes": ds.classes, "sha256": ds.sha256,
+            "mean": list(ds.mean), "std": list(ds.std)}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, meta=np.array(json.dumps(meta)), train_images=ds.train_images,
+                     train_labels=ds.train_labels, test_images=ds.test_images,
+                     test_labels=ds.test_labels)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    ds.cache_path = path
+
+
+# ----------------------------------------------------------------------------- layout
+
+
+def _safe_parts(name: str, source: Path) -> tuple[str, ...]:
+    p = PurePosixPath(name.replace("\\", "/"))
+    if p.is_absolute() or ".." in p.parts or (p.parts and ":" in p.parts[0]):
+        raise DataError(f"{source}: unsafe member path {name!r} (absolute or with '..'); refusing to read it")
+    return tuple(part for part in p.parts if part not in ("", "."))
+
+
+def _is_image(parts: tuple[str, ...]) -> bool:
+    return (bool(parts) and not any(part.startswith(".") for part in parts)
+            and PurePosixPath(parts[-1]).suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _assemble(files: list[tuple[tuple[str, ...], bytes]], source: Path, name: str, sha: str) -> ImageDataset:
+    """Turn (path parts, encoded image) pairs into a dataset; checks the layout."""
+    if not files:
+        raise DataError(f"{source}: no images found; {LAYOUT_HELP}")
+    tops = {parts[0] for parts, _ in files}
+    if not tops & set(SPLITS) and len(tops) == 1:  # one wrapping folder
+        files = [(parts[1:], data) for parts, data in files]
+    grouped: dict[str, dict[str, list[tuple[str, bytes]]]] = {s: {} for s in SPLITS}
+    for parts, data in files:
+        if len(parts) != 3 or parts[0] not in SPLITS:
+            raise DataError(f"{source}: image {'/'.join(parts)!r} is not at <split>/<class>/<image>; {LAYOUT_HELP}")
+        grouped[parts[0]].setdefault(parts[1], []).append((parts[2], data))
+    for split in SPLITS:
+        if not grouped[split]:
+            raise DataError(f"{source}: no {split}/ images; {LAYOUT_HELP}")
+    if set(grouped["train"]) != set(grouped["test"]):
+        raise DataError(
+            f"{source}: train/ and test/ have different classes "
+            f"({sorted(set(grouped['train']) ^ set(grouped['test']))}); {LAYOUT_HELP}"
+        )
+    classes = sorted(grouped["train"])
+    from PIL import Image, UnidentifiedImageError
+
+    total = sum(len(v) for split in SPLITS for v in grouped[split].values())
+    arrays: dict[str, np.ndarray] = {}
+    shape = None
+    with progress(total=total, desc=f"decoding {name}", unit="img") as bar:
+        for split in SPLITS:
+            images, labels = [], []
+            for label, cls in enumerate(classes):
+                for fname, data in sorted(grouped[split][cls]):
+                    try:
+                        with Image.open(io.BytesIO(data)) as im:
+                            arr = np.asarray(im.convert("RGB"))
+                    except (UnidentifiedImageError, OSError, ValueError) as e:
+                        raise DataError(f"{source}: cannot decode {split}/{cls}/{fname} ({e}); the source is corrupt") from None
+                    if shape is None:
+                        shape = arr.shape
+                    elif arr.shape != shape:
+                        raise DataError(f"{source}: {split}/{cls}/{fname} is {arr.shape[1]}x{arr.shape[0]}, "
+                                        f"others are {shape[1]}x{shape[0]}; all images must share one size")
+                    images.append(arr)
+                    labels.append(label)
+                    bar.update(1)
+            arrays[f"{split}_images"] = np.stack(images)
+            arrays[f"{split}_labels"] = np.asarray(labels, dtype=np.int64)
+    return ImageDataset(name=name, classes=classes, sha256=sha, source=str(source), **arrays)
+
+
+def _read_tar(path: Path) -> list[tuple[tuple[str, ...], bytes]]:
+    files = []
+    try:
+        with tarfile.open(path, "r|*") as tar:  # streaming: never extracted to disk
+            for member in tar:
+                parts = _safe_parts(member.name, path)
+                if member.issym() or member.islnk() or member.isdev():
+                    raise DataError(f"{path}: member {member.name!r} is a link or device; refusing to read it")
+                if member.isfile() and _is_image(parts):
+                    f = tar.extractfile(member)
+                    files.append((parts, f.read() if f else b""))
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
+        raise DataError(
+            f"{path}: archive is corrupt or truncated ({type(e).__name__}: {e}); copy it again "
+            f"(compare its sha256) or point --data at an intact source; {LAYOUT_HELP}"
+        ) from None
+    return files
+
+
+def _read_zip(path: Path) -> list[tuple[tuple[str, ...], bytes]]:
+    files = []
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                parts = _safe_parts(info.filename, path)
+                if not info.is_dir() and _is_image(parts):
+                    files.append((parts, zf.read(info)))
+    except (zipfile.BadZipFile, EOFError, zlib.error, OSError) as e:
+        raise DataError(
+            f"{path}: zip archive is corrupt or truncated ({type(e).__name__}: {e}); copy it again "
+            f"or point --data at an intact source; {LAYOUT_HELP}"
+        ) from None
+    return files
+
+
+def _read_tree(root: Path) -> list[tuple[tuple[str, ...], bytes]]:
+    files = []
+    for p in sorted(root.rglob("*")):
+        parts = p.relative_to(root).parts
+        if p.is_file() and not p.is_symlink() and _is_image(parts):
+            files.append((parts, p.read_bytes()))
+    return files
+
+
+def archive_stem(path: Path) -> str:
+    name = path.name
+    for suffix in ARCHIVE_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
+def load_dataset(source: str | os.PathLike, root: str | os.PathLike | None = None) -> ImageDataset:
+    """Load ``source`` (``cifar10``, ``cifar100``, a folder or an archive), using the cache."""
+    root = Path(root) if root is not None else default_data_root()
+    src = str(source)
+    if src.lower() in TORCHVISION_SETS and not Path(src).exists():
+        return _load_torchvision(src.lower(), root)
+    path = Path(src).expanduser()
+    if not path.exists():
+        raise DataError(
+            f"data source {src!r} not found: give cifar10, cifar100, a class-per-folder image "
+            f"tree, or a .tar.gz/.zip archive of one ({LAYOUT_HELP})"
+        )
+    if path.is_dir():
+        name, sha, reader = path.resolve().name, sha256_tree(path), _read_tree
+    elif path.name.lower().endswith(ARCHIVE_SUFFIXES):
+        name, sha = archive_stem(path), sha256_file(path)
+        reader = _read_zip if path.name.lower().endswith(".zip") else _read_tar
+    else:
+        raise DataError(f"{path}: not a folder or a .tar.gz/.tgz/.tar/.zip archive; {LAYOUT_HELP}")
+    cache = _cache_path(root, name, sha)
+    cached = _read_cache(cache, str(path), sha)
+    if cached is not None:
+        return cached
+    ds = _assemble(reader(path), path, name, sha)
+    _write_cache(cache, ds)
+    return ds
+
+
+def _load_torchvision(name: str, root: Path) -> ImageDataset:
+    import torchvision
+
+    download_dir = root / "torchvision"
+    cls = getattr(torchvision.datasets, TORCHVISION_SETS[name])
+    try:
+        sets = {split: cls(str(download_dir), train=(split == "train"), download=True) for split in SPLITS}
+    except Exception as e:  # no network, a proxy error, a corrupt download...
+        raise DataError(
+            f"could not download {name} into {download_dir} ({type(e).__name__}: {e}). Without a "
+            "network, point --data at local files: a class-per-folder tree or a .tar.gz/.zip of "
+            "train/<class>/<image> and test/<class>/<image>, e.g. --data ../shared/data/cifar10-jpeg75.tar.gz"
+        ) from None
+    archive = download_dir / Path(cls.url).name
+    sha = sha256_file(archive) if archive.exists() else sha256_tree(download_dir / cls.base_folder)
+    cache = _cache_path(root, name, sha)
+    cached = _read_cache(cache, name, sha)
+    if cached is not None:
+        return cached
+    ds = ImageDataset(
+        name=name, classes=list(sets["train"].classes), sha256=sha, source=name,
+        train_images=np.asarray(sets["train"].data, dtype=np.uint8),
+        train_labels=np.asarray(sets["train"].targets, dtype=np.int64),
+        test_images=np.asarray(sets["test"].data, dtype=np.uint8),
+        test_labels=np.asarray(sets["test"].targets, dtype=np.int64),
+    )
+    _write_cache(cache, ds)
+    return ds
