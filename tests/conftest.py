@@ -71,3 +71,40 @@ def shared_cifar(tmp_path_factory):
 
     root = Path(os.environ.get("MUTUALBENCH_TEST_DATA_ROOT") or tmp_path_factory.mktemp("cifar-root"))
     return load_dataset(SHARED_CIFAR, root=root)
+
+
+@pytest.fixture(scope="session")
+def tiny_cifar(tmp_path_factory):
+    """A 32x32, 3-class data set (30 train / 9 test images per class) as a tar.gz, with
+    a session data root: (archive path, data root)."""
+    base = tmp_path_factory.mktemp("tiny-cifar")
+    rng = np.random.default_rng(1)
+    files = {}
+    for split, n in (("train", 30), ("test", 9)):
+        for label, c in enumerate(("ant", "bee", "cow")):
+            for i in range(n):
+                img = rng.integers(0, 90, (32, 32, 3), dtype=np.uint8)
+                img[..., label] += 120  # a learnable colour cue
+                files[f"{split}/{c}/{i:03d}.png"] = png_bytes(img)
+    root = base / "root"
+    root.mkdir()
+    return write_tar(base / "tiny-cifar.tar.gz", files), root
+
+
+def run_config(method="individual", data=None, **overrides):
+    """A complete, tiny config for ``Runner.run``; ``overrides`` are dotted keys."""
+    from mutualbench.config import DEFAULTS, apply_overrides
+
+    config = apply_overrides(DEFAULTS, [])
+    config.update(method=method, device="cpu")
+    config["data"].update(source=str(data), batch_size=16)
+    for key in ("train", "hint"):
+        config[key]["epochs"] = 2
+    config["teacher"]["train"]["epochs"] = 2
+    for key, value in overrides.items():
+        node = config
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node[p]
+        node[parts[-1]] = value
+    return config

@@ -47,6 +47,43 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .config import DEFAULTS, apply_overrides
+    from .engine import TrainingDiverged
+    from .run import Runner
+
+    config = apply_overrides(DEFAULTS, [])
+    config.update(method=args.method, seed=args.seed, arch=[a for a in args.arch.split(",") if a])
+    config["cohort"] = args.cohort if args.cohort is not None else len(config["arch"])
+    config["data"]["source"] = args.data
+    config["device"] = args.device
+    if args.teacher:
+        config["teacher"]["arch"] = args.teacher
+    if args.teacher_checkpoint:
+        config["teacher"]["checkpoint"] = args.teacher_checkpoint
+    if args.epochs is not None:
+        for key in ("train", "hint"):
+            config[key]["epochs"] = args.epochs
+        config["teacher"]["train"]["epochs"] = args.epochs
+    if args.train_subset is not None:
+        config["data"]["train_subset"] = args.train_subset
+    config = apply_overrides(config, args.set or [])
+    log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    runner = Runner(Path(args.out), data_root=args.data_root, device=config["device"], log=log)
+    try:
+        record = runner.run(config)
+    except TrainingDiverged as e:
+        print(f"error: training diverged: {e} (record marked failed in {args.out})", file=sys.stderr)
+        return 1
+    for name, m in record["models"].items():
+        print(f"{record['run_id']}  {name:9s} {m['arch']:18s} {m['params']:>11,} params  "
+              f"final {m['final_test_acc']:.2f}%  (best {m['best_test_acc_test_selected']:.2f}% at epoch "
+              f"{m['best_epoch_test_selected']}, selected on the test set)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -65,6 +102,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", default=None,
                    help="where downloads and caches live (default $MUTUALBENCH_DATA_ROOT or ~/.cache/mutualbench)")
     p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("run", help="train one method on one architecture with one seed; write a RunRecord")
+    p.add_argument("--method", required=True, help="individual, kd, mutual, fitnets or hint_mutual")
+    p.add_argument("--arch", default="seed_vgg_student",
+                   help="the (student) architecture; a comma-separated list gives a mixed cohort")
+    p.add_argument("--teacher", default=None, help="teacher architecture (default seed_vgg_teacher)")
+    p.add_argument("--teacher-checkpoint", default=None, help="load the teacher's weights instead of training it")
+    p.add_argument("--cohort", type=int, default=None, help="cohort size K for mutual methods (default: number of --arch names)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data", default="cifar10", help="cifar10, cifar100, a class-per-folder tree or archive")
+    p.add_argument("--data-root", default=None, help="downloads and caches (default $MUTUALBENCH_DATA_ROOT or ~/.cache/mutualbench)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs of every stage (training, hints, the teacher's training)")
+    p.add_argument("--train-subset", type=int, default=None, help="train on a fixed, seeded, class-balanced subset of N images")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key, e.g. --set kd.temperature=4")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--out", required=True, help="folder for the RunRecord (<run_id>.json) and weights")
+    p.add_argument("--quiet", action="store_true", help="no per-epoch log lines")
+    p.set_defaults(func=cmd_run)
     return parser
 
 

@@ -1,0 +1,173 @@
+"""The epoch loop shared by every stage of every method.
+
+For each stage in order and each of its epochs: train on every batch (the stage performs
+the updates), evaluate the stage's models on the test split, time both (synchronised on a
+GPU), append a per-epoch curve entry, and write a checkpoint atomically. A run that finds
+its checkpoint resumes from it to exactly the result it would have had: the loader's epoch
+order is a function of (seed, epoch) and the checkpoint holds every model, optimizer,
+schedule and RNG state. A non-finite loss stops the run with ``TrainingDiverged``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .io_utils import atomic_torch_save, safe_torch_load
+from .methods.base import Stage
+from .progress import progress
+
+CHECKPOINT_FORMAT = 1
+NAN_CHECK_EVERY = 50  # steps between finiteness checks (each one is a device sync)
+# Testing hook: SIGKILL this process right after the N-th checkpoint is written.
+FAULT_ENV = "MUTUALBENCH_FAULT_KILL_AFTER_EPOCHS"
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss became NaN or infinite."""
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader) -> float:
+    """Top-1 accuracy in percent over the whole loader."""
+    was_training = model.training
+    model.eval()
+    correct = torch.zeros((), dtype=torch.int64, device=loader.device)
+    for x, y in loader.epoch_batches(0):
+        correct += (model(x).argmax(-1) == y).sum()
+    model.train(was_training)
+    return 100.0 * correct.item() / loader.num_samples
+
+
+class Engine:
+    def __init__(self, models: dict[str, nn.Module], stages: list[Stage], train_loader, test_loader, *,
+                 device: torch.device, checkpoint_path: Path | None = None, run_id: str = "",
+                 desc: str = "", log: Callable[[str], None] | None = None) -> None:
+        self.models, self.stages = models, stages
+        self.train_loader, self.test_loader = train_loader, test_loader
+        self.device, self.checkpoint_path, self.run_id = device, checkpoint_path, run_id
+        self.desc, self.log = desc, log or (lambda msg: None)
+        self.curves: list[dict] = []
+        self.timings = {"train_s": 0.0, "eval_s": 0.0}
+        self.resumed_from_epoch = 0
+
+    # -------------------------------------------------------------- checkpoints
+    def _save(self, stage_index: int, stage_epoch: int, global_epoch: int) -> None:
+        if self.checkpoint_path is None:
+            return
+        state = {
+            "format": CHECKPOINT_FORMAT,
+            "run_id": self.run_id,
+            "stage_index": stage_index,
+            "stage_epoch": stage_epoch,
+            "global_epoch": global_epoch,
+            "models": {n: m.state_dict() for n, m in self.models.items()},
+            "stage_state": self.stages[stage_index].state_dict(),
+            "curves": self.curves,
+            "timings": self.timings,
+            "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+        }
+        atomic_torch_save(self.checkpoint_path, state)
+        fault = os.environ.get(FAULT_ENV)
+        if fault and global_epoch >= int(fault):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def _load(self) -> dict | None:
+        if self.checkpoint_path is None or not self.checkpoint_path.exists():
+            return None
+        state = safe_torch_load(self.checkpoint_path, "checkpoint")
+        if state.get("format") != CHECKPOINT_FORMAT or state.get("run_id") != self.run_id:
+            return None
+        for n, m in self.models.items():
+            m.load_state_dict(state["models"][n])
+        self.curves, self.timings = list(state["curves"]), dict(state["timings"])
+        torch.set_rng_state(state["rng"])
+        if self.device.type == "cuda" and state["cuda_rng"]:
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        return state
+
+    # -------------------------------------------------------------- the loop
+    def run(self) -> list[dict]:
+        state = self._load()
+        start_stage, start_epoch, global_epoch = 0, 0, 0
+        if state is not None:
+            start_stage, start_epoch, global_epoch = state["stage_index"], state["stage_epoch"], state["global_epoch"]
+            self.resumed_from_epoch = global_epoch
+            self.log(f"resuming {self.desc} after epoch {global_epoch} from {self.checkpoint_path}")
+        for si, stage in enumerate(self.stages):
+            if si < start_stage:
+                continue
+            stage.begin()
+            if state is not None and si == start_stage:
+                stage.load_state_dict(state["stage_state"])
+            first = start_epoch if si == start_stage else 0
+            for epoch in range(first, stage.epochs):
+                self._train_epoch(stage, epoch, global_epoch)
+                global_epoch += 1
+                self._save(si, epoch + 1, global_epoch)
+            stage.finish()
+        return self.curves
+
+    def _train_epoch(self, stage: Stage, epoch: int, global_epoch: int) -> None:
+        stage.train_mode()
+        sums: dict[str, torch.Tensor] = {}
+        batches = self.train_loader.epoch_batches(global_epoch)
+        bar = progress(total=len(self.train_loader), desc=f"{self.desc} {stage.name} {epoch + 1}/{stage.epochs}", unit="batch")
+        synchronize(self.device)
+        t0 = time.perf_counter()
+        steps = 0
+        for x, y in batches:
+            losses = stage.step(x, y)
+            for name, value in losses.items():
+                sums[name] = sums[name] + value if name in sums else value.clone()
+            steps += 1
+            if steps % NAN_CHECK_EVERY == 0:
+                self._check_finite(sums, stage, epoch, steps)
+            bar.update(1)
+        synchronize(self.device)
+        train_s = time.perf_counter() - t0
+        bar.close()
+        self._check_finite(sums, stage, epoch, steps)
+        stage.end_epoch()
+        stage.sync()
+        t1 = time.perf_counter()
+        accs = {name: evaluate(self.models[name], self.test_loader) for name in stage.eval_names}
+        synchronize(self.device)
+        eval_s = time.perf_counter() - t1
+        self.timings["train_s"] += train_s
+        self.timings["eval_s"] += eval_s
+        entry = {
+            "epoch": global_epoch + 1,
+            "stage": stage.name,
+            "stage_epoch": epoch + 1,
+            "train_loss": {n: float(v.item()) / max(steps, 1) for n, v in sums.items()},
+            "test_acc": accs,
+            "train_s": round(train_s, 4),
+            "eval_s": round(eval_s, 4),
+            "images_per_s": round(self.train_loader.num_samples / train_s, 1) if train_s > 0 else None,
+        }
+        self.curves.append(entry)
+        accs_txt = " ".join(f"{n}={a:.2f}%" for n, a in accs.items())
+        self.log(f"{self.desc} {stage.name} epoch {epoch + 1}/{stage.epochs}: {accs_txt} ({train_s:.1f}s train)")
+
+    def _check_finite(self, sums: dict[str, torch.Tensor], stage: Stage, epoch: int, steps: int) -> None:
+        for name, value in sums.items():
+            v = float(value.item())
+            if not math.isfinite(v):
+                raise TrainingDiverged(
+                    f"non-finite loss ({v}) for {name} in stage {stage.name!r}, epoch {epoch + 1}, by step {steps}; "
+                    "lower the learning rate, use --set loss.reduction=mean, or check the data"
+                )

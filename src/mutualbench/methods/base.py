@@ -1,0 +1,154 @@
+"""What a method is: the models it trains and a sequence of stages over the shared engine.
+
+A ``Method`` validates its config, then ``build(ctx)`` returns its models (named, with roles)
+and its stages. A ``Stage`` owns its optimizers and performs the parameter updates of one
+training step; the engine owns everything else (epochs, evaluation, timing, checkpoints).
+Adding a method is one new file that registers itself; the engine never changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..archs import FeatureModel, create_arch
+from ..config import derive_seed
+from ..errors import UserError
+from ..registry import Registry
+
+
+@dataclass
+class ModelSlot:
+    """A model of a run: ``role`` is what it is in the method (individual, student, cohort
+    member, teacher); ``trained`` is False for a frozen teacher."""
+
+    name: str
+    role: str
+    arch: str
+    module: FeatureModel
+    trained: bool = True
+
+
+@dataclass
+class BuildContext:
+    config: dict
+    device: torch.device
+    num_classes: int
+    teacher: FeatureModel | None = None
+    teacher_info: dict = field(default_factory=dict)
+
+    def new_model(self, arch: str, index: int) -> FeatureModel:
+        """Model ``index`` of the run, initialised from its own seed (seed, "init", index):
+        the same index gets the same initial weights in every method for a given seed."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(self.config["seed"], "init", index))
+            model = create_arch(arch, self.num_classes)
+        return model.to(self.device)
+
+    @property
+    def reduction(self) -> str:
+        return self.config["loss"]["reduction"]
+
+
+class Stage:
+    """One phase of a method (e.g. hint pretraining, then mutual learning).
+
+    Lifecycle per run: ``begin()`` (also on resume, before ``load_state_dict``), then per
+    epoch ``train_mode()``, ``step(x, y)`` per batch, ``end_epoch()``, ``sync()`` before
+    evaluation and checkpoints; ``finish()`` at the end.
+    """
+
+    name: str = "train"
+    epochs: int = 0
+    eval_names: tuple[str, ...] = ()  # models evaluated after each epoch of this stage
+
+    def begin(self) -> None:
+        pass
+
+    def train_mode(self) -> None:
+        raise NotImplementedError
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Update the parameters on one batch; return the (detached) losses by name."""
+        raise NotImplementedError
+
+    def end_epoch(self) -> None:
+        pass
+
+    def sync(self) -> None:
+        """Make the run's modules hold this stage's current weights (a no-op unless the
+        stage keeps weights elsewhere, as the fused cohort does)."""
+
+    def finish(self) -> None:
+        self.sync()
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class Method:
+    """A training method. Subclasses set ``name``, ``sections`` (the config sections their
+    result depends on), ``needs_teacher``, and implement ``build``."""
+
+    name: str = "?"
+    sections: tuple[str, ...] = ("data", "loss", "train")
+    needs_teacher: bool = False
+    needs_taps: bool = False
+
+    def check(self, config: dict) -> None:
+        """Method-specific config checks; raise ``UserError`` with the fix."""
+
+    def build(self, ctx: BuildContext) -> tuple[dict[str, ModelSlot], list[Stage]]:
+        raise NotImplementedError
+
+
+METHODS: Registry[type[Method]] = Registry("method")
+
+
+def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
+    def decorator(cls: type[Method]) -> type[Method]:
+        cls.name = name
+        return METHODS.register(name)(cls)
+
+    return decorator
+
+
+def get_method(name: str) -> Method:
+    return METHODS.get(name)()
+
+
+def cohort_archs(config: dict) -> list[str]:
+    """The student architecture of every cohort member (one arch repeated, or a list)."""
+    archs, k = list(config["arch"]), config["cohort"]
+    if len(archs) == 1:
+        return archs * k
+    if len(archs) != k:
+        raise UserError(f"--arch lists {len(archs)} architectures but the cohort has {k}; give one, or one per member")
+    return archs
+
+
+def resolve_tap(model: FeatureModel, requested: str | None, what: str) -> str:
+    if requested is None:
+        if len(model.tap_names) != 1:
+            taps = ", ".join(model.tap_names) or "none"
+            raise UserError(
+                f"{what}: architecture {model.arch_name!r} has taps ({taps}); choose one with --set hint.{what.split()[0]}_tap=NAME"
+                if model.tap_names else
+                f"{what}: architecture {model.arch_name!r} has no feature tap, so hint methods cannot use it; pick one with taps (see `mutualbench archs`)"
+            )
+        return model.tap_names[0]
+    model.check_tap(requested)
+    return requested
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model

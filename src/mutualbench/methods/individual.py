@@ -1,0 +1,25 @@
+"""``individual``: one model trained alone with cross-entropy."""
+
+from __future__ import annotations
+
+from ..errors import UserError
+from .base import BuildContext, Method, ModelSlot, register_method
+from .losses import cross_entropy
+from .stages import SupervisedStage
+
+
+@register_method("individual")
+class Individual(Method):
+    sections = ("data", "loss", "train")
+
+    def check(self, config: dict) -> None:
+        if config["cohort"] != 1 or len(config["arch"]) != 1:
+            raise UserError("individual trains one model: give one --arch and no --cohort")
+
+    def build(self, ctx: BuildContext):
+        arch = ctx.config["arch"][0]
+        model = ctx.new_model(arch, index=0)
+        red = ctx.reduction
+        stage = SupervisedStage("train", "model", model, lambda x, y: cross_entropy(model(x), y, red),
+                                ctx.config["train"], ctx.device)
+        return {"model": ModelSlot("model", "individual", arch, model)}, [stage]

@@ -1,0 +1,37 @@
+"""``kd``: Hinton et al. 2015. A frozen teacher (eval mode) and a student trained with
+CE(s, y) + alpha * T^2 * KL(softmax(t/T) || softmax(s/T))."""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import UserError
+from .base import BuildContext, Method, ModelSlot, register_method
+from .losses import kd_loss
+from .stages import SupervisedStage
+
+
+def kd_stage(ctx: BuildContext, student, name: str = "train") -> SupervisedStage:
+    teacher, kd, red = ctx.teacher, ctx.config["kd"], ctx.reduction
+
+    def loss_fn(x, y):
+        with torch.no_grad():
+            t = teacher(x)
+        return kd_loss(student(x), t, y, kd["temperature"], kd["alpha"], red)
+
+    return SupervisedStage(name, "student", student, loss_fn, ctx.config["train"], ctx.device, frozen=(teacher,))
+
+
+@register_method("kd")
+class KnowledgeDistillation(Method):
+    sections = ("data", "loss", "train", "kd", "teacher")
+    needs_teacher = True
+
+    def check(self, config: dict) -> None:
+        if config["cohort"] != 1 or len(config["arch"]) != 1:
+            raise UserError("kd trains one student: give one --arch and no --cohort")
+
+    def build(self, ctx: BuildContext):
+        arch = ctx.config["arch"][0]
+        student = ctx.new_model(arch, index=0)
+        return {"student": ModelSlot("student", "student", arch, student)}, [kd_stage(ctx, student)]

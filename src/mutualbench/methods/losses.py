@@ -1,0 +1,83 @@
+"""Losses of the suite, each with ``reduction`` "sum" (over the batch, as the blog does) or
+"mean". KL divergences are summed over classes in both cases.
+
+- ``cross_entropy(logits, y)``
+- ``kd_loss(s, t, y)``: CE(s, y) + alpha * T^2 * KL(softmax(t/T) || softmax(s/T))
+- ``mutual_losses(logits[K, B, C], y)``: for every member k at once,
+  CE(p_k, y) + w * sum_{l != k} KL(p_l || p_k), peers detached, w = 1/(K-1) ("mean", the
+  paper) or 1 ("sum", the official code)
+- ``hint_loss(guided, regressed)``: 1/2 * ||G - r(H)||^2 per image
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+REDUCTIONS = ("sum", "mean")
+
+
+def _reduce(per_sample: torch.Tensor, reduction: str) -> torch.Tensor:
+    """Reduce over the last (batch) dimension."""
+    if reduction == "sum":
+        return per_sample.sum(-1)
+    if reduction == "mean":
+        return per_sample.mean(-1)
+    raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+
+
+def cross_entropy(logits: torch.Tensor, target: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
+    """Cross-entropy; ``logits`` may carry leading model dimensions ``[..., B, C]``."""
+    logp = F.log_softmax(logits.float(), dim=-1)
+    nll = -logp.gather(-1, target.expand(*logits.shape[:-1]).unsqueeze(-1)).squeeze(-1)
+    return _reduce(nll, reduction)
+
+
+def kl_divergence(p_logits: torch.Tensor, q_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Per-sample KL(softmax(p/T) || softmax(q/T)), summed over classes; shape ``[..., B]``."""
+    logp = F.log_softmax(p_logits.float() / temperature, dim=-1)
+    logq = F.log_softmax(q_logits.float() / temperature, dim=-1)
+    return (logp.exp() * (logp - logq)).sum(-1)
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor,
+            temperature: float = 1.0, alpha: float = 1.0, reduction: str = "sum") -> torch.Tensor:
+    """Hinton et al. 2015: CE(s, y) + alpha * T^2 * KL(softmax(t/T) || softmax(s/T))."""
+    kl = kl_divergence(teacher_logits.detach(), student_logits, temperature)
+    return cross_entropy(student_logits, target, reduction) + alpha * temperature**2 * _reduce(kl, reduction)
+
+
+def peer_weight_value(peer_weight: str, k: int) -> float:
+    if peer_weight == "mean":
+        return 1.0 / (k - 1)
+    if peer_weight == "sum":
+        return 1.0
+    raise ValueError(f"peer_weight must be 'mean' or 'sum', got {peer_weight!r}")
+
+
+def mutual_losses(logits: torch.Tensor, target: torch.Tensor, peer_weight: str = "mean",
+                  reduction: str = "sum") -> torch.Tensor:
+    """Every cohort member's DML loss at once: ``logits`` is ``[K, B, C]``, result ``[K]``.
+
+    With P_l the detached peer distributions, sum_{l != k} KL(P_l || p_k) =
+    sum_{l != k} sum_c P_l log P_l  -  sum_c (sum_{l != k} P_l) log p_k, so one pass over the
+    stacked logits serves all members; there is no loop over pairs.
+    """
+    k = logits.shape[0]
+    if k < 2:
+        raise ValueError("a mutual cohort needs at least 2 members")
+    logp = F.log_softmax(logits.float(), dim=-1)  # [K, B, C]
+    peer_logp = logp.detach()
+    peer_p = peer_logp.exp()
+    neg_entropy = (peer_p * peer_logp).sum(-1)  # [K, B]
+    others_neg_entropy = neg_entropy.sum(0, keepdim=True) - neg_entropy  # sum over l != k
+    others_p = peer_p.sum(0, keepdim=True) - peer_p  # [K, B, C]
+    kl_sum = others_neg_entropy - (others_p * logp).sum(-1)  # [K, B]
+    ce = -logp.gather(-1, target.expand(k, -1).unsqueeze(-1)).squeeze(-1)  # [K, B]
+    return _reduce(ce + peer_weight_value(peer_weight, k) * kl_sum, reduction)
+
+
+def hint_loss(guided: torch.Tensor, regressed: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
+    """FitNets stage 1: 1/2 * ||G - r(H)||^2 per image, the guided map detached."""
+    per_sample = 0.5 * (guided.detach().float() - regressed.float()).pow(2).flatten(1).sum(1)
+    return _reduce(per_sample, reduction)

@@ -1,0 +1,39 @@
+"""``mutual``: Deep Mutual Learning (Zhang et al. 2018) of a cohort of K >= 2 students, each
+from its own initialisation; update order ``sequential`` (Algorithm 1) or ``simultaneous``."""
+
+from __future__ import annotations
+
+from ..errors import UserError
+from .base import BuildContext, Method, ModelSlot, cohort_archs, register_method
+
+
+def check_cohort(config: dict, method: str) -> None:
+    if config["cohort"] < 2 and len(config["arch"]) < 2:
+        raise UserError(f"{method} needs a cohort of at least 2 students: add --cohort 2 (or list two --arch names)")
+    cohort_archs(config)
+
+
+def build_cohort(ctx: BuildContext) -> dict[str, ModelSlot]:
+    slots = {}
+    for k, arch in enumerate(cohort_archs(ctx.config)):
+        name = f"student{k + 1}"
+        slots[name] = ModelSlot(name, "cohort member", arch, ctx.new_model(arch, index=k))
+    return slots
+
+
+def mutual_stage(ctx: BuildContext, slots: dict[str, ModelSlot]):
+    from ..cohort import make_mutual_stage
+
+    return make_mutual_stage({n: s.module for n, s in slots.items()}, ctx)
+
+
+@register_method("mutual")
+class MutualLearning(Method):
+    sections = ("data", "loss", "train", "mutual")
+
+    def check(self, config: dict) -> None:
+        check_cohort(config, "mutual")
+
+    def build(self, ctx: BuildContext):
+        slots = build_cohort(ctx)
+        return slots, [mutual_stage(ctx, slots)]

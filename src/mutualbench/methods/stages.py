@@ -1,0 +1,181 @@
+"""The stages methods are made of: supervised training of one model (CE or KD), FitNets hint
+pretraining, and mutual learning of a cohort (plain paths; the fused cohort step lives in
+``mutualbench.cohort``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from ..archs import FeatureModel
+from ..config import derive_seed
+from ..errors import UserError
+from ..optim import Trainer
+from .base import Stage
+from .losses import hint_loss, mutual_losses
+
+
+class SupervisedStage(Stage):
+    """Train one model with ``loss_fn(x, y)``; ``frozen`` modules (a teacher) stay in eval mode."""
+
+    def __init__(self, name: str, model_name: str, model: nn.Module, loss_fn: Callable, train_cfg: dict,
+                 device: torch.device, frozen: tuple[nn.Module, ...] = ()) -> None:
+        self.name, self.model_name, self.model, self.loss_fn = name, model_name, model, loss_fn
+        self.cfg, self.device, self.frozen = train_cfg, device, frozen
+        self.epochs = train_cfg["epochs"]
+        self.eval_names = (model_name,)
+
+    def begin(self) -> None:
+        self.trainer = Trainer(self.model.parameters(), self.cfg["optimizer"], self.cfg["schedule"], self.epochs, self.device)
+
+    def train_mode(self) -> None:
+        self.model.train()
+        for m in self.frozen:
+            m.eval()
+
+    def step(self, x, y):
+        loss = self.loss_fn(x, y)
+        self.trainer.step(loss)
+        return {self.model_name: loss.detach()}
+
+    def end_epoch(self) -> None:
+        self.trainer.end_epoch()
+
+    def state_dict(self) -> dict:
+        return {"trainer": self.trainer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.trainer.load_state_dict(state["trainer"])
+
+
+class HintStage(Stage):
+    """FitNets stage 1 for every student: its layers up to ``student_tap`` plus a conv
+    regressor are trained to minimise 1/2 ||G - r(H)||^2 against the frozen teacher's
+    ``teacher_tap``; nothing else moves. Each student has its own regressor and optimizer."""
+
+    name = "hint"
+
+    def __init__(self, students: dict[str, FeatureModel], teacher: FeatureModel, student_tap: str,
+                 teacher_tap: str, hint_cfg: dict, reduction: str, seed: int, device: torch.device) -> None:
+        self.students, self.teacher = students, teacher
+        self.student_tap, self.teacher_tap = student_tap, teacher_tap
+        self.cfg, self.reduction, self.seed, self.device = hint_cfg, reduction, seed, device
+        self.epochs = hint_cfg["epochs"]
+        self.eval_names = tuple(students)
+        g_shape = teacher.tap_shape(teacher_tap)
+        self.regressors = nn.ModuleDict()
+        for index, (name, student) in enumerate(students.items()):
+            h_shape = student.tap_shape(student_tap)
+            if h_shape[1:] != g_shape[1:]:
+                raise UserError(
+                    f"hint tap {student_tap!r} of {student.arch_name} is {h_shape[1]}x{h_shape[2]} but the "
+                    f"teacher's {teacher_tap!r} is {g_shape[1]}x{g_shape[2]}; choose taps of the same spatial size"
+                )
+            k = hint_cfg["regressor_kernel"]
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(derive_seed(seed, "regressor", index))
+                self.regressors[name] = nn.Conv2d(h_shape[0], g_shape[0], k, padding=k // 2).to(device)
+
+    def hinted_parameters(self, name: str) -> list[nn.Parameter]:
+        return list(self.students[name].parameters_up_to(self.student_tap)) + list(self.regressors[name].parameters())
+
+    def begin(self) -> None:
+        self.trainers = {name: Trainer(self.hinted_parameters(name), self.cfg["optimizer"], self.cfg["schedule"],
+                                       self.epochs, self.device) for name in self.students}
+
+    def train_mode(self) -> None:
+        self.teacher.eval()
+        for s in self.students.values():
+            s.train()
+        self.regressors.train()
+
+    def step(self, x, y):
+        with torch.no_grad():
+            guided = self.teacher.forward_to(x, self.teacher_tap)
+        losses = {}
+        for name, student in self.students.items():
+            hint = student.forward_to(x, self.student_tap)
+            loss = hint_loss(guided, self.regressors[name](hint), self.reduction)
+            self.trainers[name].step(loss)
+            losses[name] = loss.detach()
+        return losses
+
+    def end_epoch(self) -> None:
+        for t in self.trainers.values():
+            t.end_epoch()
+
+    def state_dict(self) -> dict:
+        return {"regressors": self.regressors.state_dict(),
+                "trainers": {n: t.state_dict() for n, t in self.trainers.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.regressors.load_state_dict(state["regressors"])
+        for n, t in self.trainers.items():
+            t.load_state_dict(state["trainers"][n])
+
+
+class MutualStage(Stage):
+    """Deep mutual learning of a cohort, plain paths.
+
+    ``sequential``: the paper's Algorithm 1. For each member k in turn: its loss against the
+    peers' current predictions, an update, then its predictions are recomputed for the
+    members after it. ``simultaneous``: one set of predictions, every member updated
+    together (one backward of sum_k L_k, peers detached; one optimizer over all members is
+    exactly K optimizers since Adam and SGD act element-wise).
+    """
+
+    name = "mutual"
+
+    def __init__(self, members: dict[str, nn.Module], train_cfg: dict, mutual_cfg: dict, reduction: str,
+                 device: torch.device) -> None:
+        self.members, self.cfg, self.device = members, train_cfg, device
+        self.order, self.peer_weight = mutual_cfg["update_order"], mutual_cfg["peer_weight"]
+        self.reduction = reduction
+        self.epochs = train_cfg["epochs"]
+        self.eval_names = tuple(members)
+
+    def begin(self) -> None:
+        opt, sched = self.cfg["optimizer"], self.cfg["schedule"]
+        if self.order == "sequential":
+            self.trainers = [Trainer(m.parameters(), opt, sched, self.epochs, self.device) for m in self.members.values()]
+        else:
+            params = [p for m in self.members.values() for p in m.parameters()]
+            self.trainers = [Trainer(params, opt, sched, self.epochs, self.device)]
+
+    def train_mode(self) -> None:
+        for m in self.members.values():
+            m.train()
+
+    def step(self, x, y):
+        names, models = list(self.members), list(self.members.values())
+        if self.order == "simultaneous":
+            losses = mutual_losses(torch.stack([m(x) for m in models]), y, self.peer_weight, self.reduction)
+            self.trainers[0].step(losses.sum())
+            return dict(zip(names, losses.detach(), strict=True))
+        # sequential (Algorithm 1)
+        with torch.no_grad():
+            current = [None] + [m(x) for m in models[1:]]
+        out = {}
+        for k, model in enumerate(models):
+            logits = model(x)
+            stacked = torch.stack([logits if j == k else current[j] for j in range(len(models))])
+            loss = mutual_losses(stacked, y, self.peer_weight, self.reduction)[k]
+            self.trainers[k].step(loss)
+            out[names[k]] = loss.detach()
+            if k < len(models) - 1:
+                with torch.no_grad():
+                    current[k] = model(x)
+        return out
+
+    def end_epoch(self) -> None:
+        for t in self.trainers:
+            t.end_epoch()
+
+    def state_dict(self) -> dict:
+        return {"trainers": [t.state_dict() for t in self.trainers]}
+
+    def load_state_dict(self, state: dict) -> None:
+        for t, s in zip(self.trainers, state["trainers"], strict=True):
+            t.load_state_dict(s)

@@ -1,0 +1,237 @@
+"""One seeded run of one method: resolve the config, get the data and (if needed) a
+teacher, train through the engine, and write the RunRecord.
+
+Output layout for ``out_dir``::
+
+    <run_id>.json          the RunRecord (written atomically; the run's only result file)
+    <run_id>/checkpoint.pt while running: the per-epoch checkpoint a rerun resumes from
+    <run_id>/final.pt      the trained weights ({"models": {name: state_dict}}), used to reuse
+                           a teacher; loaded with weights_only=True
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from .archs import FeatureModel, count_parameters, create_arch, is_known_arch
+from .config import DEFAULTS, run_id, validate
+from .data import DeviceLoader, ImageDataset, load_dataset
+from .data.sources import sha256_file
+from .engine import Engine, TrainingDiverged
+from .envinfo import environment, resolve_device
+from .errors import UserError
+from .io_utils import atomic_torch_save, safe_torch_load
+from .methods import METHODS, BuildContext, get_method
+from .methods.base import resolve_tap
+from .records import SCHEMA_VERSION, complete_record, write_record
+
+TOP_LEVEL = ("method", "arch", "cohort", "seed")
+EVAL_BATCH_SIZE = 1000
+
+
+def resolve(config: dict) -> dict:
+    """Check a full config (registries included) and keep only what the method's result
+    depends on; the run id hashes exactly this."""
+    validate(config)
+    if config["method"] not in METHODS:
+        raise UserError(METHODS.unknown_message(config["method"]))
+    method = get_method(config["method"])
+    if isinstance(config["arch"], str):
+        config = dict(config, arch=[a for a in config["arch"].split(",") if a])
+    for arch in config["arch"]:
+        if not is_known_arch(arch):
+            create_arch(arch)  # raises the helpful unknown-name error
+    method.check(config)
+    resolved = {k: copy.deepcopy(config[k]) for k in TOP_LEVEL}
+    for section in method.sections:
+        resolved[section] = copy.deepcopy(config[section])
+    if method.needs_teacher and not is_known_arch(config["teacher"]["arch"]):
+        create_arch(config["teacher"]["arch"])
+    if method.needs_taps:
+        hint = config["hint"]
+        for arch in config["arch"]:
+            resolve_tap(create_arch(arch), hint["student_tap"], "student tap")
+        resolve_tap(create_arch(config["teacher"]["arch"]), hint["teacher_tap"], "teacher tap")
+    return resolved
+
+
+def teacher_config(config: dict) -> dict:
+    """The ``individual`` run that trains this config's teacher (same seed and data)."""
+    t = config["teacher"]
+    cfg = copy.deepcopy(DEFAULTS)
+    cfg.update(method="individual", arch=[t["arch"]], cohort=1, seed=config["seed"])
+    cfg["data"], cfg["loss"], cfg["train"] = copy.deepcopy(config["data"]), copy.deepcopy(config["loss"]), copy.deepcopy(t["train"])
+    return cfg
+
+
+def load_state_dict_file(path: Path, model: FeatureModel, what: str) -> None:
+    state = safe_torch_load(path, what)
+    if isinstance(state, dict) and "models" in state and isinstance(state["models"], dict):
+        if len(state["models"]) != 1:
+            raise UserError(f"{what} {path} holds {len(state['models'])} models ({', '.join(state['models'])}); give a single model's weights")
+        state = next(iter(state["models"].values()))
+    if not isinstance(state, dict):
+        raise UserError(f"{what} {path} is not a state_dict")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise UserError(f"{what} {path} does not fit architecture {model.arch_name!r}: {str(e).splitlines()[0]}") from None
+
+
+class Runner:
+    """Executes runs into one output folder, sharing the loaded data set and reusing
+    teachers (and any complete run) found there."""
+
+    def __init__(self, out_dir: Path, *, data_root: Path | None = None, device: str = "auto",
+                 log: Callable[[str], None] | None = None) -> None:
+        self.out_dir = Path(out_dir)
+        self.data_root = data_root
+        self.device = resolve_device(device)
+        self.log = log or (lambda msg: None)
+        self._datasets: dict[str, ImageDataset] = {}
+
+    def dataset(self, source: str) -> ImageDataset:
+        if source not in self._datasets:
+            self._datasets[source] = load_dataset(source, root=self.data_root)
+        return self._datasets[source]
+
+    def prepare(self, config: dict) -> tuple[dict, str, ImageDataset, Path | None]:
+        """Validate everything that can be checked before training; returns the resolved
+        config, its run id, the data set and the explicit teacher checkpoint (if any)."""
+        resolved = resolve(config)
+        ckpt = None
+        extra = ""
+        if get_method(resolved["method"]).needs_teacher and resolved["teacher"]["checkpoint"]:
+            ckpt = Path(resolved["teacher"]["checkpoint"])
+            safe_torch_load(ckpt, "teacher checkpoint")  # fail before any training
+            extra = sha256_file(ckpt)
+        ds = self.dataset(resolved["data"]["source"])
+        return resolved, run_id(resolved, ds.sha256 + extra), ds, ckpt
+
+    def run(self, config: dict) -> dict:
+        resolved, rid, ds, ckpt = self.prepare(config)
+        done = complete_record(self.out_dir, rid)
+        if done is not None:
+            self.log(f"{rid}: complete record found, nothing to run")
+            return done
+        teacher, teacher_info = None, {}
+        method = get_method(resolved["method"])
+        if method.needs_teacher:
+            teacher, teacher_info = self._teacher(resolved, config, ds, ckpt)
+        return self._execute(resolved, rid, ds, method, teacher, teacher_info)
+
+    # ------------------------------------------------------------------ teacher
+    def _teacher(self, resolved: dict, config: dict, ds: ImageDataset, ckpt: Path | None):
+        arch = resolved["teacher"]["arch"]
+        teacher = create_arch(arch, ds.num_classes)
+        if ckpt is not None:
+            load_state_dict_file(ckpt, teacher, "teacher checkpoint")
+            info = {"source": "checkpoint", "path": str(ckpt), "sha256": sha256_file(ckpt)}
+        else:
+            tcfg = teacher_config(config)
+            t_resolved, t_rid, _, _ = self.prepare(tcfg)
+            reused = complete_record(self.out_dir, t_rid) is not None
+            if not reused:
+                self.log(f"training the teacher ({arch}) as run {t_rid}")
+            record = self.run(tcfg)
+            final = self.out_dir / t_rid / "final.pt"
+            if not final.exists():
+                raise UserError(f"teacher run {t_rid} is complete but its weights {final} are missing; delete {t_rid}.json to retrain it")
+            load_state_dict_file(final, teacher, "teacher weights")
+            info = {"source": "reused" if reused else "trained", "run_id": t_rid,
+                    "final_test_acc": record["models"]["model"]["final_test_acc"]}
+        teacher = teacher.to(self.device)
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        teacher.eval()
+        info.update(arch=arch, params=count_parameters(teacher))
+        return teacher, info
+
+    # ------------------------------------------------------------------ training
+    def _loaders(self, resolved: dict, ds: ImageDataset):
+        d, seed = resolved["data"], resolved["seed"]
+        mean, std = (ds.mean, ds.std) if d["normalize"] else (None, None)
+        train = DeviceLoader(ds.train_images, ds.train_labels, batch_size=d["batch_size"], device=self.device,
+                             shuffle=True, flip=d["flip"], crop_padding=d["crop_padding"], mean=mean, std=std,
+                             seed=seed, subset=d["train_subset"])
+        test = DeviceLoader(ds.test_images, ds.test_labels, batch_size=EVAL_BATCH_SIZE,
+                            device=self.device, shuffle=False, mean=mean, std=std, seed=seed, subset=d["test_subset"])
+        return train, test
+
+    def _execute(self, resolved, rid, ds, method, teacher, teacher_info) -> dict:
+        started = datetime.now(timezone.utc)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        t0 = time.perf_counter()
+        try:
+            train_loader, test_loader = self._loaders(resolved, ds)
+        except ValueError as e:
+            raise UserError(f"data: {e}") from None
+        ctx = BuildContext(resolved, self.device, ds.num_classes, teacher, teacher_info)
+        slots, stages = method.build(ctx)
+        work = self.out_dir / rid
+        engine = Engine({n: s.module for n, s in slots.items()}, stages, train_loader, test_loader,
+                        device=self.device, checkpoint_path=work / "checkpoint.pt", run_id=rid,
+                        desc=rid, log=self.log)
+        record = {
+            "schema": SCHEMA_VERSION,
+            "run_id": rid,
+            "status": "running",
+            "config": resolved,
+            "method": resolved["method"],
+            "seed": resolved["seed"],
+            "data": dict(ds.provenance(), train_used=train_loader.num_samples, test_used=test_loader.num_samples),
+            "teacher": teacher_info or None,
+            "started_at": started.isoformat(timespec="seconds"),
+            "env": environment(self.device),
+            "error": None,
+        }
+        try:
+            curves = engine.run()
+        except TrainingDiverged as e:
+            record.update(status="failed", error=str(e), curves=engine.curves, models={},
+                          timings=dict(engine.timings, total_s=round(time.perf_counter() - t0, 3)),
+                          finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+            write_record(self.out_dir, record)
+            raise
+        models = {}
+        for name, slot in slots.items():
+            accs = [(e["epoch"], e["test_acc"][name]) for e in curves if name in e["test_acc"]]
+            best_epoch, best = max(accs, key=lambda a: (a[1], -a[0])) if accs else (None, None)
+            models[name] = {
+                "role": slot.role,
+                "arch": slot.arch,
+                "params": count_parameters(slot.module),
+                "final_test_acc": accs[-1][1] if accs else None,
+                "best_test_acc_test_selected": best,
+                "best_epoch_test_selected": best_epoch,
+            }
+        atomic_torch_save(work / "final.pt", {"models": {n: s.module.state_dict() for n, s in slots.items()}})
+        stage_epochs = {s.name: s.epochs for s in stages}
+        record.update(
+            status="complete",
+            models=models,
+            curves=curves,
+            stages=stage_epochs,
+            resumed_from_epoch=engine.resumed_from_epoch,
+            timings={
+                "train_s": round(engine.timings["train_s"], 3),
+                "eval_s": round(engine.timings["eval_s"], 3),
+                "wall_s_this_process": round(time.perf_counter() - t0, 3),
+                "images_per_s_train": round(
+                    sum(stage_epochs.values()) * train_loader.num_samples / engine.timings["train_s"], 1
+                ) if engine.timings["train_s"] > 0 else None,
+            },
+            finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        )
+        path = write_record(self.out_dir, record)
+        (work / "checkpoint.pt").unlink(missing_ok=True)
+        self.log(f"{rid}: wrote {path}")
+        return record
+

@@ -1,0 +1,186 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import run_config
+from mutualbench.archs import ARCHS, StagedModel
+from mutualbench.archs.registry import register_arch
+from mutualbench.cli import main
+from mutualbench.engine import TrainingDiverged
+from mutualbench.errors import UserError
+from mutualbench.records import read_record
+from mutualbench.run import Runner
+
+if "test_nan_net" not in ARCHS:
+
+    class NaNHead(nn.Module):
+        def __init__(self, n):
+            super().__init__()
+            self.fc = nn.Linear(3, n)
+
+        def forward(self, x):
+            return self.fc(x.mean((2, 3))) * float("nan")
+
+    @register_arch("test_nan_net", family="tests")
+    def _nan_net(num_classes=10):
+        return StagedModel("test_nan_net", [("body", nn.Identity())], NaNHead(num_classes), taps=())
+
+
+def metrics(record):
+    return ({n: (m["final_test_acc"], m["best_test_acc_test_selected"]) for n, m in record["models"].items()},
+            [(e["epoch"], e["stage"], e["test_acc"], e["train_loss"]) for e in record["curves"]])
+
+
+def cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "mutualbench.cli", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=600)
+
+
+def test_same_seed_same_record_metrics(tmp_path, tiny_cifar):
+    data, root = tiny_cifar
+    cfg = run_config("mutual", data, cohort=2)
+    a = Runner(tmp_path / "a", data_root=root, device="cpu").run(cfg)
+    b = Runner(tmp_path / "b", data_root=root, device="cpu").run(cfg)
+    assert a["run_id"] == b["run_id"] and metrics(a) == metrics(b)
+    other = Runner(tmp_path / "c", data_root=root, device="cpu").run(dict(cfg, seed=1))
+    assert other["run_id"] != a["run_id"] and metrics(other) != metrics(a)
+
+
+def test_record_contents(tmp_path, tiny_cifar):
+    data, root = tiny_cifar
+    record = Runner(tmp_path, data_root=root, device="cpu").run(run_config("individual", data))
+    on_disk = read_record(tmp_path / f"{record['run_id']}.json")
+    assert on_disk["status"] == "complete" and on_disk["schema"] == 1
+    assert on_disk["data"]["name"] == "tiny-cifar" and len(on_disk["data"]["sha256"]) == 64
+    model = on_disk["models"]["model"]
+    assert model["arch"] == "seed_vgg_student" and model["params"] == 1_497_434 - 7 * 257  # 3 classes, not 10
+    assert model["final_test_acc"] == on_disk["curves"][-1]["test_acc"]["model"]
+    assert {"best_test_acc_test_selected", "best_epoch_test_selected"} <= set(model)
+    assert set(on_disk["env"]) >= {"torch", "device", "git_commit", "python"}
+    assert on_disk["timings"]["train_s"] > 0 and len(on_disk["curves"]) == 2
+    assert (tmp_path / record["run_id"] / "final.pt").exists()
+    assert not (tmp_path / record["run_id"] / "checkpoint.pt").exists()
+
+
+def test_rerun_reuses_complete_record(tmp_path, tiny_cifar):
+    data, root = tiny_cifar
+    runner = Runner(tmp_path, data_root=root, device="cpu")
+    first = runner.run(run_config("individual", data))
+    mtime = (tmp_path / f"{first['run_id']}.json").stat().st_mtime_ns
+    assert runner.run(run_config("individual", data)) == first
+    assert (tmp_path / f"{first['run_id']}.json").stat().st_mtime_ns == mtime
+
+
+def test_resume_after_kill_gives_the_uninterrupted_result(tmp_path, tiny_cifar):
+    data, root = tiny_cifar
+    args = ["run", "--method", "hint_mutual", "--cohort", "2", "--seed", "3", "--data", str(data),
+            "--data-root", str(root), "--epochs", "2", "--set", "data.batch_size=16", "--device", "cpu", "--quiet"]
+    # The teacher (2 epochs) and the hint stage (2) come first: kill during the mutual stage.
+    killed = cli(*args, "--out", str(tmp_path / "resumed"), env={"MUTUALBENCH_FAULT_KILL_AFTER_EPOCHS": "3"})
+    assert killed.returncode == -9, killed.stderr
+    leftovers = list((tmp_path / "resumed").glob("hint_mutual-*/checkpoint.pt"))
+    assert leftovers and not list((tmp_path / "resumed").glob("hint_mutual-*.json"))
+    assert cli(*args, "--out", str(tmp_path / "resumed")).returncode == 0
+    assert cli(*args, "--out", str(tmp_path / "straight")).returncode == 0
+    (resumed,) = [read_record(p) for p in (tmp_path / "resumed").glob("hint_mutual-*.json")]
+    (straight,) = [read_record(p) for p in (tmp_path / "straight").glob("hint_mutual-*.json")]
+    assert resumed["resumed_from_epoch"] == 3 and straight["resumed_from_epoch"] == 0
+    assert metrics(resumed) == metrics(straight)
+    w1 = torch.load(tmp_path / "resumed" / resumed["run_id"] / "final.pt", weights_only=True)["models"]
+    w2 = torch.load(tmp_path / "straight" / straight["run_id"] / "final.pt", weights_only=True)["models"]
+    assert all(torch.equal(w1[m][k], w2[m][k]) for m in w1 for k in w1[m])  # bit for bit
+
+
+def test_nan_run_fails_cleanly_with_a_failed_record(tmp_path, tiny_cifar):
+    data, root = tiny_cifar
+    cfg = run_config("individual", data, arch=["test_nan_net"])
+    with pytest.raises(TrainingDiverged, match="non-finite loss"):
+        Runner(tmp_path, data_root=root, device="cpu").run(cfg)
+    (path,) = tmp_path.glob("*.json")
+    record = json.loads(path.read_text())
+    assert record["status"] == "failed" and "non-finite" in record["error"] and record["models"] == {}
+
+
+def test_teacher_trained_once_then_reused(tmp_path, tiny_cifar):
+    data, root = tiny_cifar
+    runner = Runner(tmp_path, data_root=root, device="cpu")
+    kd = runner.run(run_config("kd", data))
+    fit = runner.run(run_config("fitnets", data))
+    assert kd["teacher"]["source"] == "trained" and fit["teacher"]["source"] == "reused"
+    assert kd["teacher"]["run_id"] == fit["teacher"]["run_id"]
+    teacher_record = read_record(tmp_path / f"{kd['teacher']['run_id']}.json")
+    assert teacher_record["models"]["model"]["arch"] == "seed_vgg_teacher"
+    assert len(list(tmp_path.glob("individual-*.json"))) == 1
+
+
+def test_teacher_checkpoint_is_loaded(tmp_path, tiny_cifar):
+    data, root = tiny_cifar
+    runner = Runner(tmp_path, data_root=root, device="cpu")
+    teacher = runner.run(run_config("individual", data, arch=["seed_vgg_teacher"]))
+    ckpt = tmp_path / teacher["run_id"] / "final.pt"
+    record = Runner(tmp_path / "kd", data_root=root, device="cpu").run(
+        run_config("kd", data, **{"teacher.checkpoint": str(ckpt)}))
+    assert record["teacher"]["source"] == "checkpoint" and not list((tmp_path / "kd").glob("individual-*.json"))
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--method", "mutal"], "unknown method 'mutal'. Did you mean mutual"),
+        (["--method", "individual", "--arch", "resnet21"], "unknown architecture 'resnet21'"),
+        (["--method", "mutual", "--cohort", "1"], "needs a cohort of at least 2 students: add --cohort 2"),
+        (["--method", "hint_mutual", "--cohort", "2", "--arch", "resnet20"], "choose one with --set hint.student_tap"),
+        (["--method", "fitnets", "--arch", "resnet20", "--set", "hint.student_tap=H"], "has no feature tap 'H'"),
+        (["--method", "kd", "--set", "kd.temprature=4"], "unknown config key 'kd.temprature'"),
+        (["--method", "kd", "--set", "loss.reduction=avg"], "loss.reduction must be one of sum, mean"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_no_record(tmp_path, tiny_cifar, capsys, args, message):
+    data, root = tiny_cifar
+    code = main(["run", *args, "--data", str(data), "--data-root", str(root), "--out", str(tmp_path / "out"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and message in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_unreadable_teacher_checkpoint(tmp_path, tiny_cifar, capsys):
+    data, root = tiny_cifar
+    bad = tmp_path / "teacher.pt"
+    bad.write_bytes(b"not a checkpoint")
+    code = main(["run", "--method", "kd", "--teacher-checkpoint", str(bad), "--data", str(data),
+                 "--data-root", str(root), "--out", str(tmp_path / "out"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "teacher checkpoint" in err and "unreadable" in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_checkpoint_with_code_is_refused(tmp_path, tiny_cifar, capsys):
+    """weights_only=True: a pickle that would run code does not load."""
+    data, root = tiny_cifar
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned > " + str(tmp_path / "pwned"),))
+
+    torch.save({"x": Evil()}, tmp_path / "evil.pt")
+    code = main(["run", "--method", "kd", "--teacher-checkpoint", str(tmp_path / "evil.pt"), "--data", str(data),
+                 "--data-root", str(root), "--out", str(tmp_path / "out"), "--quiet"])
+    assert code == 2 and not (tmp_path / "pwned").exists()
+
+
+def test_cohort_size_must_match_arch_list(tmp_path, tiny_cifar):
+    data, root = tiny_cifar
+    with pytest.raises(UserError, match="lists 2 architectures but the cohort has 3"):
+        Runner(tmp_path, data_root=root, device="cpu").run(run_config("mutual", data, cohort=3, arch=["resnet20", "resnet32"]))
+
+
+def test_mixed_cohort_runs(tmp_path, tiny_cifar):
+    data, root = tiny_cifar
+    record = Runner(tmp_path, data_root=root, device="cpu").run(
+        run_config("mutual", data, cohort=2, arch=["resnet20", "wrn_16_1"], **{"train.epochs": 1}))
+    assert [m["arch"] for m in record["models"].values()] == ["resnet20", "wrn_16_1"]
