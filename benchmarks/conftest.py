@@ -4,10 +4,13 @@ check that the code runs; timings from smoke mode mean nothing."""
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # `from conftest import SMOKE`
 
 SMOKE = os.environ.get("MUTUALBENCH_BENCH_SMOKE") == "1"
 SHARED_CIFAR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-jpeg75.tar.gz"

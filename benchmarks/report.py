@@ -33,7 +33,8 @@ def main(path: str) -> None:
             ratios = [f"{base['stats']['mean'] / s['mean']:.1f}" for base in baselines]
             print("| " + " | ".join([b["name"], f"{s['mean']:.4f}", f"{s['stddev']:.4f}", str(s["rounds"])] + ratios) + " |")
         info = rows[0].get("extra_info", {})
-        print(f"\ndata: {info.get('data', '?')}, {info.get('images', '?')} images")
+        if "data" in info:
+            print(f"\ndata: {info['data']}, {info.get('images', '?')} images")
 
 
 if __name__ == "__main__":

@@ -41,7 +41,14 @@ DEFAULTS: dict[str, Any] = {
     "loss": {"reduction": "sum"},  # the blog sums over the batch; "mean" averages
     "train": {"epochs": 30, "optimizer": adam(1e-3), "schedule": dict(CONSTANT)},
     "kd": {"temperature": 1.0, "alpha": 1.0},
-    "mutual": {"peer_weight": "mean", "update_order": "simultaneous", "fuse": False},
+    "mutual": {
+        "peer_weight": "mean",
+        "update_order": "simultaneous",
+        "fuse": True,  # the fused cohort step for simultaneous updates of same-arch cohorts
+        "fused_impl": "auto",  # vmap on CUDA, unbind on the CPU (see mutualbench.cohort)
+    },
+    # Options of the fused cohort step (they change float rounding, so they are config).
+    "speed": {"channels_last": True, "bf16": False, "compile": False, "compile_mode": None},
     "hint": {
         "epochs": 10,
         "optimizer": adam(1e-3),
@@ -68,6 +75,7 @@ CHOICES = {
     "hint.schedule.name": ("constant", "step", "cosine"),
     "teacher.train.schedule.name": ("constant", "step", "cosine"),
     "device": ("auto", "cpu", "cuda"),
+    "mutual.fused_impl": ("auto", "vmap", "unbind"),
 }
 
 

@@ -65,6 +65,10 @@ class Stage:
     epochs: int = 0
     eval_names: tuple[str, ...] = ()  # models evaluated after each epoch of this stage
 
+    def describe(self) -> dict:
+        """What ran, for the record (e.g. which cohort path and why)."""
+        return {}
+
     def begin(self) -> None:
         pass
 

@@ -10,7 +10,7 @@ from .mutual import build_cohort, check_cohort, mutual_stage
 
 @register_method("hint_mutual")
 class HintMutual(Method):
-    sections = ("data", "loss", "train", "mutual", "hint", "teacher")
+    sections = ("data", "loss", "train", "mutual", "speed", "hint", "teacher")
     needs_teacher = True
     needs_taps = True
 

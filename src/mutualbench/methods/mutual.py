@@ -29,7 +29,7 @@ def mutual_stage(ctx: BuildContext, slots: dict[str, ModelSlot]):
 
 @register_method("mutual")
 class MutualLearning(Method):
-    sections = ("data", "loss", "train", "mutual")
+    sections = ("data", "loss", "train", "mutual", "speed")
 
     def check(self, config: dict) -> None:
         check_cohort(config, "mutual")

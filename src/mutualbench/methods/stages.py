@@ -119,6 +119,8 @@ class HintStage(Stage):
 class MutualStage(Stage):
     """Deep mutual learning of a cohort, plain paths.
 
+    ``channels_last`` converts the members and the input to channels-last memory format.
+
     ``sequential``: the paper's Algorithm 1. For each member k in turn: its loss against the
     peers' current predictions, an update, then its predictions are recomputed for the
     members after it. ``simultaneous``: one set of predictions, every member updated
@@ -129,15 +131,23 @@ class MutualStage(Stage):
     name = "mutual"
 
     def __init__(self, members: dict[str, nn.Module], train_cfg: dict, mutual_cfg: dict, reduction: str,
-                 device: torch.device) -> None:
+                 device: torch.device, why_plain: str = "", channels_last: bool = False) -> None:
         self.members, self.cfg, self.device = members, train_cfg, device
+        self.why_plain, self.channels_last = why_plain, channels_last
         self.order, self.peer_weight = mutual_cfg["update_order"], mutual_cfg["peer_weight"]
         self.reduction = reduction
         self.epochs = train_cfg["epochs"]
         self.eval_names = tuple(members)
 
+    def describe(self) -> dict:
+        return {"cohort_path": "plain", "update_order": self.order, "why_plain": self.why_plain,
+                "channels_last": self.channels_last}
+
     def begin(self) -> None:
         opt, sched = self.cfg["optimizer"], self.cfg["schedule"]
+        if self.channels_last:
+            for m in self.members.values():
+                m.to(memory_format=torch.channels_last)
         if self.order == "sequential":
             self.trainers = [Trainer(m.parameters(), opt, sched, self.epochs, self.device) for m in self.members.values()]
         else:
@@ -150,6 +160,8 @@ class MutualStage(Stage):
 
     def step(self, x, y):
         names, models = list(self.members), list(self.members.values())
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         if self.order == "simultaneous":
             losses = mutual_losses(torch.stack([m(x) for m in models]), y, self.peer_weight, self.reduction)
             self.trainers[0].step(losses.sum())

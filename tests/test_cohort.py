@@ -1,0 +1,87 @@
+import copy
+
+import pytest
+import torch
+
+from mutualbench.archs import create_arch
+from mutualbench.cohort import FusedMutualStage, StackedCohort, fusable, make_mutual_stage
+from mutualbench.config import DEFAULTS, apply_overrides
+from mutualbench.methods.base import BuildContext
+from mutualbench.methods.stages import MutualStage
+
+CPU = torch.device("cpu")
+
+
+def cohort(k, arch="seed_vgg_student"):
+    out = {}
+    for i in range(k):
+        torch.manual_seed(10 + i)
+        out[f"student{i + 1}"] = create_arch(arch)
+    return out
+
+
+def rel_diff(a: dict, b: dict) -> float:
+    num = sum(((pa - pb) ** 2).sum() for ma, mb in zip(a.values(), b.values(), strict=True)
+              for pa, pb in zip(ma.parameters(), mb.parameters(), strict=True))
+    den = sum((pb**2).sum() for mb in b.values() for pb in mb.parameters())
+    return float((num / den).sqrt().detach())
+
+
+@pytest.mark.parametrize("k", [2, 3])
+@pytest.mark.parametrize("impl,channels_last", [("unbind", False), ("unbind", True), ("vmap", False)])
+def test_fused_step_equals_plain_simultaneous_after_5_steps(k, impl, channels_last):
+    cfg = apply_overrides(DEFAULTS, [])
+    cfg["train"]["optimizer"].update(lr=3e-4, betas=[0.5, 0.99])
+    fused_models = cohort(k)
+    plain_models = copy.deepcopy(fused_models)
+    mutual = dict(cfg["mutual"], fused_impl=impl)
+    fused = FusedMutualStage(fused_models, cfg["train"], mutual, "sum", CPU, {"channels_last": channels_last})
+    plain = MutualStage(plain_models, cfg["train"], mutual, "sum", CPU, channels_last=channels_last)
+    for stage in (fused, plain):
+        stage.begin()
+        stage.train_mode()
+    g = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        x, y = torch.randn(16, 3, 32, 32, generator=g), torch.randint(0, 10, (16,), generator=g)
+        lf, lp = fused.step(x, y), plain.step(x, y)
+        assert all(torch.allclose(lf[n], lp[n], rtol=1e-4) for n in lf)
+    fused.sync()
+    assert rel_diff(fused_models, plain_models) < 1e-5
+    assert fused.describe()["fused_impl"] == impl
+
+
+def test_stacked_cohort_logits_match_members_and_unstack():
+    models = cohort(3)
+    stacked = StackedCohort(list(models.values()), "unbind", channels_last=True)
+    x = torch.randn(4, 3, 32, 32)
+    expected = torch.stack([m(x) for m in models.values()])
+    assert torch.allclose(stacked(x), expected, atol=1e-5)
+    fresh = cohort(3)
+    for m in fresh.values():
+        for p in m.parameters():
+            p.data.zero_()
+    stacked.write_back(list(fresh.values()))
+    for a, b in zip(models.values(), fresh.values(), strict=True):
+        assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+
+
+def test_which_cohorts_fuse():
+    assert fusable(cohort(2)) == (True, "")
+    assert fusable({"a": create_arch("resnet20"), "b": create_arch("resnet20")})[1] == "BatchNorm running statistics"
+    assert fusable({"a": create_arch("seed_vgg_student"), "b": create_arch("seed_vgg_teacher")})[1] == "mixed architectures"
+
+
+@pytest.mark.parametrize(
+    "overrides,path,why",
+    [
+        ([], "fused", None),
+        (["mutual.fuse=false"], "plain", "mutual.fuse is off"),
+        (["mutual.update_order=sequential"], "plain", "sequential update order"),
+    ],
+)
+def test_stage_selection(overrides, path, why):
+    cfg = apply_overrides(DEFAULTS, overrides)
+    stage = make_mutual_stage(cohort(2), BuildContext(cfg, CPU, 10))
+    stage.begin()
+    info = stage.describe()
+    assert info["cohort_path"] == path and info.get("why_plain", None) in (why, "")
