@@ -3,11 +3,10 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 EXTRAS ?= dev,wandb,slurm
-# Study runs: data source (cifar10 downloads; point at a local copy offline) and output folder.
+# Study data: cifar10 downloads it; offline, point at a local copy (a folder or archive).
 MUTUALBENCH_DATA ?= cifar10
-RUNS   ?= runs
 
-.PHONY: install test replicate bench bench-smoke lint clean
+.PHONY: install test replicate smoke-study bench bench-smoke lint clean
 
 $(BIN)/mutualbench: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,15 +19,30 @@ install: $(BIN)/mutualbench
 test: $(BIN)/mutualbench
 	$(BIN)/python -m pytest -q
 
-# The blog's study: profile `full` on a GPU, `cpu` otherwise (see replication/seed_blog.toml).
+# The blog's study: profile `full` on a GPU, `cpu` otherwise (see replication/seed_blog.toml),
+# into runs/seed_blog/<profile>; ends with the table, the plots and a comparison with the
+# stored results in results/seed_blog/<profile> when there are some.
+PROFILE ?=
 replicate: $(BIN)/mutualbench
-	$(BIN)/mutualbench replicate replication/seed_blog.toml --data "$(MUTUALBENCH_DATA)" --out "$(RUNS)/seed_blog"
+	$(BIN)/mutualbench replicate replication/seed_blog.toml --data "$(MUTUALBENCH_DATA)" $(if $(PROFILE),--profile $(PROFILE))
 
+# The CI regression check: the smoke profile on the shared CIFAR-10 copy against results/seed_blog/smoke.
+SHARED_CIFAR ?= ../shared/data/cifar10-jpeg75.tar.gz
+smoke-study: $(BIN)/mutualbench
+	@if [ -f "$(SHARED_CIFAR)" ]; then \
+	  rm -rf runs/ci-smoke && mkdir -p runs && \
+	  $(BIN)/mutualbench replicate replication/seed_blog.toml --profile smoke --seeds 2 --data "$(SHARED_CIFAR)" --out runs/ci-smoke --quiet --against results/seed_blog/smoke > runs/ci-smoke.log 2>&1 || { cat runs/ci-smoke.log; exit 1; } ; \
+	  $(BIN)/mutualbench compare runs/ci-smoke --against results/seed_blog/smoke; \
+	else echo "smoke-study: $(SHARED_CIFAR) not found, skipped"; fi
+
+# CPU benchmarks; ratios against baselines measured in the same run, with machine info.
 bench: $(BIN)/mutualbench
 	@mkdir -p results/bench
-	$(BIN)/python -m pytest benchmarks -q -p no:cacheprovider --benchmark-json results/bench/loader-cpu.json
-	$(BIN)/python benchmarks/report.py results/bench/loader-cpu.json > results/bench/loader-cpu.md
-	@cat results/bench/loader-cpu.md
+	@for b in loader cohort; do \
+	  $(BIN)/python -m pytest benchmarks/test_bench_$$b.py -q -p no:cacheprovider --benchmark-json results/bench/$$b-cpu.json || exit 1; \
+	  $(BIN)/python benchmarks/report.py results/bench/$$b-cpu.json > results/bench/$$b-cpu.md; \
+	  cat results/bench/$$b-cpu.md; \
+	done
 
 # CI: every benchmark once on small data, no timing claims.
 bench-smoke: $(BIN)/mutualbench

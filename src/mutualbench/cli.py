@@ -70,7 +70,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.train_subset is not None:
         config["data"]["train_subset"] = args.train_subset
     config = apply_overrides(config, args.set or [])
-    log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    log = _log(args.quiet)
     runner = Runner(Path(args.out), data_root=args.data_root, device=config["device"], log=log)
     try:
         record = runner.run(config)
@@ -81,6 +81,103 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"{record['run_id']}  {name:9s} {m['arch']:18s} {m['params']:>11,} params  "
               f"final {m['final_test_acc']:.2f}%  (best {m['best_test_acc_test_selected']:.2f}% at epoch "
               f"{m['best_epoch_test_selected']}, selected on the test set)")
+    return 0
+
+
+def _log(quiet: bool):
+    return (lambda msg: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+
+
+def cmd_replicate(args: argparse.Namespace) -> int:
+    import os
+    import subprocess
+    from pathlib import Path
+
+    import torch
+
+    from .report import write_report
+    from .results import compare_studies
+    from .study import replicate
+
+    profile = args.profile or ("full" if torch.cuda.is_available() else "cpu")
+    out = Path(args.out) if args.out else Path("runs") / Path(args.spec).stem / profile
+    shard = tuple(int(v) for v in args.shard.split("/")) if args.shard else None
+    log = _log(args.quiet)
+    common = dict(data=args.data, seeds=args.seeds, data_root=args.data_root, device=args.device,
+                  ablations=not args.no_ablations, log=log)
+    if args.wandb:
+        from .publish import _wandb, log_run
+
+        _wandb()  # fail before training when wandb or its credentials are missing
+        group = f"{Path(args.spec).stem}-{profile}"
+        common["on_record"] = lambda record: log_run(record, project=args.wandb_project, group=group)
+    gpus = torch.cuda.device_count() if args.device != "cpu" else 0
+    if args.launcher == "local" and shard is None and gpus > 1:
+        # One process per GPU, each running the seeds i, i+N, ... of the study.
+        plan = replicate(Path(args.spec), profile, out, plan_only=True, **common)
+        log(f"{plan['pending']} runs to do on {gpus} GPUs, one process each")
+        base = [sys.executable, "-m", "mutualbench.cli", "replicate", args.spec, "--profile", profile,
+                "--out", str(out), "--data", args.data, "--device", "cuda"]
+        base += ["--seeds", str(args.seeds)] if args.seeds is not None else []
+        base += ["--data-root", str(args.data_root)] if args.data_root else []
+        base += ["--no-ablations"] if args.no_ablations else []
+        procs = [subprocess.Popen(base + ["--shard", f"{i}/{gpus}", "--no-report"],
+                                  env={**os.environ, "CUDA_VISIBLE_DEVICES": str(i)}) for i in range(gpus)]
+        failed = [p.wait() for p in procs]
+        result = {"errors": [f"GPU process {i} exited {c}" for i, c in enumerate(failed) if c]}
+    else:
+        slurm = {"partition": args.partition, "gpus": args.gpus, "time_min": args.time_min, "cluster": args.slurm_cluster}
+        result = replicate(Path(args.spec), profile, out, launcher=args.launcher, shard=shard, slurm=slurm, **common)
+    if shard is not None or args.no_report:
+        return 1 if result["errors"] else 0
+    written = write_report(out)
+    print(f"wrote {', '.join(str(p) for p in written.values())}")
+    print((out / "table.md").read_text())
+    code = 1 if result["errors"] else 0
+    for e in result["errors"]:
+        print(f"error: {e}", file=sys.stderr)
+    against = Path(args.against) if args.against else Path("results") / Path(args.spec).stem / profile
+    if (against / "study.json").exists() and against.resolve() != out.resolve():
+        ok, problems, tol = compare_studies(out, against)
+        print(f"compared with {against} (tolerance {tol} points): " + ("all within tolerance" if ok else "DIFFERENT"))
+        for p in problems:
+            print(f"  {p}")
+    return code
+
+
+def cmd_table(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .report import write_report
+
+    written = write_report(Path(args.folder))
+    print((Path(args.folder) / "table.md").read_text())
+    print(f"wrote {', '.join(str(p) for p in written.values())}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .results import compare_studies
+
+    ok, problems, tol = compare_studies(Path(args.folder), Path(args.against))
+    if ok:
+        print(f"{args.folder} matches {args.against}: every metric within {tol} accuracy points")
+        return 0
+    print(f"{args.folder} differs from {args.against} (tolerance {tol} points):")
+    for p in problems:
+        print(f"  - {p}")
+    return 1
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .publish import publish
+
+    where = publish(Path(args.folder), project=args.project, entity=args.entity)
+    print(f"published {args.folder} to W&B project {args.project} (run files: {where})")
     return 0
 
 
@@ -120,6 +217,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for the RunRecord (<run_id>.json) and weights")
     p.add_argument("--quiet", action="store_true", help="no per-epoch log lines")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("replicate", help="run a study spec (seeded repeats of every arm), then its table and plots")
+    p.add_argument("spec", help="a study spec, e.g. replication/seed_blog.toml")
+    p.add_argument("--profile", default=None, help="a profile of the spec (default: full on a GPU, cpu otherwise)")
+    p.add_argument("--seeds", type=int, default=None, help="number of seeds, 0..N-1 (default: the spec's)")
+    p.add_argument("--data", default="cifar10", help="cifar10, cifar100, a class-per-folder tree or archive")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--out", default=None, help="output folder (default runs/<spec>/<profile>)")
+    p.add_argument("--launcher", default="local", choices=("local", "slurm"))
+    p.add_argument("--partition", default=None, help="SLURM partition")
+    p.add_argument("--gpus", type=int, default=1, help="GPUs per SLURM job")
+    p.add_argument("--time-min", type=int, default=60, help="SLURM time limit per job, minutes")
+    p.add_argument("--slurm-cluster", default=None, help=argparse.SUPPRESS)  # submitit cluster: local/debug in tests
+    p.add_argument("--no-ablations", action="store_true", help="only the main arms")
+    p.add_argument("--against", default=None, help="stored study to compare with (default results/<spec>/<profile>)")
+    p.add_argument("--shard", default=None, help=argparse.SUPPRESS)  # I/N: seeds s with s % N == I
+    p.add_argument("--no-report", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--wandb", action="store_true", help="also log each finished run to W&B")
+    p.add_argument("--wandb-project", default="mutualbench")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_replicate)
+
+    p = sub.add_parser("publish", help="publish a study folder to Weights & Biases (table, curves, records)")
+    p.add_argument("folder")
+    p.add_argument("--project", default="mutualbench")
+    p.add_argument("--entity", default=None)
+    p.set_defaults(func=cmd_publish)
+
+    p = sub.add_parser("table", help="aggregate a study folder's records into table.md/.csv and curve plots")
+    p.add_argument("folder")
+    p.set_defaults(func=cmd_table)
+
+    p = sub.add_parser("compare", help="check a study against stored results (exit 0 same, 1 different, 2 bad input)")
+    p.add_argument("folder")
+    p.add_argument("--against", required=True, help="the stored study folder, e.g. results/seed_blog/smoke")
+    p.set_defaults(func=cmd_compare)
     return parser
 
 

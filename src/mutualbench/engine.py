@@ -26,8 +26,10 @@ from .progress import progress
 
 CHECKPOINT_FORMAT = 1
 NAN_CHECK_EVERY = 50  # steps between finiteness checks (each one is a device sync)
-# Testing hook: SIGKILL this process right after the N-th checkpoint is written.
+# Testing hook: SIGKILL this process right after the N-th checkpoint it writes (counted over
+# all runs of the process), to test resuming after a real kill.
 FAULT_ENV = "MUTUALBENCH_FAULT_KILL_AFTER_EPOCHS"
+_checkpoints_written = 0
 
 
 class TrainingDiverged(RuntimeError):
@@ -81,8 +83,10 @@ class Engine:
             "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
         }
         atomic_torch_save(self.checkpoint_path, state)
+        global _checkpoints_written
+        _checkpoints_written += 1
         fault = os.environ.get(FAULT_ENV)
-        if fault and global_epoch >= int(fault):
+        if fault and _checkpoints_written >= int(fault):
             os.kill(os.getpid(), signal.SIGKILL)
 
     def _load(self) -> dict | None:

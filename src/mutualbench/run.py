@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -89,8 +89,9 @@ class Runner:
     teachers (and any complete run) found there."""
 
     def __init__(self, out_dir: Path, *, data_root: Path | None = None, device: str = "auto",
-                 log: Callable[[str], None] | None = None) -> None:
+                 log: Callable[[str], None] | None = None, on_record: Callable[[dict], None] | None = None) -> None:
         self.out_dir = Path(out_dir)
+        self.on_record = on_record  # called with each newly completed record (e.g. W&B logging)
         self.data_root = data_root
         self.device = resolve_device(device)
         self.log = log or (lambda msg: None)
@@ -114,9 +115,10 @@ class Runner:
         ds = self.dataset(resolved["data"]["source"])
         return resolved, run_id(resolved, ds.sha256 + extra), ds, ckpt
 
-    def run(self, config: dict) -> dict:
+    def run(self, config: dict, force: bool = False) -> dict:
+        """Run ``config`` unless a complete record of it exists (``force``: run anyway)."""
         resolved, rid, ds, ckpt = self.prepare(config)
-        done = complete_record(self.out_dir, rid)
+        done = None if force else complete_record(self.out_dir, rid)
         if done is not None:
             self.log(f"{rid}: complete record found, nothing to run")
             return done
@@ -136,13 +138,13 @@ class Runner:
         else:
             tcfg = teacher_config(config)
             t_resolved, t_rid, _, _ = self.prepare(tcfg)
-            reused = complete_record(self.out_dir, t_rid) is not None
-            if not reused:
-                self.log(f"training the teacher ({arch}) as run {t_rid}")
-            record = self.run(tcfg)
             final = self.out_dir / t_rid / "final.pt"
-            if not final.exists():
-                raise UserError(f"teacher run {t_rid} is complete but its weights {final} are missing; delete {t_rid}.json to retrain it")
+            reused = complete_record(self.out_dir, t_rid) is not None and final.exists()
+            if not reused:
+                self.log(f"training the teacher ({arch}) as run {t_rid}"
+                         + (" again: its record is here but not its weights (results/ stores no weights)"
+                            if complete_record(self.out_dir, t_rid) else ""))
+            record = self.run(tcfg, force=not reused)
             load_state_dict_file(final, teacher, "teacher weights")
             info = {"source": "reused" if reused else "trained", "run_id": t_rid,
                     "final_test_acc": record["models"]["model"]["final_test_acc"]}
@@ -165,7 +167,7 @@ class Runner:
         return train, test
 
     def _execute(self, resolved, rid, ds, method, teacher, teacher_info) -> dict:
-        started = datetime.now(timezone.utc)
+        started = datetime.now(UTC)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         t0 = time.perf_counter()
@@ -197,7 +199,7 @@ class Runner:
         except TrainingDiverged as e:
             record.update(status="failed", error=str(e), curves=engine.curves, models={},
                           timings=dict(engine.timings, total_s=round(time.perf_counter() - t0, 3)),
-                          finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+                          finished_at=datetime.now(UTC).isoformat(timespec="seconds"))
             write_record(self.out_dir, record)
             raise
         models = {}
@@ -214,11 +216,12 @@ class Runner:
             }
         atomic_torch_save(work / "final.pt", {"models": {n: s.module.state_dict() for n, s in slots.items()}})
         stage_epochs = {s.name: s.epochs for s in stages}
+        stage_info = [{"name": s.name, "epochs": s.epochs, **s.describe()} for s in stages]
         record.update(
             status="complete",
             models=models,
             curves=curves,
-            stages=stage_epochs,
+            stages=stage_info,
             resumed_from_epoch=engine.resumed_from_epoch,
             timings={
                 "train_s": round(engine.timings["train_s"], 3),
@@ -228,10 +231,12 @@ class Runner:
                     sum(stage_epochs.values()) * train_loader.num_samples / engine.timings["train_s"], 1
                 ) if engine.timings["train_s"] > 0 else None,
             },
-            finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
         )
         path = write_record(self.out_dir, record)
         (work / "checkpoint.pt").unlink(missing_ok=True)
         self.log(f"{rid}: wrote {path}")
+        if self.on_record is not None:
+            self.on_record(record)
         return record
 

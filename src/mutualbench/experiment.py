@@ -1,0 +1,171 @@
+"""Study specs (TOML) and their expansion into runs.
+
+A spec names arms (a method on an architecture with config overrides, and the published
+numbers it is compared with), profiles (sizes: ``full``, ``cpu``, ``smoke``, with a
+regression tolerance each), paired comparisons and ablations (one or more settings varied
+over named values on some arms). Everything is checked before any training: an unknown key,
+method, architecture or profile fails with the file, the key and the fix.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .archs import is_known_arch
+from .config import DEFAULTS, set_key
+from .errors import UserError
+from .methods import METHODS
+
+TOP_KEYS = {"study", "defaults", "assumptions", "arms", "comparisons", "ablations", "profiles"}
+STUDY_KEYS = {"name", "description", "seeds"}
+ARM_KEYS = {"name", "method", "arch", "cohort", "set", "published", "description"}
+PROFILE_KEYS = {"description", "tolerance", "set"}
+ABLATION_KEYS = {"name", "arms", "values"}
+COMPARISON_KEYS = {"a", "b"}
+
+
+@dataclass
+class Spec:
+    path: Path
+    raw: dict
+    sha256: str
+    name: str
+    arms: list[dict]
+    profiles: dict[str, dict]
+    comparisons: list[dict] = field(default_factory=list)
+    ablations: list[dict] = field(default_factory=list)
+
+    def arm(self, name: str) -> dict:
+        for a in self.arms:
+            if a["name"] == name:
+                return a
+        raise KeyError(name)
+
+    def profile(self, name: str) -> dict:
+        if name not in self.profiles:
+            raise UserError(f"{self.path}: no profile {name!r}; the spec defines {', '.join(self.profiles)} "
+                            f"(add [profiles.{name}] or pick one of those)")
+        return self.profiles[name]
+
+
+@dataclass
+class PlannedRun:
+    arm: str
+    seed: int
+    config: dict
+    ablation: str | None = None
+    value: str | None = None
+
+
+def _check_keys(where: str, table: dict, allowed: set[str], path: Path) -> None:
+    unknown = set(table) - allowed
+    if unknown:
+        raise UserError(f"{path}: unknown key(s) {', '.join(sorted(unknown))} in {where}; allowed: {', '.join(sorted(allowed))}")
+
+
+def _check_settings(where: str, settings: object, path: Path) -> dict:
+    if not isinstance(settings, dict):
+        raise UserError(f"{path}: {where} must be a table of config keys, e.g. {{ \"train.epochs\" = 30 }}")
+    probe = copy.deepcopy(DEFAULTS)
+    for key, value in settings.items():
+        set_key(probe, key, value, source=f"{path}: {where}")
+    return settings
+
+
+def load_spec(path: str | Path) -> Spec:
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise UserError(f"study spec {path} cannot be read ({e.strerror}); give a .toml file such as replication/seed_blog.toml") from None
+    try:
+        raw = tomllib.loads(data.decode())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not valid TOML ({e})") from None
+    _check_keys("the top level", raw, TOP_KEYS, path)
+    study = raw.get("study") or {}
+    _check_keys("[study]", study, STUDY_KEYS, path)
+    if "name" not in study:
+        raise UserError(f"{path}: [study] needs a name")
+    _check_settings("[defaults]", raw.get("defaults", {}), path)
+    for key in raw.get("assumptions", {}):
+        set_key(copy.deepcopy(DEFAULTS), key, None, source=f"{path}: [assumptions]")
+    arms = raw.get("arms") or []
+    if not arms:
+        raise UserError(f"{path}: no [[arms]]; a study needs at least one")
+    names = set()
+    for i, arm in enumerate(arms):
+        where = f"[[arms]] #{i + 1} ({arm.get('name', '?')})"
+        _check_keys(where, arm, ARM_KEYS, path)
+        for required in ("name", "method"):
+            if required not in arm:
+                raise UserError(f"{path}: {where} needs {required!r}")
+        if arm["name"] in names:
+            raise UserError(f"{path}: arm name {arm['name']!r} is used twice")
+        names.add(arm["name"])
+        if arm["method"] not in METHODS:
+            raise UserError(f"{path}: {where}: {METHODS.unknown_message(arm['method'])}")
+        for a in str(arm.get("arch", "seed_vgg_student")).split(","):
+            if not is_known_arch(a):
+                raise UserError(f"{path}: {where}: unknown architecture {a!r} (see `mutualbench archs`)")
+        _check_settings(f"{where} set", arm.get("set", {}), path)
+    profiles = raw.get("profiles") or {}
+    if not profiles:
+        raise UserError(f"{path}: no [profiles.*]; define at least one (e.g. [profiles.smoke])")
+    for pname, prof in profiles.items():
+        _check_keys(f"[profiles.{pname}]", prof, PROFILE_KEYS, path)
+        _check_settings(f"[profiles.{pname}] set", prof.get("set", {}), path)
+        tol = prof.get("tolerance")
+        if not isinstance(tol, (int, float)) or tol < 0:
+            raise UserError(f"{path}: [profiles.{pname}] needs tolerance = <accuracy points>, a number >= 0")
+    for i, comp in enumerate(raw.get("comparisons", [])):
+        _check_keys(f"[[comparisons]] #{i + 1}", comp, COMPARISON_KEYS, path)
+        for side in ("a", "b"):
+            if comp.get(side) not in names:
+                raise UserError(f"{path}: [[comparisons]] #{i + 1}: {side} = {comp.get(side)!r} is not an arm ({', '.join(sorted(names))})")
+    for i, abl in enumerate(raw.get("ablations", [])):
+        where = f"[[ablations]] #{i + 1} ({abl.get('name', '?')})"
+        _check_keys(where, abl, ABLATION_KEYS, path)
+        for arm in abl.get("arms", []):
+            if arm not in names:
+                raise UserError(f"{path}: {where}: arm {arm!r} is not defined")
+        if not abl.get("values"):
+            raise UserError(f"{path}: {where} needs values = {{ name = {{ key = value }}, ... }}")
+        for vname, settings in abl["values"].items():
+            _check_settings(f"{where} value {vname!r}", settings, path)
+    return Spec(path=path, raw=raw, sha256=hashlib.sha256(data).hexdigest(), name=study["name"], arms=arms,
+                profiles=profiles, comparisons=raw.get("comparisons", []), ablations=raw.get("ablations", []))
+
+
+def arm_config(spec: Spec, arm: dict, profile: str, seed: int, data: str, extra: dict | None = None) -> dict:
+    config = copy.deepcopy(DEFAULTS)
+    for where, settings in (("[defaults]", spec.raw.get("defaults", {})),
+                            (f"[profiles.{profile}]", spec.profile(profile).get("set", {})),
+                            (f"arm {arm['name']}", arm.get("set", {})),
+                            ("ablation", extra or {})):
+        for key, value in settings.items():
+            set_key(config, key, copy.deepcopy(value), source=f"{spec.path}: {where}")
+    archs = [a for a in str(arm.get("arch", "seed_vgg_student")).split(",") if a]
+    config.update(method=arm["method"], arch=archs, cohort=int(arm.get("cohort", len(archs))), seed=seed)
+    config["data"]["source"] = data
+    return config
+
+
+def expand(spec: Spec, profile: str, seeds: list[int], data: str, ablations: bool = True) -> list[PlannedRun]:
+    """Every run of the study: seeds outermost (so an interrupted study has whole seeds),
+    then arms in spec order, then the ablations."""
+    spec.profile(profile)
+    plan = [PlannedRun(arm["name"], seed, arm_config(spec, arm, profile, seed, data))
+            for seed in seeds for arm in spec.arms]
+    if ablations:
+        for abl in spec.ablations:
+            for vname, settings in abl["values"].items():
+                for seed in seeds:
+                    for arm_name in abl["arms"]:
+                        cfg = arm_config(spec, spec.arm(arm_name), profile, seed, data, settings)
+                        plan.append(PlannedRun(arm_name, seed, cfg, abl["name"], vname))
+    return plan

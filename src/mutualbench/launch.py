@@ -1,0 +1,65 @@
+"""Executing a list of run configs: in order in this process (``local``), or as SLURM jobs
+through submitit (``slurm``). Runs that need a teacher go in a second wave, after the runs
+that may train it, so no two jobs train the same teacher."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from .engine import TrainingDiverged
+from .errors import UserError
+from .methods import get_method
+from .progress import progress
+
+
+def run_local(configs: list[dict], runner, log: Callable[[str], None]) -> list[str]:
+    """Run in order; a diverged run is recorded as failed and the others go on. Returns
+    the errors."""
+    errors = []
+    with progress(total=len(configs), desc="study", unit="run", leave=True) as bar:
+        for i, cfg in enumerate(configs, 1):
+            log(f"[{i}/{len(configs)}] {cfg['method']} {','.join(cfg['arch'])} seed {cfg['seed']}")
+            try:
+                runner.run(cfg)
+            except TrainingDiverged as e:
+                errors.append(str(e))
+                log(f"run failed: {e}")
+            bar.update(1)
+    return errors
+
+
+def _slurm_job(config: dict, out_dir: str, data_root: str | None, device: str) -> str:
+    from .run import Runner
+
+    return Runner(Path(out_dir), data_root=Path(data_root) if data_root else None, device=device).run(config)["run_id"]
+
+
+def run_slurm(configs: list[dict], out_dir: Path, *, data_root: Path | None, device: str, log: Callable[[str], None],
+              partition: str | None = None, gpus: int = 1, time_min: int = 60, cluster: str | None = None) -> list[str]:
+    """Each run a submitit job (``cluster``: None for auto-detected SLURM, "local" or "debug"
+    for testing), in two waves: runs without a teacher, then runs with one."""
+    try:
+        import submitit
+    except ImportError:
+        raise UserError("--launcher slurm needs submitit: pip install 'mutualbench[slurm]'") from None
+    executor = submitit.AutoExecutor(folder=str(Path(out_dir) / "slurm" / "%j"), cluster=cluster)
+    params = {"timeout_min": time_min, "gpus_per_node": gpus, "name": "mutualbench"}
+    if partition:
+        params["slurm_partition"] = partition
+    executor.update_parameters(**params)
+    waves = [[c for c in configs if not get_method(c["method"]).needs_teacher],
+             [c for c in configs if get_method(c["method"]).needs_teacher]]
+    errors = []
+    for w, wave in enumerate(waves, 1):
+        if not wave:
+            continue
+        jobs = [executor.submit(_slurm_job, c, str(out_dir), str(data_root) if data_root else None, device) for c in wave]
+        log(f"wave {w}: submitted {len(jobs)} job(s): {', '.join(str(j.job_id) for j in jobs)}")
+        for job in jobs:
+            try:
+                job.result()
+            except Exception as e:  # a failed job fails its run only
+                errors.append(f"job {job.job_id}: {str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__}")
+                log(f"job {job.job_id} failed")
+    return errors

@@ -1,0 +1,81 @@
+"""Weights & Biases publishing (optional; ``pip install 'mutualbench[wandb]'``).
+
+``publish(folder)``: one W&B run per study and profile, holding the summary table as a
+``wandb.Table``, the paired comparisons, the curve plots, the study config, and the
+manifest, records and tables as an artifact. ``log_run(record)`` logs one finished run's
+per-epoch curves (``replicate --wandb``). Without wandb, or without credentials outside
+offline mode, it says so and changes nothing."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .errors import UserError
+
+
+def _wandb():
+    try:
+        import wandb
+    except ImportError:
+        raise UserError("wandb is not installed: pip install 'mutualbench[wandb]' (nothing was changed)") from None
+    mode = os.environ.get("WANDB_MODE", "").lower()
+    if mode not in ("offline", "disabled", "dryrun"):
+        key = os.environ.get("WANDB_API_KEY")
+        if not key:
+            try:
+                key = wandb.Api().api_key
+            except Exception:
+                key = None
+        if not key:
+            raise UserError("no W&B credentials: run `wandb login` or set WANDB_API_KEY, or set WANDB_MODE=offline "
+                            "to write the run locally (nothing was changed)")
+    return wandb
+
+
+def publish(folder: Path, project: str = "mutualbench", entity: str | None = None) -> str:
+    from .report import write_report
+    from .results import study_summary
+
+    wandb = _wandb()
+    folder = Path(folder)
+    manifest, df, summary, paired = study_summary(folder)
+    written = write_report(folder)
+    spec, profile = manifest["spec"], manifest["profile"]
+    name = f"{spec['study']['name']}-{profile}"
+    run = wandb.init(project=project, entity=entity, name=name, job_type="study", reinit=True,
+                     config={"study": spec["study"]["name"], "profile": profile, "seeds": manifest["seeds"],
+                             "data": manifest["data"], "spec": spec})
+    try:
+        logged = {"summary_table": wandb.Table(dataframe=summary.astype(object).where(summary.notna(), None)),
+                  "runs_table": wandb.Table(dataframe=df.astype(object).where(df.notna(), None))}
+        if not paired.empty:
+            logged["paired_comparisons"] = wandb.Table(dataframe=paired.astype(object).where(paired.notna(), None))
+        for key, path in written.items():
+            if key.endswith(".png"):
+                logged[key[:-4]] = wandb.Image(str(path))
+        run.log(logged)
+        artifact = wandb.Artifact(f"{name}-records", type="run-records",
+                                  metadata={"data_sha256": manifest["data"]["sha256"]})
+        for path in [folder / "study.json", folder / "table.md", folder / "table.csv", *sorted((folder / "runs").glob("*.json"))]:
+            artifact.add_file(str(path), name=str(path.relative_to(folder)))
+        run.log_artifact(artifact)
+        return run.dir
+    finally:
+        run.finish()
+
+
+def log_run(record: dict, project: str = "mutualbench", entity: str | None = None, group: str | None = None) -> None:
+    """One W&B run for one finished RunRecord: its config and per-epoch curves."""
+    wandb = _wandb()
+    run = wandb.init(project=project, entity=entity, name=record["run_id"], group=group, job_type="run",
+                     reinit=True, config={"config": record["config"], "data": record["data"], "env": record["env"]})
+    try:
+        for e in record["curves"]:
+            row = {"epoch": e["epoch"], "stage": e["stage"], "images_per_s": e["images_per_s"]}
+            row.update({f"test_acc/{n}": a for n, a in e["test_acc"].items()})
+            row.update({f"train_loss/{n}": v for n, v in e["train_loss"].items()})
+            run.log(row)
+        run.summary.update({f"final_test_acc/{n}": m["final_test_acc"] for n, m in record["models"].items()})
+    finally:
+        run.finish()

@@ -1,0 +1,151 @@
+"""Tables (markdown via tabulate, CSV) and accuracy-curve plots of a study folder."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from .io_utils import atomic_write_bytes
+from .results import MAIN, load_records, study_summary
+
+
+def _f(x, digits: int = 2) -> str:
+    return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def _pm(r) -> str:
+    return f"{r['final_mean']:.2f} ± {_f(r['final_std'])}" if r["n"] > 1 else f"{r['final_mean']:.2f}"
+
+
+def _ci(r) -> str:
+    return f"[{r['ci95_low']:.2f}, {r['ci95_high']:.2f}]" if r["n"] > 1 else ""
+
+
+def markdown(manifest: dict, summary: pd.DataFrame, paired: pd.DataFrame) -> str:
+    from tabulate import tabulate
+
+    spec, prof = manifest["spec"], manifest["profile"]
+    data = manifest["data"]
+    devices = ", ".join(manifest.get("record_devices", [])) or "see records"
+    lines = [
+        f"# {spec['study']['name']}: profile `{prof}`",
+        "",
+        f"{spec['profiles'][prof].get('description', '')}",
+        "",
+        f"Data: `{data['name']}` (sha256 `{data['sha256'][:16]}…`); seeds {manifest['seeds']}; device(s): {devices}.",
+        "Accuracy is top-1 test accuracy (%) at the final epoch, mean ± std over seeds with a 95% t-interval;",
+        "\"best (test-selected)\" picks each run's best epoch on the test set and is optimistic by construction.",
+        "",
+        "## Main arms",
+        "",
+    ]
+    main = summary[summary["ablation"] == MAIN] if not summary.empty else summary
+    headers = ["arm", "method", "member", "params", "n", "final acc", "95% CI", "best (test-selected)",
+               "published", "diff", "train s"]
+    rows = [[r["arm"], r["method"], r["member"], f"{r['params']:,}", r["n"], _pm(r), _ci(r),
+             _f(r["best_mean_test_selected"]), _f(r["published"]), _f(r["diff_vs_published"]),
+             _f(r["train_s_mean"], 1)] for _, r in main.iterrows()]
+    lines.append(tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True))
+    if not paired.empty:
+        lines += ["", "## Paired comparisons (same seeds; a cohort counts as its members' mean)", ""]
+        prow = [[f"{r['a']} vs {r['b']}", r["n"], _f(r["mean_a"]), _f(r["mean_b"]), _f(r["diff_mean"]),
+                 _f(r["diff_std"]), _f(r["p_value"], 4), f"{r['a_wins']}/{r['n']}"] for _, r in paired.iterrows()]
+        lines.append(tabulate(prow, headers=["comparison", "n", "mean a", "mean b", "a − b", "std of a − b",
+                                             "p (paired t)", "seeds a > b"], tablefmt="github", disable_numparse=True))
+    abl = summary[summary["ablation"] != MAIN] if not summary.empty else summary
+    for name, g in abl.groupby("ablation", sort=False):
+        lines += ["", f"## Ablation: {name}", ""]
+        rows = [[r["value"], r["arm"], r["member"], r["n"], _pm(r), _ci(r), _f(r["best_mean_test_selected"])]
+                for _, r in g.iterrows()]
+        lines.append(tabulate(rows, headers=["value", "arm", "member", "n", "final acc", "95% CI",
+                                             "best (test-selected)"], tablefmt="github", disable_numparse=True))
+    return "\n".join(lines) + "\n"
+
+
+def curves_frame(folder: Path, manifest: dict) -> pd.DataFrame:
+    records = load_records(folder, manifest)
+    rows = []
+    for entry in manifest["runs"]:
+        if entry.get("ablation"):
+            continue
+        rec = records.get(entry["run_id"])
+        if rec is None or rec["status"] != "complete":
+            continue
+        for e in rec["curves"]:
+            for member, acc in e["test_acc"].items():
+                rows.append({"arm": entry["arm"], "member": member, "seed": entry["seed"], "epoch": e["epoch"],
+                             "stage": e["stage"], "acc": acc})
+    return pd.DataFrame(rows, columns=["arm", "member", "seed", "epoch", "stage", "acc"])
+
+
+def plot_curves(curves: pd.DataFrame, out: Path, title: str) -> list[Path]:
+    """``curves.png``: every main arm (a cohort as its members' mean), mean ± std band over
+    seeds; ``curves_<arm>.png`` for each cohort arm, one line per member (the blog's figures)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    if curves.empty:
+        return written
+
+    def band(ax, frame, label):
+        g = frame.groupby("epoch")["acc"]
+        mean, std = g.mean(), g.std(ddof=1).fillna(0.0)
+        ax.plot(mean.index, mean.values, label=label)
+        ax.fill_between(mean.index, mean - std, mean + std, alpha=0.2)
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    per_arm = curves.groupby(["arm", "seed", "epoch"], sort=False)["acc"].mean().reset_index()
+    for arm, g in per_arm.groupby("arm", sort=False):
+        band(ax, g, arm)
+    ax.set(xlabel="epoch (all stages)", ylabel="test accuracy (%)", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    written.append(_save(fig, out / "curves.png"))
+    for arm, g in curves.groupby("arm", sort=False):
+        if g["member"].nunique() < 2:
+            continue
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for member, gm in g.groupby("member", sort=False):
+            band(ax, gm, member)
+        if (g["stage"] == "hint").any():
+            hint_end = g.loc[g["stage"] == "hint", "epoch"].max()
+            ax.axvline(hint_end + 0.5, color="grey", ls="--", lw=0.8, label="end of hint pretraining")
+        ax.set(xlabel="epoch (all stages)", ylabel="test accuracy (%)", title=f"{title}: {arm}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        written.append(_save(fig, out / f"curves_{arm}.png"))
+    return written
+
+
+def _save(fig, path: Path) -> Path:
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=110, metadata={"Software": None})
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def write_report(folder: Path) -> dict[str, Path]:
+    """Write table.md, table.csv (+ comparisons.csv) and the curve plots into ``folder``."""
+    folder = Path(folder)
+    manifest, df, summary, paired = study_summary(folder)
+    manifest = dict(manifest, record_devices=sorted(set(df["device"])))
+    md = markdown(manifest, summary, paired)
+    atomic_write_bytes(folder / "table.md", md.encode())
+    atomic_write_bytes(folder / "table.csv", summary.to_csv(index=False, float_format="%.4f").encode())
+    atomic_write_bytes(folder / "comparisons.csv", paired.to_csv(index=False, float_format="%.6f").encode())
+    plots = plot_curves(curves_frame(folder, manifest), folder,
+                        f"{manifest['spec']['study']['name']} ({manifest['profile']}, {manifest['data']['name']})")
+    out = {"table.md": folder / "table.md", "table.csv": folder / "table.csv", "comparisons.csv": folder / "comparisons.csv"}
+    out.update({p.name: p for p in plots})
+    return out

@@ -1,0 +1,164 @@
+"""Study results: load a study folder (its manifest and run records), aggregate with pandas
+(mean, std, n, 95% confidence interval over seeds), paired comparisons between arms, and the
+regression comparison with a stored study.
+
+A study folder holds ``study.json`` (the manifest written by ``replicate``: the spec, the
+profile, and which run id is which arm, seed and ablation value) and ``runs/<run_id>.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from .errors import UserError
+from .records import validate_record
+
+MANIFEST = "study.json"
+MAIN = "main"  # the ablation label of the main study's runs
+
+
+def load_manifest(folder: Path) -> dict:
+    path = Path(folder) / MANIFEST
+    if not path.exists():
+        raise UserError(f"{folder}: no {MANIFEST}; give a folder written by `mutualbench replicate`")
+    try:
+        manifest = json.loads(path.read_text())
+        assert isinstance(manifest, dict) and isinstance(manifest.get("runs"), list) and "spec" in manifest
+    except (json.JSONDecodeError, AssertionError) as e:
+        raise UserError(f"{path}: malformed study manifest ({type(e).__name__}); rerun `mutualbench replicate`") from None
+    return manifest
+
+
+def load_records(folder: Path, manifest: dict) -> dict[str, dict]:
+    records = {}
+    for entry in manifest["runs"]:
+        rid = entry["run_id"]
+        path = Path(folder) / "runs" / f"{rid}.json"
+        if rid in records or not path.exists():
+            continue
+        try:
+            records[rid] = validate_record(json.loads(path.read_text()), str(path))
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}: malformed run record ({e})") from None
+    return records
+
+
+def runs_frame(manifest: dict, records: dict[str, dict]) -> pd.DataFrame:
+    """One row per (planned run, model) of a complete record."""
+    rows = []
+    for entry in manifest["runs"]:
+        rec = records.get(entry["run_id"])
+        if rec is None or rec["status"] != "complete":
+            continue
+        for member, m in rec["models"].items():
+            rows.append({
+                "ablation": entry.get("ablation") or MAIN,
+                "value": entry.get("value") or "",
+                "arm": entry["arm"],
+                "method": rec["config"]["method"],
+                "member": member,
+                "seed": entry["seed"],
+                "run_id": entry["run_id"],
+                "arch": m["arch"],
+                "params": m["params"],
+                "final_acc": m["final_test_acc"],
+                "best_acc_test_selected": m["best_test_acc_test_selected"],
+                "train_s": rec["timings"]["train_s"],
+                "device": rec["env"]["device"],
+            })
+    cols = ["ablation", "value", "arm", "method", "member", "seed", "run_id", "arch", "params", "final_acc",
+            "best_acc_test_selected", "train_s", "device"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def t_quantile(n: int) -> float:
+    from scipy import stats
+
+    return float(stats.t.ppf(0.975, n - 1)) if n > 1 else math.nan
+
+
+def summarize(df: pd.DataFrame, spec: dict) -> pd.DataFrame:
+    """Per (ablation, value, arm, member): n, final accuracy mean/std/95% CI, best-epoch accuracy
+    (selected on the test set), parameters, training time, published number and difference."""
+    published = {a["name"]: a.get("published", {}) for a in spec.get("arms", [])}
+    order = {a["name"]: i for i, a in enumerate(spec.get("arms", []))}
+    rows = []
+    for (abl, val, arm, member), g in df.groupby(["ablation", "value", "arm", "member"], sort=False):
+        n = len(g)
+        mean, std = g["final_acc"].mean(), g["final_acc"].std(ddof=1) if n > 1 else math.nan
+        half = t_quantile(n) * std / math.sqrt(n) if n > 1 else math.nan
+        pub = published.get(arm, {}).get(member) if abl == MAIN else None
+        rows.append({
+            "ablation": abl, "value": val, "arm": arm, "method": g["method"].iloc[0], "member": member,
+            "arch": g["arch"].iloc[0], "params": int(g["params"].iloc[0]), "n": n,
+            "final_mean": mean, "final_std": std, "ci95_low": mean - half, "ci95_high": mean + half,
+            "best_mean_test_selected": g["best_acc_test_selected"].mean(),
+            "train_s_mean": g["train_s"].mean(),
+            "published": pub, "diff_vs_published": (mean - pub) if pub is not None else None,
+            "_order": (abl != MAIN, abl, order.get(arm, 99), val),
+        })
+    out = pd.DataFrame(rows)
+    if out.empty:
+        return out
+    return out.sort_values("_order", kind="stable").drop(columns="_order").reset_index(drop=True)
+
+
+def arm_accuracy(df: pd.DataFrame) -> pd.DataFrame:
+    """Per (ablation, value, arm, seed): the final accuracy, averaged over a cohort's members."""
+    return df.groupby(["ablation", "value", "arm", "seed"], sort=False)["final_acc"].mean().reset_index()
+
+
+def paired_comparisons(df: pd.DataFrame, comparisons: list[dict]) -> pd.DataFrame:
+    """a vs b over the seeds both have (main study): mean difference, its std, paired t-test."""
+    from scipy import stats
+
+    acc = arm_accuracy(df[df["ablation"] == MAIN])
+    rows = []
+    for comp in comparisons:
+        a = acc[acc["arm"] == comp["a"]].set_index("seed")["final_acc"]
+        b = acc[acc["arm"] == comp["b"]].set_index("seed")["final_acc"]
+        seeds = sorted(set(a.index) & set(b.index))
+        d = (a.loc[seeds] - b.loc[seeds]) if seeds else pd.Series(dtype=float)
+        n = len(seeds)
+        p = float(stats.ttest_rel(a.loc[seeds], b.loc[seeds]).pvalue) if n > 1 and d.std(ddof=1) > 0 else math.nan
+        rows.append({"a": comp["a"], "b": comp["b"], "n": n, "mean_a": a.loc[seeds].mean() if n else math.nan,
+                     "mean_b": b.loc[seeds].mean() if n else math.nan, "diff_mean": d.mean() if n else math.nan,
+                     "diff_std": d.std(ddof=1) if n > 1 else math.nan, "p_value": p,
+                     "a_wins": int((d > 0).sum())})
+    return pd.DataFrame(rows)
+
+
+def study_summary(folder: Path) -> tuple[dict, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    manifest = load_manifest(folder)
+    records = load_records(folder, manifest)
+    df = runs_frame(manifest, records)
+    return manifest, df, summarize(df, manifest["spec"]), paired_comparisons(df, manifest["spec"].get("comparisons", []))
+
+
+def compare_studies(new: Path, stored: Path) -> tuple[bool, list[str], float]:
+    """Every (ablation, value, arm, member) of the stored study must be present in the new one
+    with the same n and a mean final accuracy within the stored profile's tolerance."""
+    s_manifest, _, s_sum, _ = study_summary(stored)
+    _, _, n_sum, _ = study_summary(new)
+    if s_sum.empty:
+        raise UserError(f"{stored}: no complete runs to compare against")
+    tol = float(s_manifest["spec"]["profiles"][s_manifest["profile"]]["tolerance"])
+    key = ["ablation", "value", "arm", "member"]
+    merged = s_sum.merge(n_sum, on=key, how="left", suffixes=("_stored", "_new"), indicator=True)
+    problems = []
+    for _, r in merged.iterrows():
+        name = f"{r['arm']}/{r['member']}" + ("" if r["ablation"] == MAIN else f" [{r['ablation']}={r['value']}]")
+        if r["_merge"] != "both":
+            problems.append(f"{name}: missing from {new}")
+            continue
+        if r["n_stored"] != r["n_new"]:
+            problems.append(f"{name}: n = {int(r['n_new'])} seeds, stored {int(r['n_stored'])}")
+        delta = r["final_mean_new"] - r["final_mean_stored"]
+        if not abs(delta) <= tol:
+            problems.append(f"{name}: final accuracy {r['final_mean_new']:.2f}% vs stored {r['final_mean_stored']:.2f}% "
+                            f"({delta:+.2f} points, tolerance {tol})")
+    return not problems, problems, tol

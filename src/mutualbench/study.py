@@ -1,0 +1,73 @@
+"""``replicate``: a study spec into runs, run what is missing, then the table and plots.
+
+The output folder holds ``study.json`` (the manifest: spec, profile, seeds, data, and the
+run id of every arm x seed x ablation value), ``runs/`` (records and weights), and the
+table and plots. Runs whose valid, complete record exists are skipped, so an interrupted
+study resumes where it stopped and a finished one reruns nothing."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from .experiment import expand, load_spec
+from .io_utils import atomic_write_json
+from .launch import run_local, run_slurm
+from .records import complete_record
+from .run import Runner
+
+MANIFEST_SCHEMA = 1
+
+
+def replicate(spec_path: Path, profile: str, out: Path, *, data: str, seeds: int | None = None,
+              launcher: str = "local", data_root: Path | None = None, device: str = "auto",
+              ablations: bool = True, shard: tuple[int, int] | None = None, slurm: dict | None = None,
+              plan_only: bool = False, on_record: Callable[[dict], None] | None = None,
+              log: Callable[[str], None] = print) -> dict:
+    spec = load_spec(spec_path)
+    spec.profile(profile)
+    n_seeds = seeds if seeds is not None else int(spec.raw["study"].get("seeds", 3))
+    seed_list = list(range(n_seeds))
+    if shard is not None:
+        seed_list = [s for s in seed_list if s % shard[1] == shard[0]]
+    out = Path(out)
+    runner = Runner(out / "runs", data_root=data_root, device=device, log=log, on_record=on_record)
+    plan = expand(spec, profile, seed_list, data, ablations)
+    entries, pending, seen = [], [], set()
+    ds = None
+    for p in plan:  # validates every run (registries, taps, data) before any training
+        _, rid, ds, _ = runner.prepare(p.config)
+        entries.append({"arm": p.arm, "seed": p.seed, "ablation": p.ablation, "value": p.value, "run_id": rid,
+                        "method": p.config["method"]})
+        if rid not in seen:
+            seen.add(rid)
+            if complete_record(runner.out_dir, rid) is None:
+                pending.append(p.config)
+    manifest = {
+        "schema": MANIFEST_SCHEMA,
+        "spec_path": str(spec.path),
+        "spec_sha256": spec.sha256,
+        "spec": copy.deepcopy(spec.raw),
+        "profile": profile,
+        "seeds": seed_list,
+        "data": {"source": data, "name": ds.name, "sha256": ds.sha256},
+        "runs": entries,
+        "written_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    if shard is None:
+        atomic_write_json(out / "study.json", manifest)
+    total = len(seen)
+    if plan_only:
+        return {"manifest": manifest, "ran": 0, "total": total, "pending": len(pending), "errors": []}
+    if not pending:
+        log(f"all {total} runs of {spec.name}/{profile} are complete in {out}: nothing to run")
+        errors = []
+    else:
+        log(f"{spec.name}/{profile}: {total - len(pending)} of {total} runs complete, {len(pending)} to run")
+        if launcher == "slurm":
+            errors = run_slurm(pending, runner.out_dir, data_root=data_root, device=device, log=log, **(slurm or {}))
+        else:
+            errors = run_local(pending, runner, log)
+    return {"manifest": manifest, "ran": len(pending), "total": total, "errors": errors}

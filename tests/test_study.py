@@ -1,0 +1,164 @@
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from mutualbench.cli import main
+
+SPEC = """
+[study]
+name = "tiny"
+seeds = 2
+
+[defaults]
+"data.batch_size" = 16
+"train.epochs" = 1
+"teacher.train.epochs" = 1
+"hint.epochs" = 1
+
+[[arms]]
+name = "student"
+method = "individual"
+arch = "seed_vgg_student"
+published = { model = 50.0 }
+
+[[arms]]
+name = "kd"
+method = "kd"
+
+[[arms]]
+name = "dml"
+method = "mutual"
+cohort = 2
+set = { "train.optimizer.lr" = 3e-4 }
+
+[[comparisons]]
+a = "dml"
+b = "student"
+
+[[ablations]]
+name = "update_order"
+arms = ["dml"]
+values = { simultaneous = {}, sequential = { "mutual.update_order" = "sequential" } }
+
+[profiles.smoke]
+tolerance = 0.5
+set = { "train.epochs" = 2 }
+"""
+
+
+@pytest.fixture
+def spec(tmp_path):
+    path = tmp_path / "tiny.toml"
+    path.write_text(SPEC)
+    return path
+
+
+def replicate(spec, data, root, out, *extra, env=None):
+    args = ["replicate", str(spec), "--profile", "smoke", "--data", str(data), "--data-root", str(root),
+            "--out", str(out), "--device", "cpu", *extra]
+    if env:
+        return subprocess.run([sys.executable, "-m", "mutualbench.cli", *args], capture_output=True, text=True,
+                              env={**os.environ, **env}, timeout=600)
+    return main(args)
+
+
+def records(out):
+    return {p.name: json.loads(p.read_text()) for p in (out / "runs").glob("*.json")}
+
+
+def test_replicate_runs_everything_then_nothing(tmp_path, spec, tiny_cifar, capsys):
+    data, root = tiny_cifar
+    out = tmp_path / "study"
+    assert replicate(spec, data, root, out) == 0
+    recs = records(out)
+    # 2 seeds x (student, kd, dml, dml-sequential) + the teacher trained for kd, per seed
+    assert len(recs) == 10 and all(r["status"] == "complete" for r in recs.values())
+    for name in ("table.md", "table.csv", "comparisons.csv", "curves.png", "curves_dml.png", "study.json"):
+        assert (out / name).exists(), name
+    table = (out / "table.md").read_text()
+    assert "| student " in table and "Ablation: update_order" in table and "dml vs student" in table
+    capsys.readouterr()
+    mtimes = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*.json")}
+    assert replicate(spec, data, root, out) == 0
+    assert "nothing to run" in capsys.readouterr().err
+    assert {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*.json")} == mtimes
+
+
+def test_killed_study_completes_on_rerun_without_losing_or_repeating(tmp_path, spec, tiny_cifar):
+    data, root = tiny_cifar
+    out = tmp_path / "study"
+    killed = replicate(spec, data, root, out, "--quiet", env={"MUTUALBENCH_FAULT_KILL_AFTER_EPOCHS": "9"})
+    assert killed.returncode == -9
+    before = records(out)
+    assert 0 < len(before) < 10
+    assert replicate(spec, data, root, out, "--quiet") == 0
+    after = records(out)
+    assert len(after) == 10 and all(r["status"] == "complete" for r in after.values())
+    for name, rec in before.items():  # what was complete was not redone
+        assert after[name]["finished_at"] == rec["finished_at"]
+    manifest = json.loads((out / "study.json").read_text())
+    planned = {e["run_id"] + ".json" for e in manifest["runs"]}
+    teachers = {f"{r['teacher']['run_id']}.json" for r in after.values() if r.get("teacher")}
+    assert planned | teachers == set(after)
+
+
+def test_table_regenerates_identically_and_compare(tmp_path, spec, tiny_cifar, capsys):
+    data, root = tiny_cifar
+    out = tmp_path / "study"
+    assert replicate(spec, data, root, out, "--quiet", "--seeds", "2") == 0
+    first = (out / "table.md").read_text()
+    (out / "table.md").unlink()
+    assert main(["table", str(out)]) == 0
+    assert (out / "table.md").read_text() == first
+    stored = tmp_path / "stored"
+    shutil.copytree(out, stored, ignore=shutil.ignore_patterns("*.pt"))
+    capsys.readouterr()
+    assert main(["compare", str(out), "--against", str(stored)]) == 0
+    assert "within 0.5" in capsys.readouterr().out
+    # alter one stored record: compare must fail with a readable diff
+    path = next(p for p in (stored / "runs").glob("individual-*.json")
+                if json.loads(p.read_text())["models"]["model"]["arch"] == "seed_vgg_student")
+    rec = json.loads(path.read_text())
+    rec["models"]["model"]["final_test_acc"] += 7.0
+    path.write_text(json.dumps(rec))
+    assert main(["compare", str(out), "--against", str(stored)]) == 1
+    assert "student/model: final accuracy" in capsys.readouterr().out
+    assert main(["compare", str(out), "--against", str(tmp_path / "nowhere")]) == 2
+    (stored / "study.json").write_text("{not json")
+    assert main(["compare", str(out), "--against", str(stored)]) == 2
+
+
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (("[[comparisons]]", "[[comparisons]]\nc = 1"), "unknown key(s) c in [[comparisons]] #1"),
+        (('method = "kd"', 'method = "kdd"'), "unknown method 'kdd'"),
+        (('"train.epochs" = 1', '"train.epoch" = 1'), "unknown config key 'train.epoch'"),
+        (("[profiles.smoke]", "[profiles.quick]"), "no profile 'smoke'"),
+        (('arms = ["dml"]', 'arms = ["dlm"]'), "arm 'dlm' is not defined"),
+    ],
+)
+def test_malformed_spec_fails_before_training(tmp_path, tiny_cifar, capsys, edit, message):
+    data, root = tiny_cifar
+    bad = tmp_path / "bad.toml"
+    bad.write_text(SPEC.replace(*edit))
+    assert replicate(bad, data, root, tmp_path / "out") == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {bad}") and message in err
+    assert not (tmp_path / "out" / "runs").exists() or not list((tmp_path / "out" / "runs").glob("*.json"))
+
+
+def test_slurm_launcher_with_submitit_local_executor(tmp_path, spec, tiny_cifar):
+    pytest.importorskip("submitit")
+    data, root = tiny_cifar
+    out = tmp_path / "study"
+    code = replicate(spec, data, root, out, "--quiet", "--seeds", "1", "--no-ablations",
+                     "--launcher", "slurm", "--slurm-cluster", "local", "--time-min", "10")
+    assert code == 0
+    recs = records(out)
+    assert len(recs) == 4 and all(r["status"] == "complete" for r in recs.values())
+    assert list((out / "runs" / "slurm").iterdir())  # submitit's job folders
