@@ -127,6 +127,11 @@ def get_method(name: str) -> Method:
     return METHODS.get(name)()
 
 
+def check_single_model(config: dict, method: str, what: str = "one student") -> None:
+    if config["cohort"] != 1 or len(config["arch"]) != 1:
+        raise UserError(f"{method} trains {what}: give one --arch and no --cohort")
+
+
 def cohort_archs(config: dict) -> list[str]:
     """The student architecture of every cohort member (one arch repeated, or a list)."""
     archs, k = list(config["arch"]), config["cohort"]

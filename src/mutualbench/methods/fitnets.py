@@ -4,8 +4,7 @@ student trained by KD from the same teacher."""
 
 from __future__ import annotations
 
-from ..errors import UserError
-from .base import BuildContext, Method, ModelSlot, register_method, resolve_tap
+from .base import BuildContext, Method, ModelSlot, check_single_model, register_method, resolve_tap
 from .kd import kd_stage
 from .stages import HintStage
 
@@ -25,8 +24,7 @@ class FitNets(Method):
     needs_taps = True
 
     def check(self, config: dict) -> None:
-        if config["cohort"] != 1 or len(config["arch"]) != 1:
-            raise UserError("fitnets trains one student: give one --arch and no --cohort")
+        check_single_model(config, self.name, "one student")
 
     def build(self, ctx: BuildContext):
         arch = ctx.config["arch"][0]

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from ..errors import UserError
-from .base import BuildContext, Method, ModelSlot, register_method
+from .base import BuildContext, Method, ModelSlot, check_single_model, register_method
 from .losses import cross_entropy
 from .stages import SupervisedStage
 
@@ -13,8 +12,7 @@ class Individual(Method):
     sections = ("data", "loss", "train")
 
     def check(self, config: dict) -> None:
-        if config["cohort"] != 1 or len(config["arch"]) != 1:
-            raise UserError("individual trains one model: give one --arch and no --cohort")
+        check_single_model(config, self.name, "one model")
 
     def build(self, ctx: BuildContext):
         arch = ctx.config["arch"][0]

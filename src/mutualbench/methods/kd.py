@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import UserError
-from .base import BuildContext, Method, ModelSlot, register_method
+from .base import BuildContext, Method, ModelSlot, check_single_model, register_method
 from .losses import kd_loss
 from .stages import SupervisedStage
 
@@ -28,8 +27,7 @@ class KnowledgeDistillation(Method):
     needs_teacher = True
 
     def check(self, config: dict) -> None:
-        if config["cohort"] != 1 or len(config["arch"]) != 1:
-            raise UserError("kd trains one student: give one --arch and no --cohort")
+        check_single_model(config, self.name, "one student")
 
     def build(self, ctx: BuildContext):
         arch = ctx.config["arch"][0]
