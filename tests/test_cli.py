@@ -28,3 +28,10 @@ def test_bad_data_is_one_line_error_exit_2(tmp_path, data_root):
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1
     assert not (data_root / "cache").exists() or not any((data_root / "cache").iterdir())
+
+
+def test_methods_table_lists_all_five(capsys):
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    for name in ("individual", "kd", "mutual", "fitnets", "hint_mutual"):
+        assert f"| {name}" in out

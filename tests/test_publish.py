@@ -54,3 +54,17 @@ def test_publish_without_wandb_installed(study, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "wandb", None)
     assert main(["publish", str(study)]) == 2
     assert "wandb is not installed" in capsys.readouterr().err
+
+
+def test_log_run_offline_logs_the_curves(study, tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    from mutualbench.publish import log_run
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    record = json.loads(next((study / "runs").glob("mutual-*.json")).read_text())
+    log_run(record, project="mutualbench-test")
+    (history,) = tmp_path.glob("wandb/offline-run-*/files/wandb-summary.json")
+    summary = json.loads(history.read_text())
+    assert summary["final_test_acc/student1"] == record["models"]["student1"]["final_test_acc"]

@@ -27,6 +27,23 @@ def cmd_archs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_methods(args: argparse.Namespace) -> int:
+    import sys as _sys
+
+    from tabulate import tabulate
+
+    from .methods import METHODS
+
+    rows = []
+    for name in METHODS.names():
+        cls = METHODS.get(name)
+        doc = (_sys.modules[cls.__module__].__doc__ or "").strip().replace("\n", " ").replace("``", "")
+        rows.append([name, "yes" if cls.needs_teacher else "", ", ".join(cls.sections), doc])
+    print(tabulate(rows, headers=["method", "teacher", "config sections", "what it does"], tablefmt="github",
+                   maxcolwidths=[None, None, 30, 70]))
+    return 0
+
+
 def cmd_data(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
@@ -193,6 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("archs", help="list architectures with parameter counts and feature taps")
     p.set_defaults(func=cmd_archs)
+
+    p = sub.add_parser("methods", help="list the training methods and the config sections each uses")
+    p.set_defaults(func=cmd_methods)
 
     p = sub.add_parser("data", help="load a data set (cifar10, cifar100, a folder or archive) and summarise it")
     p.add_argument("source", help="cifar10, cifar100, a class-per-folder tree, or a .tar.gz/.zip of one")

@@ -1,5 +1,5 @@
 """``kd``: Hinton et al. 2015. A frozen teacher (eval mode) and a student trained with
-CE(s, y) + alpha * T^2 * KL(softmax(t/T) || softmax(s/T))."""
+CE(s, y) + alpha * T^2 * KL(softmax(t/T) ‖ softmax(s/T))."""
 
 from __future__ import annotations
 
