@@ -33,6 +33,12 @@ def _wandb():
     return wandb
 
 
+def _run_dir() -> str | None:
+    """Where W&B writes its local files: $WANDB_DIR when set, read at each call (wandb keeps
+    process-wide settings otherwise)."""
+    return os.environ.get("WANDB_DIR") or None
+
+
 def publish(folder: Path, project: str = "mutualbench", entity: str | None = None) -> str:
     from .report import write_report
     from .results import study_summary
@@ -43,7 +49,7 @@ def publish(folder: Path, project: str = "mutualbench", entity: str | None = Non
     written = write_report(folder)
     spec, profile = manifest["spec"], manifest["profile"]
     name = f"{spec['study']['name']}-{profile}"
-    run = wandb.init(project=project, entity=entity, name=name, job_type="study", reinit=True,
+    run = wandb.init(project=project, entity=entity, name=name, job_type="study", reinit=True, dir=_run_dir(),
                      config={"study": spec["study"]["name"], "profile": profile, "seeds": manifest["seeds"],
                              "data": manifest["data"], "spec": spec})
     try:
@@ -68,7 +74,7 @@ def publish(folder: Path, project: str = "mutualbench", entity: str | None = Non
 def log_run(record: dict, project: str = "mutualbench", entity: str | None = None, group: str | None = None) -> None:
     """One W&B run for one finished RunRecord: its config and per-epoch curves."""
     wandb = _wandb()
-    run = wandb.init(project=project, entity=entity, name=record["run_id"], group=group, job_type="run",
+    run = wandb.init(project=project, entity=entity, name=record["run_id"], group=group, job_type="run", dir=_run_dir(),
                      reinit=True, config={"config": record["config"], "data": record["data"], "env": record["env"]})
     try:
         for e in record["curves"]:
