@@ -76,6 +76,7 @@ CHOICES = {
     "teacher.train.schedule.name": ("constant", "step", "cosine"),
     "device": ("auto", "cpu", "cuda"),
     "mutual.fused_impl": ("auto", "vmap", "unbind"),
+    "speed.compile_mode": (None, "default", "reduce-overhead", "max-autotune"),
 }
 
 
