@@ -6,7 +6,7 @@ EXTRAS ?= dev,wandb,slurm
 # Study data: cifar10 downloads it; offline, point at a local copy (a folder or archive).
 MUTUALBENCH_DATA ?= cifar10
 
-.PHONY: install test replicate smoke-study bench bench-smoke lint clean
+.PHONY: install test replicate smoke-study bench bench-smoke gpu-prep gpu-import lint clean
 
 $(BIN)/mutualbench: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,7 +38,7 @@ smoke-study: $(BIN)/mutualbench
 # CPU benchmarks; ratios against baselines measured in the same run, with machine info.
 bench: $(BIN)/mutualbench
 	@mkdir -p results/bench
-	@for b in loader cohort; do \
+	@for b in loader cohort conv_grouping; do \
 	  $(BIN)/python -m pytest benchmarks/test_bench_$$b.py -q -p no:cacheprovider --benchmark-json results/bench/$$b-cpu.json || exit 1; \
 	  $(BIN)/python benchmarks/report.py results/bench/$$b-cpu.json > results/bench/$$b-cpu.md; \
 	  cat results/bench/$$b-cpu.md; \
@@ -48,8 +48,21 @@ bench: $(BIN)/mutualbench
 bench-smoke: $(BIN)/mutualbench
 	MUTUALBENCH_BENCH_SMOKE=1 $(BIN)/python -m pytest benchmarks -q -p no:cacheprovider --benchmark-disable
 
+# A lent GPU machine (README, "GPU session"): `make gpu-prep` puts the data archive and the
+# commit in .gpu/ (ignored); the device tool then runs `bash benchmarks/gpu_session.sh` carrying
+# .gpu, timeout_s 600; `make gpu-import FROM=<folder its files landed in>` stores the results.
+gpu-prep:
+	@test -f "$(SHARED_CIFAR)" || { echo "gpu-prep: $(SHARED_CIFAR) not found"; exit 2; }
+	mkdir -p .gpu && cp "$(SHARED_CIFAR)" .gpu/
+	@echo "$$(git rev-parse HEAD)$$(git diff --quiet HEAD -- src replication benchmarks || echo +dirty)" > .gpu/COMMIT
+	@echo "gpu-prep: .gpu/ holds $$(ls .gpu | tr '\n' ' ')(commit $$(cat .gpu/COMMIT))"
+
+gpu-import: $(BIN)/mutualbench
+	@test -n "$(FROM)" || { echo "gpu-import: FROM=<folder with gpu-check.md / study.tar.gz> is required"; exit 2; }
+	$(BIN)/python replication/import_gpu_session.py "$(FROM)"
+
 lint: $(BIN)/mutualbench
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks replication
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

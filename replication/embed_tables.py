@@ -27,7 +27,7 @@ def main() -> int:
         body = table.read_text().strip().splitlines()[1:]  # drop the title; REPLICATION.md has its own
         body = [("##" + line) if line.startswith("## ") else line for line in body]  # ## -> ####
         block = f"{start}\n" + "\n".join(body).strip() + f"\n{end}"
-        text = re.sub(re.escape(start) + r".*?" + re.escape(end), lambda _: block, text, flags=re.S)
+        text = re.sub(re.escape(start) + r".*?" + re.escape(end), lambda _, block=block: block, text, flags=re.S)
         print(f"embedded {table.relative_to(ROOT)}")
     report.write_text(text)
     return 0

@@ -199,3 +199,27 @@ def test_teacher_with_missing_weights_is_retrained_identically(tmp_path, tiny_ci
     again = runner.run(run_config("kd", data))
     assert again["teacher"]["source"] == "trained" and metrics(again) == metrics(first)
     assert metrics(read_record(tmp_path / f"{t_rid}.json")) == metrics(before)
+
+
+def test_git_commit_of_a_tree_copy_comes_from_the_environment(monkeypatch):
+    from mutualbench import envinfo
+
+    def no_git(*args, **kwargs):
+        raise FileNotFoundError("git")
+
+    monkeypatch.setattr(envinfo.subprocess, "run", no_git)
+    monkeypatch.delenv("MUTUALBENCH_SOURCE_COMMIT", raising=False)
+    assert envinfo.git_commit() == "unknown"
+    monkeypatch.setenv("MUTUALBENCH_SOURCE_COMMIT", "0123abc+dirty\n")
+    assert envinfo.git_commit() == "0123abc+dirty (copy)"
+
+
+def test_no_fuse_flag_takes_the_plain_cohort_path(tmp_path, tiny_cifar):
+    data, root = tiny_cifar
+    for flag, path in (([], "fused"), (["--no-fuse"], "plain")):
+        out = tmp_path / path
+        assert main(["run", "--method", "mutual", "--cohort", "2", "--epochs", "1", *flag, "--data", str(data),
+                     "--data-root", str(root), "--out", str(out), "--quiet", "--device", "cpu"]) == 0
+        record = json.loads(next(out.glob("*.json")).read_text())
+        assert record["config"]["mutual"]["fuse"] is (path == "fused")
+        assert [s.get("cohort_path") for s in record["stages"]] == [path]

@@ -162,3 +162,45 @@ def test_slurm_launcher_with_submitit_local_executor(tmp_path, spec, tiny_cifar)
     recs = records(out)
     assert len(recs) == 4 and all(r["status"] == "complete" for r in recs.values())
     assert list((out / "runs" / "slurm").iterdir())  # submitit's job folders
+
+
+def test_time_budget_stops_before_a_run_that_would_not_fit(monkeypatch):
+    from mutualbench import launch
+
+    clock = {"t": 0.0}
+    monkeypatch.setattr(launch.time, "monotonic", lambda: clock["t"])
+    durations = {"individual": 30.0, "mutual": 50.0}
+    ran = []
+
+    class FakeRunner:
+        def run(self, cfg):
+            ran.append((cfg["method"], cfg["seed"]))
+            clock["t"] += durations[cfg["method"]]
+
+    configs = [{"method": m, "arch": ["seed_vgg_student"], "seed": s}
+               for s in range(3) for m in ("individual", "mutual")]
+    messages = []
+    errors, left = launch.run_local(configs, FakeRunner(), messages.append, time_budget_s=100.0)
+    # seed 0 (0 -> 30 -> 80 s) runs; seed 1's individual run would end at 80 + 30 > 100: stop there
+    assert ran == [("individual", 0), ("mutual", 0)]
+    assert (errors, left) == ([], 4)
+    assert "4 runs left" in messages[-1] and "again to continue" in messages[-1]
+    clock["t"] = 0.0
+    ran.clear()
+    assert launch.run_local(configs, FakeRunner(), messages.append) == ([], 0)
+    assert len(ran) == 6
+
+
+def test_time_budget_cli_leaves_runs_for_a_rerun(tmp_path, spec, tiny_cifar, capsys):
+    data, root = tiny_cifar
+    out = tmp_path / "study"
+    assert replicate(spec, data, root, out, "--time-budget", "0.001", "--no-ablations") == 0
+    err = capsys.readouterr().err
+    # the first run starts (nothing of its kind measured yet, nothing spent); the next would pass the budget
+    assert "5 runs left" in err and "study incomplete" in err
+    assert (out / "study.json").exists() and len(records(out)) == 1
+    assert replicate(spec, data, root, out, "--no-ablations") == 0
+    assert "1 of 6 runs complete, 5 to run" in capsys.readouterr().err
+    assert len(records(out)) == 8  # 2 seeds x (student, kd, its teacher, dml)
+    assert replicate(spec, data, root, out, "--time-budget", "-5") == 2
+    assert "--time-budget must be a positive" in capsys.readouterr().err

@@ -86,6 +86,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         config["teacher"]["train"]["epochs"] = args.epochs
     if args.train_subset is not None:
         config["data"]["train_subset"] = args.train_subset
+    if args.no_fuse:
+        config["mutual"]["fuse"] = False
     config = apply_overrides(config, args.set or [])
     log = _log(args.quiet)
     runner = Runner(Path(args.out), data_root=args.data_root, device=config["device"], log=log)
@@ -129,6 +131,12 @@ def cmd_replicate(args: argparse.Namespace) -> int:
         group = f"{Path(args.spec).stem}-{profile}"
         common["on_record"] = lambda record: log_run(record, project=args.wandb_project, group=group)
     gpus = torch.cuda.device_count() if args.device != "cpu" else 0
+    if args.time_budget is not None:
+        if args.time_budget <= 0:
+            raise UserError(f"--time-budget must be a positive number of seconds, not {args.time_budget:g}")
+        if args.launcher != "local" or gpus > 1:
+            raise UserError("--time-budget works with the local launcher on one device: drop it, or set "
+                            "CUDA_VISIBLE_DEVICES to one GPU")
     if args.launcher == "local" and shard is None and gpus > 1:
         # One process per GPU, each running the seeds i, i+N, ... of the study.
         plan = replicate(Path(args.spec), profile, out, plan_only=True, **common)
@@ -144,7 +152,10 @@ def cmd_replicate(args: argparse.Namespace) -> int:
         result = {"errors": [f"GPU process {i} exited {c}" for i, c in enumerate(failed) if c]}
     else:
         slurm = {"partition": args.partition, "gpus": args.gpus, "time_min": args.time_min, "cluster": args.slurm_cluster}
-        result = replicate(Path(args.spec), profile, out, launcher=args.launcher, shard=shard, slurm=slurm, **common)
+        result = replicate(Path(args.spec), profile, out, launcher=args.launcher, shard=shard, slurm=slurm,
+                           time_budget_s=args.time_budget, **common)
+    if result.get("left"):
+        log(f"study incomplete: {result['left']} runs left after the time budget; the same command continues")
     if shard is not None or args.no_report:
         return 1 if result["errors"] else 0
     written = write_report(out)
@@ -233,6 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=None, help="epochs of every stage (training, hints, the teacher's training)")
     p.add_argument("--train-subset", type=int, default=None, help="train on a fixed, seeded, class-balanced subset of N images")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key, e.g. --set kd.temperature=4")
+    p.add_argument("--no-fuse", action="store_true",
+                   help="mutual methods: the plain per-model step instead of the fused cohort (= --set mutual.fuse=false)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--out", required=True, help="folder for the RunRecord (<run_id>.json) and weights")
     p.add_argument("--quiet", action="store_true", help="no per-epoch log lines")
@@ -252,6 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time-min", type=int, default=60, help="SLURM time limit per job, minutes")
     p.add_argument("--slurm-cluster", default=None, help=argparse.SUPPRESS)  # submitit cluster: local/debug in tests
     p.add_argument("--no-ablations", action="store_true", help="only the main arms")
+    p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                   help="start no run that would end past this many seconds (estimated from the longest run "
+                        "of its kind so far); the same command continues later")
     p.add_argument("--against", default=None, help="stored study to compare with (default results/<spec>/<profile>)")
     p.add_argument("--shard", default=None, help=argparse.SUPPRESS)  # I/N: seeds s with s % N == I
     p.add_argument("--no-report", action="store_true", help=argparse.SUPPRESS)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 import sys
@@ -14,7 +15,8 @@ from . import __version__
 
 def git_commit() -> str:
     """The commit of the source tree this package was imported from, '+dirty' when it has
-    uncommitted changes; 'unknown' outside a git checkout."""
+    uncommitted changes. Outside a git checkout (a copy of the tree sent to a GPU machine):
+    ``$MUTUALBENCH_SOURCE_COMMIT`` marked '(copy)' when set, else 'unknown'."""
     here = Path(__file__).resolve().parent
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
@@ -23,7 +25,8 @@ def git_commit() -> str:
                                capture_output=True, text=True, timeout=10).stdout.strip()
         return commit + ("+dirty" if dirty else "")
     except Exception:
-        return "unknown"
+        stated = os.environ.get("MUTUALBENCH_SOURCE_COMMIT", "").strip()
+        return f"{stated} (copy)" if stated else "unknown"
 
 
 def cpu_name() -> str:

@@ -4,6 +4,7 @@ that may train it, so no two jobs train the same teacher."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,20 +14,36 @@ from .methods import get_method
 from .progress import progress
 
 
-def run_local(configs: list[dict], runner, log: Callable[[str], None]) -> list[str]:
-    """Run in order; a diverged run is recorded as failed and the others go on. Returns
-    the errors."""
-    errors = []
+def run_local(configs: list[dict], runner, log: Callable[[str], None],
+              time_budget_s: float | None = None) -> tuple[list[str], int]:
+    """Run in order; a diverged run is recorded as failed and the others go on.
+
+    With ``time_budget_s``, no run is started that would end past the budget by the
+    estimate of the longest run of the same method and architectures seen so far in this
+    call (0 for one not seen yet), and the runs after it are left too, so the study stays
+    in its seeds-outermost order; a rerun continues. Returns the errors and the number of
+    runs left."""
+    errors: list[str] = []
+    start, longest = time.monotonic(), {}
     with progress(total=len(configs), desc="study", unit="run", leave=True) as bar:
         for i, cfg in enumerate(configs, 1):
+            kind = (cfg["method"], tuple(cfg["arch"]))
+            elapsed = time.monotonic() - start
+            if time_budget_s is not None and elapsed + longest.get(kind, 0.0) > time_budget_s:
+                left = len(configs) - i + 1
+                log(f"time budget of {time_budget_s:.0f} s: {elapsed:.0f} s spent, {left} runs left "
+                    "(run the same command again to continue)")
+                return errors, left
             log(f"[{i}/{len(configs)}] {cfg['method']} {','.join(cfg['arch'])} seed {cfg['seed']}")
+            t0 = time.monotonic()
             try:
                 runner.run(cfg)
             except TrainingDiverged as e:
                 errors.append(str(e))
                 log(f"run failed: {e}")
+            longest[kind] = max(longest.get(kind, 0.0), time.monotonic() - t0)
             bar.update(1)
-    return errors
+    return errors, 0
 
 
 def _slurm_job(config: dict, out_dir: str, data_root: str | None, device: str) -> str:

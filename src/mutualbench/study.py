@@ -24,7 +24,7 @@ MANIFEST_SCHEMA = 1
 def replicate(spec_path: Path, profile: str, out: Path, *, data: str, seeds: int | None = None,
               launcher: str = "local", data_root: Path | None = None, device: str = "auto",
               ablations: bool = True, shard: tuple[int, int] | None = None, slurm: dict | None = None,
-              plan_only: bool = False, on_record: Callable[[dict], None] | None = None,
+              plan_only: bool = False, time_budget_s: float | None = None, on_record: Callable[[dict], None] | None = None,
               log: Callable[[str], None] = print) -> dict:
     spec = load_spec(spec_path)
     spec.profile(profile)
@@ -61,6 +61,7 @@ def replicate(spec_path: Path, profile: str, out: Path, *, data: str, seeds: int
     total = len(seen)
     if plan_only:
         return {"manifest": manifest, "ran": 0, "total": total, "pending": len(pending), "errors": []}
+    left = 0
     if not pending:
         log(f"all {total} runs of {spec.name}/{profile} are complete in {out}: nothing to run")
         errors = []
@@ -69,5 +70,5 @@ def replicate(spec_path: Path, profile: str, out: Path, *, data: str, seeds: int
         if launcher == "slurm":
             errors = run_slurm(pending, runner.out_dir, data_root=data_root, device=device, log=log, **(slurm or {}))
         else:
-            errors = run_local(pending, runner, log)
-    return {"manifest": manifest, "ran": len(pending), "total": total, "errors": errors}
+            errors, left = run_local(pending, runner, log, time_budget_s)
+    return {"manifest": manifest, "ran": len(pending) - left, "left": left, "total": total, "errors": errors}
