@@ -56,7 +56,7 @@ def resolve_device(requested: str) -> torch.device:
 
 
 def environment(device: torch.device) -> dict:
-    return {
+    env = {
         "mutualbench": __version__,
         "git_commit": git_commit(),
         "python": sys.version.split()[0],
@@ -65,3 +65,7 @@ def environment(device: torch.device) -> dict:
         "device": device_name(device),
         "platform": platform.platform(),
     }
+    if device.type == "cuda":  # float32 convolutions and matmuls may run as TF32: say which
+        env["tf32"] = {"cudnn_conv": torch.backends.cudnn.allow_tf32,
+                       "matmul": torch.backends.cuda.matmul.allow_tf32}
+    return env
