@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from .io_utils import atomic_write_bytes
-from .results import MAIN, load_records, study_summary
+from .results import MAIN, ablation_comparisons, load_records, study_summary
 
 
 def _f(x, digits: int = 2) -> str:
@@ -23,7 +23,8 @@ def _ci(r) -> str:
     return f"[{r['ci95_low']:.2f}, {r['ci95_high']:.2f}]" if r["n"] > 1 else ""
 
 
-def markdown(manifest: dict, summary: pd.DataFrame, paired: pd.DataFrame) -> str:
+def markdown(manifest: dict, summary: pd.DataFrame, paired: pd.DataFrame,
+             ablation_paired: pd.DataFrame | None = None) -> str:
     from tabulate import tabulate
 
     spec, prof = manifest["spec"], manifest["profile"]
@@ -61,6 +62,15 @@ def markdown(manifest: dict, summary: pd.DataFrame, paired: pd.DataFrame) -> str
                 for _, r in g.iterrows()]
         lines.append(tabulate(rows, headers=["value", "arm", "member", "n", "final acc", "95% CI",
                                              "best (test-selected)"], tablefmt="github", disable_numparse=True))
+        ap = ablation_paired[ablation_paired["ablation"] == name] if ablation_paired is not None else None
+        if ap is not None and not ap.empty:
+            prow = [[r["arm"], f"{r['value']} vs {r['reference']}", r["n"], _f(r["mean_value"]), _f(r["mean_reference"]),
+                     _f(r["diff_mean"]), _f(r["diff_std"]), _f(r["p_value"], 4), f"{r['value_wins']}/{r['n']}"]
+                    for _, r in ap.iterrows()]
+            lines += ["", "Paired over seeds against the main settings (a cohort counts as its members' mean):", ""]
+            lines.append(tabulate(prow, headers=["arm", "comparison", "n", "mean", "mean (main)", "difference",
+                                                 "std of difference", "p (paired t)", "seeds higher"],
+                                  tablefmt="github", disable_numparse=True))
     return "\n".join(lines) + "\n"
 
 
@@ -140,12 +150,15 @@ def write_report(folder: Path) -> dict[str, Path]:
     folder = Path(folder)
     manifest, df, summary, paired = study_summary(folder)
     manifest = dict(manifest, record_devices=sorted(set(df["device"])))
-    md = markdown(manifest, summary, paired)
+    ablation_paired = ablation_comparisons(df)
+    md = markdown(manifest, summary, paired, ablation_paired)
     atomic_write_bytes(folder / "table.md", md.encode())
     atomic_write_bytes(folder / "table.csv", summary.to_csv(index=False, float_format="%.4f").encode())
     atomic_write_bytes(folder / "comparisons.csv", paired.to_csv(index=False, float_format="%.6f").encode())
+    atomic_write_bytes(folder / "ablation_comparisons.csv",
+                       ablation_paired.to_csv(index=False, float_format="%.6f").encode())
     plots = plot_curves(curves_frame(folder, manifest), folder,
                         f"{manifest['spec']['study']['name']} ({manifest['profile']}, {manifest['data']['name']})")
-    out = {"table.md": folder / "table.md", "table.csv": folder / "table.csv", "comparisons.csv": folder / "comparisons.csv"}
+    out = {name: folder / name for name in ("table.md", "table.csv", "comparisons.csv", "ablation_comparisons.csv")}
     out.update({p.name: p for p in plots})
     return out

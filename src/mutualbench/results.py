@@ -132,6 +132,38 @@ def paired_comparisons(df: pd.DataFrame, comparisons: list[dict]) -> pd.DataFram
     return pd.DataFrame(rows)
 
 
+def ablation_comparisons(df: pd.DataFrame) -> pd.DataFrame:
+    """Per ablation and arm: each value against the value that reproduces the main settings
+    (the one whose runs are the main arm's runs), paired over the seeds both have."""
+    from scipy import stats
+
+    acc = arm_accuracy(df)
+    main_runs = {arm: set(g["run_id"]) for arm, g in df[df["ablation"] == MAIN].groupby("arm")}
+    rows = []
+    for (abl, arm), g in df[df["ablation"] != MAIN].groupby(["ablation", "arm"], sort=False):
+        values = list(dict.fromkeys(g["value"]))
+        reference = next((v for v in values if set(g.loc[g["value"] == v, "run_id"]) <= main_runs.get(arm, set())), None)
+        if reference is None:
+            continue
+        sel = acc[(acc["ablation"] == abl) & (acc["arm"] == arm)]
+        b = sel[sel["value"] == reference].set_index("seed")["final_acc"]
+        for value in values:
+            if value == reference:
+                continue
+            a = sel[sel["value"] == value].set_index("seed")["final_acc"]
+            seeds = sorted(set(a.index) & set(b.index))
+            n = len(seeds)
+            d = a.loc[seeds] - b.loc[seeds]
+            p = float(stats.ttest_rel(a.loc[seeds], b.loc[seeds]).pvalue) if n > 1 and d.std(ddof=1) > 0 else math.nan
+            rows.append({"ablation": abl, "arm": arm, "value": value, "reference": reference, "n": n,
+                         "mean_value": a.loc[seeds].mean() if n else math.nan,
+                         "mean_reference": b.loc[seeds].mean() if n else math.nan,
+                         "diff_mean": d.mean() if n else math.nan, "diff_std": d.std(ddof=1) if n > 1 else math.nan,
+                         "p_value": p, "value_wins": int((d > 0).sum())})
+    return pd.DataFrame(rows, columns=["ablation", "arm", "value", "reference", "n", "mean_value", "mean_reference",
+                                       "diff_mean", "diff_std", "p_value", "value_wins"])
+
+
 def study_summary(folder: Path) -> tuple[dict, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     manifest = load_manifest(folder)
     records = load_records(folder, manifest)
