@@ -223,3 +223,32 @@ def test_no_fuse_flag_takes_the_plain_cohort_path(tmp_path, tiny_cifar):
         record = json.loads(next(out.glob("*.json")).read_text())
         assert record["config"]["mutual"]["fuse"] is (path == "fused")
         assert [s.get("cohort_path") for s in record["stages"]] == [path]
+
+
+def test_git_commit_is_dirty_for_package_changes_only(tmp_path):
+    import shutil
+    import subprocess
+
+    from mutualbench import envinfo
+
+    if shutil.which("git") is None:
+        pytest.skip("git not installed")
+    repo = tmp_path / "repo"
+    pkg = repo / "src" / "mutualbench"
+    pkg.mkdir(parents=True)
+    (pkg / "envinfo.py").write_text("# package file\n")
+    (repo / "results.json").write_text("{}\n")
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "init"], check=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    original = envinfo.__file__
+    try:
+        envinfo.__file__ = str(pkg / "envinfo.py")
+        (repo / "results.json").write_text('{"rewritten": true}\n')  # a study rewriting its tracked results
+        assert envinfo.git_commit() == head
+        (pkg / "envinfo.py").write_text("# edited\n")
+        assert envinfo.git_commit() == head + "+dirty"
+    finally:
+        envinfo.__file__ = original

@@ -14,14 +14,15 @@ from . import __version__
 
 
 def git_commit() -> str:
-    """The commit of the source tree this package was imported from, '+dirty' when it has
-    uncommitted changes. Outside a git checkout (a copy of the tree sent to a GPU machine):
+    """The commit of the source tree this package was imported from, '+dirty' when the
+    package's files have uncommitted changes. Outside a git checkout (a copy of the tree sent to a GPU machine):
     ``$MUTUALBENCH_SOURCE_COMMIT`` marked '(copy)' when set, else 'unknown'."""
     here = Path(__file__).resolve().parent
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
                                 timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+        # only the package's own files: a study rewriting its tracked results is not a code change
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "."], cwd=here,
                                capture_output=True, text=True, timeout=10).stdout.strip()
         return commit + ("+dirty" if dirty else "")
     except Exception:
