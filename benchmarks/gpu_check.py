@@ -9,6 +9,8 @@ epoch, no compile or CUDA graphs): CI runs it so that the script does not first 
 scarce GPU machine. Its timings mean nothing.
 
 Every configuration is tried on its own; one that fails is reported as failed, not fatal.
+Eager ways run first, compiled ones last, and ``--out`` is rewritten after every row, so a
+run stopped by a time limit keeps everything it measured.
 Timings are ratios against the sequential and plain-loop baselines measured in the same run.
 """
 
@@ -79,6 +81,31 @@ def _rel(a: list[torch.Tensor], b: list[torch.Tensor], start: list[torch.Tensor]
 EQUIV_OPT = ["train.optimizer.name=sgd", "train.optimizer.lr=0.01", "train.optimizer.momentum=0.9"]
 
 
+def _equivalence_case(device: torch.device, k: int, extra: list[str], tol: float) -> list[str]:
+    bf16 = "speed.bf16=true" in extra
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = bf16
+    ref, rm = stage_for(EQUIV_OPT + ["mutual.fuse=false", "speed.channels_last=false"], k, torch.device("cpu"))
+    for m in rm.values():
+        m.double()
+    ref.begin()  # the optimizer over the float64 parameters
+    fused, fm = stage_for(EQUIV_OPT + ["mutual.fused_impl=vmap"] + extra, k, device)
+    plain, pm = stage_for(EQUIV_OPT + ["mutual.fuse=false"] + extra, k, device)
+    start = _params(rm)
+    g = torch.Generator(device="cpu").manual_seed(1)
+    for _ in range(5):
+        x = torch.randn(32, 3, 32, 32, generator=g)
+        y = torch.randint(0, 10, (32,), generator=g)
+        ref.step(x.double(), y)
+        fused.step(x.to(device), y.to(device))
+        plain.step(x.to(device), y.to(device))
+    fused.sync()
+    reference = _params(rm)
+    d_fused, d_plain = _rel(_params(fm), reference, start), _rel(_params(pm), reference, start)
+    d_pair = _rel(_params(fm), _params(pm), start)
+    ok = math.isfinite(d_fused) and (d_fused < tol or d_fused <= 2 * d_plain)
+    return [f"{d_fused:.2e}", f"{d_plain:.2e}", f"{d_pair:.2e}", "ok" if ok else f"FAIL (tol {tol})"]
+
+
 def equivalence(device: torch.device) -> list[list]:
     """Fused and plain simultaneous paths, 5 SGD steps, each against a float64 plain
     reference on the CPU; TF32 off for the float32 cases. A case passes when the fused path
@@ -88,33 +115,102 @@ def equivalence(device: torch.device) -> list[list]:
     try:
         for k in (2, 3):
             for extra, tol in (([], 1e-5), (["speed.channels_last=false"], 1e-5), (["speed.bf16=true"], 2e-2)):
-                bf16 = "speed.bf16=true" in extra
-                torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = bf16
-                ref, rm = stage_for(EQUIV_OPT + ["mutual.fuse=false", "speed.channels_last=false"], k,
-                                    torch.device("cpu"))
-                for m in rm.values():
-                    m.double()
-                ref.begin()  # the optimizer over the float64 parameters
-                fused, fm = stage_for(EQUIV_OPT + ["mutual.fused_impl=vmap"] + extra, k, device)
-                plain, pm = stage_for(EQUIV_OPT + ["mutual.fuse=false"] + extra, k, device)
-                start = _params(rm)
-                g = torch.Generator(device="cpu").manual_seed(1)
-                for _ in range(5):
-                    x = torch.randn(32, 3, 32, 32, generator=g)
-                    y = torch.randint(0, 10, (32,), generator=g)
-                    ref.step(x.double(), y)
-                    fused.step(x.to(device), y.to(device))
-                    plain.step(x.to(device), y.to(device))
-                fused.sync()
-                reference = _params(rm)
-                d_fused, d_plain = _rel(_params(fm), reference, start), _rel(_params(pm), reference, start)
-                d_pair = _rel(_params(fm), _params(pm), start)
-                ok = math.isfinite(d_fused) and (d_fused < tol or d_fused <= 2 * d_plain)
-                rows.append([f"K={k} {' '.join(extra) or 'fp32 channels_last'}", f"{d_fused:.2e}", f"{d_plain:.2e}",
-                             f"{d_pair:.2e}", "ok" if ok else f"FAIL (tol {tol})"])
+                case = f"K={k} {' '.join(extra) or 'fp32 channels_last'}"
+                try:
+                    rows.append([case, *_equivalence_case(device, k, extra, tol)])
+                except Exception as e:  # report, continue
+                    rows.append([case, "", "", "", f"failed: {type(e).__name__}: {str(e).splitlines()[0][:80]}"])
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
     return rows
+
+
+# Every way in the training default layout (channels-last) unless its name says otherwise,
+# so the ratios against the sequential and loop baselines measure the update and the fusion.
+VARIANTS = [
+    ("sequential", ["mutual.update_order=sequential"]),
+    ("loop", ["mutual.fuse=false"]),
+    ("fused", []),
+    ("fused-unbind", ["mutual.fused_impl=unbind"]),
+    ("fused-rowmajor", ["speed.channels_last=false"]),
+    ("fused+bf16", ["speed.bf16=true"]),
+    ("fused+bf16+compile", ["speed.bf16=true", "speed.compile=true"]),
+    ("fused+bf16+cudagraphs", ["speed.bf16=true", "speed.compile=true", "speed.compile_mode=reduce-overhead"]),
+]
+
+
+class Report:
+    """The markdown report, rewritten to ``out`` after every row."""
+
+    def __init__(self, out: str | None, header: list[str]) -> None:
+        self.out, self.header, self.epoch_images = out, header, 0
+        self.rows: dict[str, list[tuple[tuple, list]]] = {"eq": [], "step": [], "epoch": []}
+
+    def add(self, section: str, row: list, order: tuple = ()) -> None:
+        self.rows[section].append((order, [str(v) for v in row]))
+        print(row, flush=True)
+        self.save()
+
+    def _table(self, section: str) -> list[str]:
+        return [f"| {' | '.join(r)} |" for _, r in sorted(self.rows[section], key=lambda t: t[0])]
+
+    def render(self) -> str:
+        lines = self.header + [
+            "", "## Equivalence after 5 SGD steps: relative difference of the weight updates from a float64 reference",
+            "", "| case | fused vs float64 | plain vs float64 | fused vs plain | verdict |", "|---|---|---|---|---|",
+            *self._table("eq"),
+            "", "## One training step, blog student, batch 128", "",
+            "| K | way | ms/step | x vs sequential | x vs loop | images/s |", "|---|---|---|---|---|---|",
+            *self._table("step"),
+            "", f"## One {self.epoch_images:,}-image epoch of a K=2 cohort (DeviceLoader, flip + crop)", "",
+            "| way | seconds | images/s |", "|---|---|---|", *self._table("epoch"),
+        ]
+        return "\n".join(lines) + "\n"
+
+    def save(self) -> str:
+        text = self.render()
+        if self.out:
+            Path(self.out).parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(self.out).with_suffix(".tmp")
+            tmp.write_text(text)
+            tmp.replace(self.out)
+        return text
+
+
+def time_variant_steps(report, chosen, k, base, device, x, y, steps, warmup) -> None:
+    for i, name, overrides in chosen:
+        try:
+            stage, _ = stage_for(overrides, k, device)
+            t = time_steps(stage, x, y, device, steps, warmup)
+            base[k].setdefault(name, t)
+            seq, loop = base[k].get("sequential"), base[k].get("loop")
+            row = [k, name, f"{t * 1e3:.2f}", f"{seq / t:.2f}" if seq else "", f"{loop / t:.2f}" if loop else "",
+                   f"{BATCH / t:,.0f}"]
+        except Exception as e:  # report, continue
+            row = [k, name, f"failed: {type(e).__name__}: {str(e).splitlines()[0][:80]}", "", "", ""]
+        report.add("step", row, order=(k, i))
+
+
+def time_variant_epochs(report, chosen, device, loader, epoch_images) -> None:
+    """A whole epoch of a K=2 cohort through the DeviceLoader, after a warm-up epoch
+    (compilation, autotuning), for each fused way."""
+    for i, name, overrides in chosen:
+        if not name.startswith("fused"):
+            continue
+        try:
+            stage, _ = stage_for(overrides, 2, device)
+            for xb, yb in loader.epoch_batches(0):
+                stage.step(xb, yb)
+            synchronize(device)
+            t0 = time.perf_counter()
+            for xb, yb in loader.epoch_batches(1):
+                stage.step(xb, yb)
+            synchronize(device)
+            dt = time.perf_counter() - t0
+            row = [name, f"{dt:.3f}", f"{epoch_images / dt:,.0f}"]
+        except Exception as e:  # report, continue
+            row = [name, f"failed: {type(e).__name__}: {str(e).splitlines()[0][:80]}", ""]
+        report.add("epoch", row, order=(i,))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -135,79 +231,34 @@ def main(argv: list[str] | None = None) -> int:
         title = f"GPU check: {torch.cuda.get_device_name(0)}"
     else:
         title = "GPU check, dry run on the CPU (timings meaningless)"
-    lines = [f"# {title}", "",
-             f"- {environment(device)}", f"- python {platform.python_version()}", ""]
-    print("\n".join(lines), flush=True)
-    eq = equivalence(device)
-    lines += ["## Equivalence after 5 SGD steps: relative difference of the weight updates from a float64 reference", "",
-              "| case | fused vs float64 | plain vs float64 | fused vs plain | verdict |", "|---|---|---|---|---|"]
-    lines += [f"| {' | '.join(r)} |" for r in eq] + [""]
-    print("\n".join(lines[-len(eq) - 4:]), flush=True)
+    report = Report(args.out, [f"# {title}", "", f"- {environment(device)}", f"- python {platform.python_version()}"])
+    report.epoch_images = epoch_images
+    print("\n".join(report.header), flush=True)
+    for row in equivalence(device):
+        report.add("eq", row)
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(BATCH, 3, 32, 32, generator=g).to(device)
     y = torch.randint(0, 10, (BATCH,), generator=g).to(device)
-    variants = [
-        ("sequential", ["mutual.update_order=sequential", "speed.channels_last=false"]),
-        ("loop", ["mutual.fuse=false", "speed.channels_last=false"]),
-        ("fused", ["speed.channels_last=false"]),
-        ("fused-unbind", ["speed.channels_last=false", "mutual.fused_impl=unbind"]),
-        ("fused+cl", []),
-        ("fused+cl+bf16", ["speed.bf16=true"]),
-        ("fused+cl+bf16+compile", ["speed.bf16=true", "speed.compile=true"]),
-        ("fused+cl+bf16+cudagraphs", ["speed.bf16=true", "speed.compile=true", "speed.compile_mode=reduce-overhead"]),
-    ]
-    rows = []
-    for k in (2, 4):
-        base = {}
-        for name, overrides in variants:
-            if device.type == "cpu" and "speed.compile=true" in overrides:
-                rows.append([k, name, "skipped on the CPU", "", "", ""])
-                continue
-            try:
-                stage, _ = stage_for(overrides, k, device)
-                t = time_steps(stage, x, y, device, steps, warmup)
-                base.setdefault(name, t)
-                rows.append([k, name, f"{t * 1e3:.2f}", f"{base['sequential'] / t:.2f}" if "sequential" in base else "",
-                             f"{base['loop'] / t:.2f}" if "loop" in base else "", f"{BATCH / t:,.0f}"])
-            except Exception as e:  # report, continue
-                rows.append([k, name, f"failed: {type(e).__name__}: {str(e).splitlines()[0][:80]}", "", "", ""])
-            print(rows[-1], flush=True)
-
-    # A whole 50,000-image epoch of a K=2 cohort through the DeviceLoader, each fused variant.
     images = torch.randint(0, 256, (epoch_images, 32, 32, 3), dtype=torch.uint8)
     labels = torch.randint(0, 10, (epoch_images,))
     loader = DeviceLoader(images, labels, batch_size=BATCH, device=device, flip=True, crop_padding=4,
                           mean=(0.5,) * 3, std=(0.25,) * 3, seed=0)
-    epoch_rows = []
-    for name, overrides in variants[2:]:
-        if device.type == "cpu" and "speed.compile=true" in overrides:
+    base: dict[int, dict[str, float]] = {2: {}, 4: {}}
+    # eager ways first, compiled ones last (minutes of compilation); the report is rewritten
+    # after every row, so a run stopped by its time limit keeps what it measured
+    for compiled in (False, True):
+        chosen = [(i, n, o) for i, (n, o) in enumerate(VARIANTS) if ("speed.compile=true" in o) == compiled]
+        if compiled and device.type == "cpu":
+            for k in (2, 4):
+                for i, name, _ in chosen:
+                    report.add("step", [k, name, "skipped on the CPU", "", "", ""], order=(k, i))
             continue
-        try:
-            stage, _ = stage_for(overrides, 2, device)
-            for xb, yb in loader.epoch_batches(0):  # warm-up epoch (compilation, autotuning)
-                stage.step(xb, yb)
-            synchronize(device)
-            t0 = time.perf_counter()
-            for xb, yb in loader.epoch_batches(1):
-                stage.step(xb, yb)
-            synchronize(device)
-            dt = time.perf_counter() - t0
-            epoch_rows.append([name, f"{dt:.3f}", f"{epoch_images / dt:,.0f}"])
-        except Exception as e:
-            epoch_rows.append([name, f"failed: {type(e).__name__}", ""])
-        print(epoch_rows[-1], flush=True)
-
-    lines += ["## One training step, blog student, batch 128", "",
-              "| K | way | ms/step | x vs sequential | x vs loop | images/s |", "|---|---|---|---|---|---|"]
-    lines += [f"| {' | '.join(map(str, r))} |" for r in rows]
-    lines += ["", f"## One {epoch_images:,}-image epoch of a K=2 cohort (DeviceLoader, flip + crop)", "",
-              "| way | seconds | images/s |", "|---|---|---|"] + [f"| {' | '.join(r)} |" for r in epoch_rows]
-    text = "\n".join(lines) + "\n"
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text)
-    print("\n" + text)
+        # K = 2 steps, then the K = 2 epoch (the aims), then K = 4 steps
+        time_variant_steps(report, chosen, 2, base, device, x, y, steps, warmup)
+        time_variant_epochs(report, chosen, device, loader, epoch_images)
+        time_variant_steps(report, chosen, 4, base, device, x, y, steps, warmup)
+    print("\n" + report.save())
     return 0
 
 

@@ -36,14 +36,22 @@ echo "gpu check exit $?"
 
 left=$(( TOTAL_S - ($(date +%s) - start) - PACK_S ))
 budget=$(( left * 3 / 4 ))   # no new run after this; a run started before it has the rest to end
-echo "== study ${PROFILE}, ${SEEDS} seeds, main arms: ${left} s left, no run starts after ${budget} s"
 mkdir -p /tmp/gpu-session
-# continue the stored study: its complete runs are skipped, the archive holds them all
+# continue the stored study: its complete runs are skipped, the archive holds them all, and
+# never with fewer seeds than it has (the manifest written here replaces the stored one)
 if [ ! -d "/tmp/gpu-session/$PROFILE" ] && [ -f "results/seed_blog/$PROFILE/study.json" ]; then
   cp -r "results/seed_blog/$PROFILE" "/tmp/gpu-session/$PROFILE"
 fi
+arms=(--no-ablations)
+if [ -f "/tmp/gpu-session/$PROFILE/study.json" ]; then
+  read -r stored stored_ablations < <("$PY" -c 'import json, sys; m = json.load(open(sys.argv[1]))
+print(len(m["seeds"]), int(any(r.get("ablation") for r in m["runs"])))' "/tmp/gpu-session/$PROFILE/study.json")
+  [ "$stored" -gt "$SEEDS" ] && SEEDS=$stored
+  [ "$stored_ablations" = 1 ] && arms=()
+fi
+echo "== study ${PROFILE}, ${SEEDS} seeds, ${arms[*]:-with ablations}: ${left} s left, no run starts after ${budget} s"
 timeout -k 5 "$left" "$PY" -m mutualbench.cli replicate replication/seed_blog.toml --profile "$PROFILE" \
-  --seeds "$SEEDS" --no-ablations --data "$DATA" --device "$DEVICE" --out "/tmp/gpu-session/$PROFILE" \
+  --seeds "$SEEDS" "${arms[@]}" --data "$DATA" --device "$DEVICE" --out "/tmp/gpu-session/$PROFILE" \
   --time-budget "$budget" > "$OUT/study.log" 2>&1
 echo "study exit $?"
 # the table again: a study stopped by the timeout wrote none (a rerun on a warm machine resumes it)
