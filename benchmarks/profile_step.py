@@ -13,10 +13,7 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from mutualbench.archs import create_arch
-from mutualbench.cohort import make_mutual_stage
-from mutualbench.config import DEFAULTS, apply_overrides
-from mutualbench.methods.base import BuildContext
+from gpu_check import stage_for
 
 WAYS = {"sequential": ["mutual.update_order=sequential"], "loop": ["mutual.fuse=false"], "fused": []}
 
@@ -28,12 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--steps", type=int, default=5)
     args = parser.parse_args(argv)
-    cfg = apply_overrides(DEFAULTS, WAYS[args.way] + (["speed.bf16=true"] if args.bf16 else []))
-    torch.manual_seed(0)
-    members = {f"student{i + 1}": create_arch("seed_vgg_student") for i in range(args.k)}
-    stage = make_mutual_stage(members, BuildContext(cfg, torch.device("cpu"), 10))
-    stage.begin()
-    stage.train_mode()
+    stage, _ = stage_for(WAYS[args.way] + (["speed.bf16=true"] if args.bf16 else []), args.k, torch.device("cpu"))
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(128, 3, 32, 32, generator=g), torch.randint(0, 10, (128,), generator=g)
     for _ in range(2):

@@ -28,8 +28,6 @@ def cmd_archs(args: argparse.Namespace) -> int:
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
-    import sys as _sys
-
     from tabulate import tabulate
 
     from .methods import METHODS
@@ -37,7 +35,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
     rows = []
     for name in METHODS.names():
         cls = METHODS.get(name)
-        doc = (_sys.modules[cls.__module__].__doc__ or "").strip().replace("\n", " ").replace("``", "")
+        doc = (sys.modules[cls.__module__].__doc__ or "").strip().replace("\n", " ").replace("``", "")
         rows.append([name, "yes" if cls.needs_teacher else "", ", ".join(cls.sections), doc])
     print(tabulate(rows, headers=["method", "teacher", "config sections", "what it does"], tablefmt="github",
                    maxcolwidths=[None, None, 30, 70]))

@@ -15,8 +15,9 @@ from . import __version__
 
 def git_commit() -> str:
     """The commit of the source tree this package was imported from, '+dirty' when the
-    package's files have uncommitted changes. Outside a git checkout (a copy of the tree sent to a GPU machine):
-    ``$MUTUALBENCH_SOURCE_COMMIT`` marked '(copy)' when set, else 'unknown'."""
+    package's files have uncommitted changes. Outside a git checkout (a copy of the tree
+    sent to a GPU machine): ``$MUTUALBENCH_SOURCE_COMMIT`` marked '(copy)' when set, else
+    'unknown'."""
     here = Path(__file__).resolve().parent
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,

@@ -112,31 +112,36 @@ def arm_accuracy(df: pd.DataFrame) -> pd.DataFrame:
     return df.groupby(["ablation", "value", "arm", "seed"], sort=False)["final_acc"].mean().reset_index()
 
 
-def paired_comparisons(df: pd.DataFrame, comparisons: list[dict]) -> pd.DataFrame:
-    """a vs b over the seeds both have (main study): mean difference, its std, paired t-test."""
+def _paired(a: pd.Series, b: pd.Series) -> dict:
+    """Accuracies ``a`` and ``b`` indexed by seed, over the seeds both have: n, means, the
+    mean and std of a - b, the paired t-test p-value (none when every difference is equal),
+    and on how many seeds a is higher."""
     from scipy import stats
 
+    seeds = sorted(set(a.index) & set(b.index))
+    n = len(seeds)
+    a, b = a.loc[seeds], b.loc[seeds]
+    d = a - b
+    p = float(stats.ttest_rel(a, b).pvalue) if n > 1 and d.std(ddof=1) > 0 else math.nan
+    return {"n": n, "mean_a": a.mean() if n else math.nan, "mean_b": b.mean() if n else math.nan,
+            "diff_mean": d.mean() if n else math.nan, "diff_std": d.std(ddof=1) if n > 1 else math.nan,
+            "p_value": p, "a_wins": int((d > 0).sum())}
+
+
+def paired_comparisons(df: pd.DataFrame, comparisons: list[dict]) -> pd.DataFrame:
+    """a vs b over the seeds both have (main study): mean difference, its std, paired t-test."""
     acc = arm_accuracy(df[df["ablation"] == MAIN])
     rows = []
     for comp in comparisons:
         a = acc[acc["arm"] == comp["a"]].set_index("seed")["final_acc"]
         b = acc[acc["arm"] == comp["b"]].set_index("seed")["final_acc"]
-        seeds = sorted(set(a.index) & set(b.index))
-        d = (a.loc[seeds] - b.loc[seeds]) if seeds else pd.Series(dtype=float)
-        n = len(seeds)
-        p = float(stats.ttest_rel(a.loc[seeds], b.loc[seeds]).pvalue) if n > 1 and d.std(ddof=1) > 0 else math.nan
-        rows.append({"a": comp["a"], "b": comp["b"], "n": n, "mean_a": a.loc[seeds].mean() if n else math.nan,
-                     "mean_b": b.loc[seeds].mean() if n else math.nan, "diff_mean": d.mean() if n else math.nan,
-                     "diff_std": d.std(ddof=1) if n > 1 else math.nan, "p_value": p,
-                     "a_wins": int((d > 0).sum())})
+        rows.append({"a": comp["a"], "b": comp["b"], **_paired(a, b)})
     return pd.DataFrame(rows)
 
 
 def ablation_comparisons(df: pd.DataFrame) -> pd.DataFrame:
     """Per ablation and arm: each value against the value that reproduces the main settings
     (the one whose runs are the main arm's runs), paired over the seeds both have."""
-    from scipy import stats
-
     acc = arm_accuracy(df)
     main_runs = {arm: set(g["run_id"]) for arm, g in df[df["ablation"] == MAIN].groupby("arm")}
     rows = []
@@ -151,15 +156,11 @@ def ablation_comparisons(df: pd.DataFrame) -> pd.DataFrame:
             if value == reference:
                 continue
             a = sel[sel["value"] == value].set_index("seed")["final_acc"]
-            seeds = sorted(set(a.index) & set(b.index))
-            n = len(seeds)
-            d = a.loc[seeds] - b.loc[seeds]
-            p = float(stats.ttest_rel(a.loc[seeds], b.loc[seeds]).pvalue) if n > 1 and d.std(ddof=1) > 0 else math.nan
-            rows.append({"ablation": abl, "arm": arm, "value": value, "reference": reference, "n": n,
-                         "mean_value": a.loc[seeds].mean() if n else math.nan,
-                         "mean_reference": b.loc[seeds].mean() if n else math.nan,
-                         "diff_mean": d.mean() if n else math.nan, "diff_std": d.std(ddof=1) if n > 1 else math.nan,
-                         "p_value": p, "value_wins": int((d > 0).sum())})
+            stats = _paired(a, b)
+            rows.append({"ablation": abl, "arm": arm, "value": value, "reference": reference, "n": stats["n"],
+                         "mean_value": stats["mean_a"], "mean_reference": stats["mean_b"],
+                         "diff_mean": stats["diff_mean"], "diff_std": stats["diff_std"], "p_value": stats["p_value"],
+                         "value_wins": stats["a_wins"]})
     return pd.DataFrame(rows, columns=["ablation", "arm", "value", "reference", "n", "mean_value", "mean_reference",
                                        "diff_mean", "diff_std", "p_value", "value_wins"])
 

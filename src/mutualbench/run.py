@@ -139,11 +139,12 @@ class Runner:
             tcfg = teacher_config(config)
             t_resolved, t_rid, _, _ = self.prepare(tcfg)
             final = self.out_dir / t_rid / "final.pt"
-            reused = complete_record(self.out_dir, t_rid) is not None and final.exists()
+            recorded = complete_record(self.out_dir, t_rid) is not None
+            reused = recorded and final.exists()
             if not reused:
                 self.log(f"training the teacher ({arch}) as run {t_rid}"
                          + (" again: its record is here but not its weights (results/ stores no weights)"
-                            if complete_record(self.out_dir, t_rid) else ""))
+                            if recorded else ""))
             record = self.run(tcfg, force=not reused)
             load_state_dict_file(final, teacher, "teacher weights")
             info = {"source": "reused" if reused else "trained", "run_id": t_rid,
