@@ -196,11 +196,13 @@ def test_time_budget_cli_leaves_runs_for_a_rerun(tmp_path, spec, tiny_cifar, cap
     out = tmp_path / "study"
     assert replicate(spec, data, root, out, "--time-budget", "0.001", "--no-ablations") == 0
     err = capsys.readouterr().err
-    # the first run starts (nothing of its kind measured yet, nothing spent); the next would pass the budget
-    assert "5 runs left" in err and "study incomplete" in err
-    assert (out / "study.json").exists() and len(records(out)) == 1
-    assert replicate(spec, data, root, out, "--no-ablations") == 0
-    assert "1 of 6 runs complete, 5 to run" in capsys.readouterr().err
+    # the first run's measured estimate does not fit: nothing starts, nothing is half-written
+    assert "estimated time for the 6 runs to run" in err
+    assert "6 runs left" in err and "study incomplete" in err and "no table written" in err
+    assert (out / "study.json").exists() and len(records(out)) == 0
+    assert not (out / "table.md").exists()
+    assert replicate(spec, data, root, out, "--time-budget", "3600", "--no-ablations") == 0
+    assert "0 of 6 runs complete, 6 to run" in capsys.readouterr().err
     assert len(records(out)) == 8  # 2 seeds x (student, kd, its teacher, dml)
     assert replicate(spec, data, root, out, "--time-budget", "-5") == 2
     assert "--time-budget must be a positive" in capsys.readouterr().err

@@ -113,7 +113,7 @@ def cmd_replicate(args: argparse.Namespace) -> int:
     import torch
 
     from .report import write_report
-    from .results import compare_studies
+    from .results import compare_studies, has_complete_runs
     from .study import replicate
 
     profile = args.profile or ("full" if torch.cuda.is_available() else "cpu")
@@ -155,6 +155,9 @@ def cmd_replicate(args: argparse.Namespace) -> int:
     if result.get("left"):
         log(f"study incomplete: {result['left']} runs left after the time budget; the same command continues")
     if shard is not None or args.no_report:
+        return 1 if result["errors"] else 0
+    if not has_complete_runs(out):
+        log(f"no complete run in {out} yet: no table written")
         return 1 if result["errors"] else 0
     written = write_report(out)
     print(f"wrote {', '.join(str(p) for p in written.values())}")

@@ -41,6 +41,49 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_kind() -> dict:
+    """What decides float32 rounding and bf16 speed on this CPU: the instruction set
+    PyTorch's kernels dispatch to (``ATEN_CPU_CAPABILITY`` can lower it, e.g. to AVX2),
+    and whether bfloat16 runs natively (AVX-512 BF16 or AMX) rather than emulated."""
+    flags = cpu_flags()
+    native = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
+    return {
+        "model": cpu_name(),
+        "isa": torch.backends.cpu.get_cpu_capability(),
+        "bf16_native": bool(native),
+        "bf16_flags": native,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def machine_kind(env: dict) -> str:
+    """A short label of the kind of machine a record's ``env`` describes (GPU name, or CPU
+    model and instruction set): runs on machines of different kinds round differently."""
+    if env.get("cuda"):
+        return str(env.get("device", "?"))
+    cpu = env.get("cpu") or {}
+    if cpu:
+        return f"{cpu.get('model', '?')} {cpu.get('isa', '?')}"
+    return str(env.get("device", "?")) + " (instruction set not recorded)"
+
+
+def load_average() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -66,6 +109,8 @@ def environment(device: torch.device) -> dict:
         "cuda": torch.version.cuda if device.type == "cuda" else None,
         "device": device_name(device),
         "platform": platform.platform(),
+        "cpu": cpu_kind(),
+        "load_avg_1m_at_start": load_average(),
     }
     if device.type == "cuda":  # float32 convolutions and matmuls may run as TF32: say which
         env["tf32"] = {"cudnn_conv": torch.backends.cudnn.allow_tf32,

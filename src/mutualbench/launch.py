@@ -15,24 +15,28 @@ from .progress import progress
 
 
 def run_local(configs: list[dict], runner, log: Callable[[str], None],
-              time_budget_s: float | None = None) -> tuple[list[str], int]:
+              time_budget_s: float | None = None,
+              estimate: Callable[[dict], float] | None = None) -> tuple[list[str], int]:
     """Run in order; a diverged run is recorded as failed and the others go on.
 
-    With ``time_budget_s``, no run is started that would end past the budget by the
-    estimate of the longest run of the same method and architectures seen so far in this
-    call (0 for one not seen yet), and the runs after it are left too, so the study stays
-    in its seeds-outermost order; a rerun continues. Returns the errors and the number of
-    runs left."""
+    With ``time_budget_s``, no run is started that would end past the budget by the larger
+    of ``estimate(config)`` (seconds, measured on this machine before the run) and the
+    longest run of the same method and architectures seen so far in this call, and the
+    runs after it are left too, so the study stays in its seeds-outermost order; a rerun
+    continues. Returns the errors and the number of runs left."""
     errors: list[str] = []
     start, longest = time.monotonic(), {}
     with progress(total=len(configs), desc="study", unit="run", leave=True) as bar:
         for i, cfg in enumerate(configs, 1):
             kind = (cfg["method"], tuple(cfg["arch"]))
             elapsed = time.monotonic() - start
-            if time_budget_s is not None and elapsed + longest.get(kind, 0.0) > time_budget_s:
+            need = longest.get(kind, 0.0)
+            if time_budget_s is not None and estimate is not None:
+                need = max(need, estimate(cfg))
+            if time_budget_s is not None and elapsed + need > time_budget_s:
                 left = len(configs) - i + 1
-                log(f"time budget of {time_budget_s:.0f} s: {elapsed:.0f} s spent, {left} runs left "
-                    "(run the same command again to continue)")
+                log(f"time budget of {time_budget_s:.0f} s: {elapsed:.0f} s spent, the next run needs about "
+                    f"{need:.0f} s; {left} runs left (run the same command again to continue)")
                 return errors, left
             log(f"[{i}/{len(configs)}] {cfg['method']} {','.join(cfg['arch'])} seed {cfg['seed']}")
             t0 = time.monotonic()

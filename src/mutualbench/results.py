@@ -47,6 +47,11 @@ def load_records(folder: Path, manifest: dict) -> dict[str, dict]:
     return records
 
 
+def has_complete_runs(folder: Path) -> bool:
+    manifest = load_manifest(folder)
+    return any(r["status"] == "complete" for r in load_records(folder, manifest).values())
+
+
 def runs_frame(manifest: dict, records: dict[str, dict]) -> pd.DataFrame:
     """One row per (planned run, model) of a complete record."""
     rows = []

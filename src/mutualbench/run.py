@@ -24,7 +24,7 @@ from .config import DEFAULTS, run_id, validate
 from .data import DeviceLoader, ImageDataset, load_dataset
 from .data.sources import sha256_file
 from .engine import Engine, TrainingDiverged
-from .envinfo import environment, resolve_device
+from .envinfo import environment, load_average, resolve_device
 from .errors import UserError
 from .io_utils import atomic_torch_save, safe_torch_load
 from .methods import METHODS, BuildContext, get_method
@@ -59,6 +59,12 @@ def resolve(config: dict) -> dict:
             resolve_tap(create_arch(arch), hint["student_tap"], "student tap")
         resolve_tap(create_arch(config["teacher"]["arch"]), hint["teacher_tap"], "teacher tap")
     return resolved
+
+
+def run_precision(resolved: dict) -> str:
+    """The arithmetic a run trains in: ``float32``, or ``bf16-autocast`` (bfloat16 autocast of
+    the forward passes, float32 weights, optimizer and losses) where ``speed.bf16`` is on."""
+    return "bf16-autocast" if (resolved.get("speed") or {}).get("bf16") else "float32"
 
 
 def teacher_config(config: dict) -> dict:
@@ -115,6 +121,11 @@ class Runner:
         ds = self.dataset(resolved["data"]["source"])
         return resolved, run_id(resolved, ds.sha256 + extra), ds, ckpt
 
+    def has_weights(self, config: dict) -> bool:
+        """Whether ``config`` has a complete record and its trained weights here."""
+        _, rid, _, _ = self.prepare(config)
+        return complete_record(self.out_dir, rid) is not None and (self.out_dir / rid / "final.pt").exists()
+
     def run(self, config: dict, force: bool = False) -> dict:
         """Run ``config`` unless a complete record of it exists (``force``: run anyway)."""
         resolved, rid, ds, ckpt = self.prepare(config)
@@ -148,7 +159,8 @@ class Runner:
             record = self.run(tcfg, force=not reused)
             load_state_dict_file(final, teacher, "teacher weights")
             info = {"source": "reused" if reused else "trained", "run_id": t_rid,
-                    "final_test_acc": record["models"]["model"]["final_test_acc"]}
+                    "final_test_acc": record["models"]["model"]["final_test_acc"],
+                    "weights_sha256": sha256_file(final)}
         teacher = teacher.to(self.device)
         for p in teacher.parameters():
             p.requires_grad_(False)
@@ -191,6 +203,7 @@ class Runner:
             "seed": resolved["seed"],
             "data": dict(ds.provenance(), train_used=train_loader.num_samples, test_used=test_loader.num_samples),
             "teacher": teacher_info or None,
+            "precision": run_precision(resolved),
             "started_at": started.isoformat(timespec="seconds"),
             "env": environment(self.device),
             "error": None,
@@ -231,6 +244,8 @@ class Runner:
                 "images_per_s_train": round(
                     sum(stage_epochs.values()) * train_loader.num_samples / engine.timings["train_s"], 1
                 ) if engine.timings["train_s"] > 0 else None,
+                # other work on the machine slows a run: the 1-minute load average when it ended
+                "load_avg_1m_at_end": load_average(),
             },
             finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
         )

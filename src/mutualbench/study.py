@@ -12,6 +12,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+from .envinfo import device_name
+from .estimate import RunTimer, format_duration
 from .experiment import expand, load_spec
 from .io_utils import atomic_write_json
 from .launch import run_local, run_slurm
@@ -70,5 +72,10 @@ def replicate(spec_path: Path, profile: str, out: Path, *, data: str, seeds: int
         if launcher == "slurm":
             errors = run_slurm(pending, runner.out_dir, data_root=data_root, device=device, log=log, **(slurm or {}))
         else:
-            errors, left = run_local(pending, runner, log, time_budget_s)
+            timer = RunTimer(runner)
+            expected = sum(timer.estimate(c).train_s + timer.estimate(c).eval_s for c in pending)
+            log(f"estimated time for the {len(pending)} runs to run: {format_duration(expected)} on this machine "
+                f"({device_name(runner.device)}; measured from a few training steps of each kind of run)")
+            errors, left = run_local(pending, runner, log, time_budget_s,
+                                     estimate=lambda c: timer.estimate(c).total_s)
     return {"manifest": manifest, "ran": len(pending) - left, "left": left, "total": total, "errors": errors}

@@ -1,0 +1,127 @@
+"""How long a run will take on this machine, measured rather than guessed.
+
+``measure_run_seconds`` builds the run's models and stages exactly as training would (a
+teacher, if the method needs one, is a freshly initialised model of the teacher's
+architecture: same cost, no training), times a few real training steps of every stage
+after two warm-up steps, and one test batch of every evaluated model, then scales by the
+run's steps and epochs. It costs seconds, touches no output file and leaves the global
+RNG state as it found it. The time budget of ``replicate`` and its plan use it."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+
+from .archs import create_arch
+from .engine import synchronize
+from .methods import BuildContext, get_method
+from .methods.base import freeze
+
+WARMUP_STEPS = 2  # the first steps pay for allocation and kernel selection
+TIMED_STEPS = 3
+
+
+@dataclass
+class RunEstimate:
+    train_s: float
+    eval_s: float
+    teacher_s: float = 0.0  # training the teacher first, when its weights are not there yet
+
+    @property
+    def total_s(self) -> float:
+        return self.train_s + self.eval_s + self.teacher_s
+
+
+def _time(fn, device: torch.device) -> float:
+    synchronize(device)
+    t0 = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - t0
+
+
+def measure_run_seconds(runner, config: dict, steps: int = TIMED_STEPS) -> RunEstimate:
+    """The estimated training and evaluation time of ``config`` run by ``runner``."""
+    resolved, _, ds, _ = runner.prepare(config)
+    method = get_method(resolved["method"])
+    device = runner.device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        teacher = None
+        if method.needs_teacher:
+            teacher = freeze(create_arch(resolved["teacher"]["arch"], ds.num_classes).to(device))
+        ctx = BuildContext(resolved, device, ds.num_classes, teacher, {})
+        slots, stages = method.build(ctx)
+        train_loader, test_loader = runner._loaders(resolved, ds)
+        batches_per_epoch = len(train_loader)
+        train_s = eval_s = 0.0
+        x_test, _ = next(iter(test_loader.epoch_batches(0)))
+        test_batches = len(test_loader)
+        for stage in stages:
+            if stage.epochs == 0:
+                continue
+            stage.begin()
+            stage.train_mode()
+            times = []
+            batches = train_loader.epoch_batches(0)
+            for i in range(WARMUP_STEPS + steps):
+                x, y = next(batches, (None, None))
+                if x is None:
+                    break
+                t = _time(lambda x=x, y=y, stage=stage: stage.step(x, y), device)
+                if i >= WARMUP_STEPS:
+                    times.append(t)
+            step_s = statistics.median(times) if times else 0.0
+            train_s += step_s * batches_per_epoch * stage.epochs
+            stage.sync()
+            per_epoch_eval = 0.0
+            for name in stage.eval_names:
+                model = slots[name].module
+                model.eval()
+                with torch.no_grad():
+                    per_epoch_eval += _time(lambda model=model: model(x_test), device) * test_batches
+            eval_s += per_epoch_eval * stage.epochs
+    return RunEstimate(train_s=train_s, eval_s=eval_s)
+
+
+class RunTimer:
+    """Estimates per run for one runner, measured once per kind of run (the config without
+    its seed), plus the teacher's training when a run would have to train its teacher."""
+
+    SAFETY = 1.15  # measured steps run warm; a whole run also pays for checkpoints and stragglers
+
+    def __init__(self, runner) -> None:
+        self.runner = runner
+        self._cache: dict[str, RunEstimate] = {}
+
+    def _kind(self, config: dict) -> str:
+        from .config import canonical_json
+
+        return canonical_json({k: v for k, v in config.items() if k != "seed"})
+
+    def estimate(self, config: dict) -> RunEstimate:
+        from .run import teacher_config
+
+        key = self._kind(config)
+        if key not in self._cache:
+            self._cache[key] = measure_run_seconds(self.runner, config)
+        est = self._cache[key]
+        teacher_s = 0.0
+        if get_method(config["method"]).needs_teacher and not config["teacher"]["checkpoint"]:
+            tcfg = teacher_config(config)
+            if not self.runner.has_weights(tcfg):
+                teacher_s = self.estimate(tcfg).total_s
+        return RunEstimate(est.train_s * self.SAFETY, est.eval_s * self.SAFETY, teacher_s)
+
+
+def format_duration(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    if h:
+        return f"{h} h {m:02d} min"
+    if m:
+        return f"{m} min {s:02d} s"
+    return f"{s} s"

@@ -1,0 +1,66 @@
+"""The measured run-time estimate: what it counts, and that it changes nothing."""
+
+import copy
+
+import torch
+
+from mutualbench import launch
+from mutualbench.config import DEFAULTS
+from mutualbench.estimate import RunTimer, format_duration, measure_run_seconds
+from mutualbench.run import Runner
+
+
+def config(data, method="kd", **extra):
+    cfg = copy.deepcopy(DEFAULTS)
+    cfg.update(method=method, arch=["seed_vgg_student"], seed=0, **extra)
+    cfg["data"].update(source=str(data), batch_size=16)
+    cfg["train"]["epochs"] = 2
+    cfg["teacher"]["train"]["epochs"] = 1
+    return cfg
+
+
+def test_estimate_changes_no_state_and_writes_nothing(tmp_path, tiny_cifar):
+    data, root = tiny_cifar
+    runner = Runner(tmp_path / "runs", data_root=root, device="cpu")
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    est = measure_run_seconds(runner, config(data))
+    assert torch.equal(torch.get_rng_state(), before)
+    assert est.train_s > 0 and est.eval_s > 0 and est.teacher_s == 0
+    assert not (tmp_path / "runs").exists()
+
+
+def test_estimate_counts_the_teacher_until_its_weights_exist(tmp_path, tiny_cifar):
+    data, root = tiny_cifar
+    runner = Runner(tmp_path / "runs", data_root=root, device="cpu")
+    timer = RunTimer(runner)
+    cfg = config(data)
+    assert timer.estimate(cfg).teacher_s > 0  # the kd run would train its teacher first
+    runner.run(cfg)
+    assert timer.estimate(cfg).teacher_s == 0
+    assert timer.estimate(config(data, method="individual")).teacher_s == 0
+
+
+def test_time_budget_uses_the_estimate_before_the_first_run_of_a_kind(monkeypatch):
+    clock = {"t": 0.0}
+    monkeypatch.setattr(launch.time, "monotonic", lambda: clock["t"])
+    ran = []
+
+    class FakeRunner:
+        def run(self, cfg):
+            ran.append(cfg["method"])
+            clock["t"] += 10.0
+
+    configs = [{"method": m, "arch": ["seed_vgg_student"], "seed": 0} for m in ("individual", "mutual", "individual")]
+    estimates = {"individual": 10.0, "mutual": 500.0}
+    messages = []
+    errors, left = launch.run_local(configs, FakeRunner(), messages.append, time_budget_s=100.0,
+                                    estimate=lambda c: estimates[c["method"]])
+    assert ran == ["individual"] and (errors, left) == ([], 2)
+    assert "needs about 500 s" in messages[-1]
+
+
+def test_format_duration():
+    assert format_duration(5) == "5 s"
+    assert format_duration(125) == "2 min 05 s"
+    assert format_duration(3 * 3600 + 61) == "3 h 01 min"
