@@ -137,7 +137,7 @@ def test_teacher_checkpoint_is_loaded(tmp_path, tiny_cifar):
         (["--method", "hint_mutual", "--cohort", "2", "--arch", "resnet20"], "choose one with --set hint.student_tap"),
         (["--method", "fitnets", "--arch", "resnet20", "--set", "hint.student_tap=H"], "has no feature tap 'H'"),
         (["--method", "kd", "--set", "kd.temprature=4"], "unknown config key 'kd.temprature'"),
-        (["--method", "kd", "--set", "loss.reduction=avg"], "loss.reduction must be one of sum, mean"),
+        (["--method", "kd", "--set", "loss.reduction=avg"], "loss.reduction = \"avg\" is not allowed; it must be one of sum, mean"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_no_record(tmp_path, tiny_cifar, capsys, args, message):

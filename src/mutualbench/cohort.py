@@ -161,7 +161,7 @@ class FusedMutualStage(Stage):
     def step(self, x, y):
         with self._autocast():
             logits = self._forward(x)
-        losses = mutual_losses(logits.float(), y, self.peer_weight, self.reduction)
+        losses = mutual_losses(logits, y, self.peer_weight, self.reduction)  # widened to float32 there
         self.trainer.step(losses.sum())
         return dict(zip(self.members, losses.detach(), strict=True))
 
@@ -190,6 +190,7 @@ def make_mutual_stage(members: dict[str, nn.Module], ctx: BuildContext) -> Stage
         why = "sequential update order"
     elif ok:
         return FusedMutualStage(members, cfg["train"], mutual, ctx.reduction, ctx.device, cfg.get("speed"))
-    channels_last = bool((cfg.get("speed") or {}).get("channels_last"))
+    speed = cfg.get("speed") or {}
     return MutualStage(members, cfg["train"], mutual, ctx.reduction, ctx.device, why_plain=why,
-                       channels_last=channels_last)
+                       channels_last=bool(speed.get("channels_last")), bf16=bool(speed.get("bf16")),
+                       compile_mode=(speed.get("compile_mode") or "default") if speed.get("compile") else None)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
+from dataclasses import dataclass
 from typing import Any
 
 from .errors import UserError
@@ -29,6 +31,9 @@ DEFAULTS: dict[str, Any] = {
     "cohort": 1,
     "seed": 0,
     "device": "auto",
+    # How the trained models are initialised (the teacher is always PyTorch's default):
+    # PyTorch's default for each layer, or He normal (fan-out, ReLU gain) with zero biases.
+    "init": "pytorch_default",
     "data": {
         "source": "cifar10",
         "train_subset": None,  # a fixed, seeded, class-balanced subset of the training split
@@ -64,20 +69,137 @@ DEFAULTS: dict[str, Any] = {
     },
 }
 
-CHOICES = {
-    "loss.reduction": ("sum", "mean"),
-    "mutual.peer_weight": ("mean", "sum"),
-    "mutual.update_order": ("sequential", "simultaneous"),
-    "train.optimizer.name": ("adam", "sgd"),
-    "hint.optimizer.name": ("adam", "sgd"),
-    "teacher.train.optimizer.name": ("adam", "sgd"),
-    "train.schedule.name": ("constant", "step", "cosine"),
-    "hint.schedule.name": ("constant", "step", "cosine"),
-    "teacher.train.schedule.name": ("constant", "step", "cosine"),
-    "device": ("auto", "cpu", "cuda"),
-    "mutual.fused_impl": ("auto", "vmap", "unbind"),
-    "speed.compile_mode": (None, "default", "reduce-overhead", "max-autotune"),
+@dataclass(frozen=True)
+class KeyType:
+    """The type and range of one config key. ``kind``: bool, int, number, choice, str,
+    pair01 (two numbers in [0, 1)), int_list (increasing integers >= 1) or arch_list."""
+
+    kind: str
+    lo: float | None = None  # inclusive lower bound, or exclusive when lo_open
+    hi: float | None = None  # exclusive upper bound
+    lo_open: bool = False
+    nullable: bool = False
+    choices: tuple = ()
+    odd: bool = False
+
+    def allowed(self) -> str:
+        if self.kind == "bool":
+            text = "true or false"
+        elif self.kind == "choice":
+            text = "one of " + ", ".join("null" if c is None else str(c) for c in self.choices)
+        elif self.kind == "pair01":
+            text = "a pair of numbers in [0, 1), e.g. [0.9, 0.999]"
+        elif self.kind == "int_list":
+            text = "a list of increasing integers >= 1, e.g. [60, 120]"
+        elif self.kind == "arch_list":
+            text = "a list of architecture names (see `mutualbench archs`)"
+        elif self.kind == "str":
+            text = "a non-empty string"
+        else:
+            text = ("an odd integer" if self.odd else "an integer") if self.kind == "int" else "a number"
+            bounds = []
+            if self.lo is not None:
+                bounds.append(f"{'>' if self.lo_open else '>='} {self.lo:g}")
+            if self.hi is not None:
+                bounds.append(f"< {self.hi:g}")
+            if bounds:
+                text += " " + " and ".join(bounds)
+        return text + (", or null" if self.nullable and self.kind != "choice" else "")
+
+    def accepts(self, value: Any) -> bool:
+        if value is None:
+            return self.nullable or (self.kind == "choice" and None in self.choices)
+        if self.kind == "bool":
+            return isinstance(value, bool)
+        if self.kind == "choice":
+            return any(value == c and type(value) is type(c) for c in self.choices)
+        if self.kind == "str":
+            return isinstance(value, str) and bool(value.strip())
+        if self.kind == "arch_list":
+            return (isinstance(value, list) and bool(value) and all(isinstance(a, str) and a for a in value)) or (
+                isinstance(value, str) and bool(value.strip(", ")))
+        if self.kind == "pair01":
+            return (isinstance(value, (list, tuple)) and len(value) == 2
+                    and all(_is_number(v) and 0 <= v < 1 for v in value))
+        if self.kind == "int_list":
+            return (isinstance(value, list) and all(_is_int(v) and v >= 1 for v in value)
+                    and all(a < b for a, b in zip(value, value[1:], strict=False)))
+        if self.kind == "int" and not _is_int(value):
+            return False
+        if self.kind == "number" and not _is_number(value):
+            return False
+        if self.lo is not None and (value <= self.lo if self.lo_open else value < self.lo):
+            return False
+        if self.hi is not None and value >= self.hi:
+            return False
+        return not (self.odd and value % 2 == 0)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
+
+
+def _optimizer_keys(prefix: str) -> dict[str, KeyType]:
+    return {
+        f"{prefix}.epochs": KeyType("int", lo=1),
+        f"{prefix}.optimizer.name": KeyType("choice", choices=("adam", "sgd")),
+        f"{prefix}.optimizer.lr": KeyType("number", lo=0, lo_open=True),
+        f"{prefix}.optimizer.betas": KeyType("pair01"),
+        f"{prefix}.optimizer.weight_decay": KeyType("number", lo=0),
+        f"{prefix}.optimizer.momentum": KeyType("number", lo=0, hi=1),
+        f"{prefix}.optimizer.nesterov": KeyType("bool"),
+        f"{prefix}.schedule.name": KeyType("choice", choices=("constant", "step", "cosine")),
+        f"{prefix}.schedule.milestones": KeyType("int_list"),
+        f"{prefix}.schedule.gamma": KeyType("number", lo=0, lo_open=True),
+    }
+
+
+# Every key of DEFAULTS, with its type and range (a test checks that the two cover each other).
+SCHEMA: dict[str, KeyType] = {
+    "method": KeyType("str"),
+    "arch": KeyType("arch_list"),
+    "cohort": KeyType("int", lo=1),
+    "seed": KeyType("int", lo=0),
+    "device": KeyType("choice", choices=("auto", "cpu", "cuda")),
+    "init": KeyType("choice", choices=("pytorch_default", "he_normal_fan_out")),
+    "data.source": KeyType("str"),
+    "data.train_subset": KeyType("int", lo=1, nullable=True),
+    "data.test_subset": KeyType("int", lo=1, nullable=True),
+    "data.batch_size": KeyType("int", lo=1),
+    "data.flip": KeyType("bool"),
+    "data.crop_padding": KeyType("int", lo=0),
+    "data.normalize": KeyType("bool"),
+    "loss.reduction": KeyType("choice", choices=("sum", "mean")),
+    **_optimizer_keys("train"),
+    "kd.temperature": KeyType("number", lo=0, lo_open=True),
+    "kd.alpha": KeyType("number", lo=0),
+    "mutual.peer_weight": KeyType("choice", choices=("mean", "sum")),
+    "mutual.update_order": KeyType("choice", choices=("sequential", "simultaneous")),
+    "mutual.fuse": KeyType("bool"),
+    "mutual.fused_impl": KeyType("choice", choices=("auto", "vmap", "unbind")),
+    "speed.channels_last": KeyType("bool"),
+    "speed.bf16": KeyType("bool"),
+    "speed.compile": KeyType("bool"),
+    "speed.compile_mode": KeyType("choice", choices=(None, "default", "reduce-overhead", "max-autotune")),
+    **_optimizer_keys("hint"),
+    "hint.student_tap": KeyType("str", nullable=True),
+    "hint.teacher_tap": KeyType("str", nullable=True),
+    "hint.regressor_kernel": KeyType("int", lo=1, odd=True),
+    "teacher.arch": KeyType("str"),
+    "teacher.checkpoint": KeyType("str", nullable=True),
+    **_optimizer_keys("teacher.train"),
 }
+
+
+def check_value(key: str, value: Any, source: str = "config") -> None:
+    """Raise a one-line ``UserError`` naming the key, the value and what is allowed."""
+    kt = SCHEMA.get(key)
+    if kt is not None and not kt.accepts(value):
+        raise UserError(f"{source}: {key} = {json.dumps(value, default=str)} is not allowed; it must be {kt.allowed()}")
 
 
 def parse_value(text: str) -> Any:
@@ -124,47 +246,26 @@ def apply_overrides(config: dict, overrides: list[str], source: str = "--set") -
     return config
 
 
-def merge(config: dict, updates: dict, source: str, prefix: str = "") -> dict:
-    """Apply a nested dict of updates, refusing unknown keys."""
-    config = copy.deepcopy(config)
-    for key, value in updates.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, dict) and isinstance(get_or_none(config, dotted), dict):
-            sub = merge(get_key(config, dotted), value, source)
-            set_key(config, dotted, sub, source)
+def leaf_keys(config: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for k, v in config.items():
+        if isinstance(v, dict):
+            keys += leaf_keys(v, f"{prefix}{k}.")
         else:
-            set_key(config, dotted, value, source)
+            keys.append(f"{prefix}{k}")
+    return keys
+
+
+def validate(config: dict, source: str = "config") -> dict:
+    """Type and range checks of every key (no registries needed); returns the config."""
+    for key in leaf_keys(config):
+        check_value(key, get_key(config, key), source)
     return config
 
 
-def get_or_none(config: dict, dotted: str) -> Any:
-    try:
-        return get_key(config, dotted)
-    except (KeyError, TypeError):
-        return None
-
-
-def validate(config: dict) -> dict:
-    """Type and range checks that do not need the registries; returns the config."""
-    for key, allowed in CHOICES.items():
-        value = get_key(config, key)
-        if value not in allowed:
-            raise UserError(f"{key} must be one of {', '.join(map(str, allowed))}, got {value!r}")
-    for key in ("train.epochs", "hint.epochs", "teacher.train.epochs", "data.batch_size", "cohort"):
-        value = get_key(config, key)
-        if not isinstance(value, int) or isinstance(value, bool) or value < (0 if key.endswith("epochs") else 1):
-            raise UserError(f"{key} must be a {'non-negative' if key.endswith('epochs') else 'positive'} integer, got {value!r}")
-    for key in ("data.train_subset", "data.test_subset"):
-        value = get_key(config, key)
-        if value is not None and (not isinstance(value, int) or value < 1):
-            raise UserError(f"{key} must be a positive integer or null, got {value!r}")
-    if not isinstance(config["seed"], int):
-        raise UserError(f"seed must be an integer, got {config['seed']!r}")
-    for key in ("kd.temperature", "train.optimizer.lr", "hint.optimizer.lr", "teacher.train.optimizer.lr"):
-        value = get_key(config, key)
-        if not isinstance(value, (int, float)) or value <= 0:
-            raise UserError(f"{key} must be a positive number, got {value!r}")
-    return config
+# Top-level keys added after run records were stored, with their default: a run at the
+# default keeps the id it had before the key existed.
+LATER_KEYS = {"init": "pytorch_default"}
 
 
 def canonical_json(obj: Any) -> str:
@@ -175,6 +276,9 @@ def run_id(config: dict, data_sha256: str) -> str:
     """A short stable id: the hash of the resolved config and the data checksum. The device,
     and the path the data was read from (its checksum stands for it), are left out."""
     keyed = {k: v for k, v in config.items() if k != "device"}
+    for key, default in LATER_KEYS.items():  # keys added after results were stored: hashed once set
+        if keyed.get(key) == default:
+            del keyed[key]
     keyed["data"] = {k: v for k, v in config["data"].items() if k != "source"}
     digest = hashlib.sha256((canonical_json(keyed) + data_sha256).encode()).hexdigest()
     return f"{config['method']}-{digest[:12]}"

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .archs import is_known_arch
-from .config import DEFAULTS, set_key
+from .config import DEFAULTS, check_value, get_key, leaf_keys, set_key
 from .errors import UserError
 from .methods import METHODS
 
@@ -73,6 +73,8 @@ def _check_settings(where: str, settings: object, path: Path) -> dict:
     probe = copy.deepcopy(DEFAULTS)
     for key, value in settings.items():
         set_key(probe, key, value, source=f"{path}: {where}")
+        for leaf in ([key] if not isinstance(value, dict) else [f"{key}.{k}" for k in leaf_keys(value)]):
+            check_value(leaf, get_key(probe, leaf), source=f"{path}: {where}")
     return settings
 
 
@@ -91,6 +93,9 @@ def load_spec(path: str | Path) -> Spec:
     _check_keys("[study]", study, STUDY_KEYS, path)
     if "name" not in study:
         raise UserError(f"{path}: [study] needs a name")
+    seeds = study.get("seeds", 3)
+    if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
+        raise UserError(f"{path}: [study] seeds = {seeds!r} is not allowed; it must be a positive integer (the number of seeds)")
     _check_settings("[defaults]", raw.get("defaults", {}), path)
     for key in raw.get("assumptions", {}):
         set_key(copy.deepcopy(DEFAULTS), key, None, source=f"{path}: [assumptions]")
@@ -113,6 +118,8 @@ def load_spec(path: str | Path) -> Spec:
             if not is_known_arch(a):
                 raise UserError(f"{path}: {where}: unknown architecture {a!r} (see `mutualbench archs`)")
         _check_settings(f"{where} set", arm.get("set", {}), path)
+        if "cohort" in arm:
+            check_value("cohort", arm["cohort"], source=f"{path}: {where}")
     profiles = raw.get("profiles") or {}
     if not profiles:
         raise UserError(f"{path}: no [profiles.*]; define at least one (e.g. [profiles.smoke])")

@@ -13,12 +13,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from .envinfo import device_name
+from .errors import UserError
 from .estimate import RunTimer, format_duration
 from .experiment import expand, load_spec
 from .io_utils import atomic_write_json
 from .launch import run_local, run_slurm
 from .records import complete_record
-from .run import Runner
+from .run import Runner, resolve
 
 MANIFEST_SCHEMA = 1
 
@@ -30,6 +31,8 @@ def replicate(spec_path: Path, profile: str, out: Path, *, data: str, seeds: int
               log: Callable[[str], None] = print) -> dict:
     spec = load_spec(spec_path)
     spec.profile(profile)
+    if seeds is not None and (not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1):
+        raise UserError(f"--seeds {seeds} is not allowed; give a positive number of seeds (0..N-1 are run)")
     n_seeds = seeds if seeds is not None else int(spec.raw["study"].get("seeds", 3))
     seed_list = list(range(n_seeds))
     if shard is not None:
@@ -37,6 +40,8 @@ def replicate(spec_path: Path, profile: str, out: Path, *, data: str, seeds: int
     out = Path(out)
     runner = Runner(out / "runs", data_root=data_root, device=device, log=log, on_record=on_record)
     plan = expand(spec, profile, seed_list, data, ablations)
+    for p in plan:  # every key's type and range, every method's section: before any data is loaded
+        resolve(p.config)
     entries, pending, seen = [], [], set()
     ds = None
     for p in plan:  # validates every run (registries, taps, data) before any training

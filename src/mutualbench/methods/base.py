@@ -46,11 +46,29 @@ class BuildContext:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(self.config["seed"], "init", index))
             model = create_arch(arch, self.num_classes)
+            if self.config.get("init", "pytorch_default") == "he_normal_fan_out":
+                he_normal_fan_out(model)
         return model.to(self.device)
+
+    @property
+    def bf16(self) -> bool:
+        """``speed.bf16``: bfloat16 autocast of the forward passes, for every stage that trains."""
+        return bool((self.config.get("speed") or {}).get("bf16"))
 
     @property
     def reduction(self) -> str:
         return self.config["loss"]["reduction"]
+
+
+def he_normal_fan_out(model: nn.Module) -> nn.Module:
+    """He et al. 2015 normal initialisation (fan-out, ReLU gain) of every convolution and
+    linear layer, biases zero, drawn from the global RNG (seeded by the caller)."""
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    return model
 
 
 class Stage:
@@ -102,6 +120,9 @@ class Method:
 
     name: str = "?"
     sections: tuple[str, ...] = ("data", "loss", "train")
+    # Without a "speed" section: the speed keys this method honours (set away from their
+    # defaults they enter its config and run id; any other non-default speed key is an error).
+    speed_keys: tuple[str, ...] = ("bf16",)
     needs_teacher: bool = False
     needs_taps: bool = False
 

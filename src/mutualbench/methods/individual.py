@@ -19,5 +19,5 @@ class Individual(Method):
         model = ctx.new_model(arch, index=0)
         red = ctx.reduction
         stage = SupervisedStage("train", "model", model, lambda x, y: cross_entropy(model(x), y, red),
-                                ctx.config["train"], ctx.device)
+                                ctx.config["train"], ctx.device, bf16=ctx.bf16)
         return {"model": ModelSlot("model", "individual", arch, model)}, [stage]

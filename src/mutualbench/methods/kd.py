@@ -18,7 +18,8 @@ def kd_stage(ctx: BuildContext, student, name: str = "train") -> SupervisedStage
             t = teacher(x)
         return kd_loss(student(x), t, y, kd["temperature"], kd["alpha"], red)
 
-    return SupervisedStage(name, "student", student, loss_fn, ctx.config["train"], ctx.device, frozen=(teacher,))
+    return SupervisedStage(name, "student", student, loss_fn, ctx.config["train"], ctx.device, frozen=(teacher,),
+                           bf16=ctx.bf16)
 
 
 @register_method("kd")

@@ -17,6 +17,11 @@ import torch.nn.functional as F
 REDUCTIONS = ("sum", "mean")
 
 
+def _wide(t: torch.Tensor) -> torch.Tensor:
+    """Half-precision logits (bf16/fp16 autocast) in float32; float32 and float64 unchanged."""
+    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
+
+
 def _reduce(per_sample: torch.Tensor, reduction: str) -> torch.Tensor:
     """Reduce over the last (batch) dimension."""
     if reduction == "sum":
@@ -28,15 +33,15 @@ def _reduce(per_sample: torch.Tensor, reduction: str) -> torch.Tensor:
 
 def cross_entropy(logits: torch.Tensor, target: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
     """Cross-entropy; ``logits`` may carry leading model dimensions ``[..., B, C]``."""
-    logp = F.log_softmax(logits.float(), dim=-1)
+    logp = F.log_softmax(_wide(logits), dim=-1)
     nll = -logp.gather(-1, target.expand(*logits.shape[:-1]).unsqueeze(-1)).squeeze(-1)
     return _reduce(nll, reduction)
 
 
 def kl_divergence(p_logits: torch.Tensor, q_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Per-sample KL(softmax(p/T) || softmax(q/T)), summed over classes; shape ``[..., B]``."""
-    logp = F.log_softmax(p_logits.float() / temperature, dim=-1)
-    logq = F.log_softmax(q_logits.float() / temperature, dim=-1)
+    logp = F.log_softmax(_wide(p_logits) / temperature, dim=-1)
+    logq = F.log_softmax(_wide(q_logits) / temperature, dim=-1)
     return (logp.exp() * (logp - logq)).sum(-1)
 
 
@@ -66,7 +71,7 @@ def mutual_losses(logits: torch.Tensor, target: torch.Tensor, peer_weight: str =
     k = logits.shape[0]
     if k < 2:
         raise ValueError("a mutual cohort needs at least 2 members")
-    logp = F.log_softmax(logits.float(), dim=-1)  # [K, B, C]
+    logp = F.log_softmax(_wide(logits), dim=-1)  # [K, B, C]
     peer_logp = logp.detach()
     peer_p = peer_logp.exp()
     neg_entropy = (peer_p * peer_logp).sum(-1)  # [K, B]
@@ -79,5 +84,5 @@ def mutual_losses(logits: torch.Tensor, target: torch.Tensor, peer_weight: str =
 
 def hint_loss(guided: torch.Tensor, regressed: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
     """FitNets stage 1: 1/2 * ||G - r(H)||^2 per image, the guided map detached."""
-    per_sample = 0.5 * (guided.detach().float() - regressed.float()).pow(2).flatten(1).sum(1)
+    per_sample = 0.5 * (_wide(guided.detach()) - _wide(regressed)).pow(2).flatten(1).sum(1)
     return _reduce(per_sample, reduction)

@@ -4,6 +4,7 @@ pretraining, and mutual learning of a cohort (plain paths; the fused cohort step
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import torch
@@ -17,13 +18,20 @@ from .base import Stage
 from .losses import hint_loss, mutual_losses
 
 
+def autocast_bf16(device: torch.device, on: bool):
+    """bfloat16 autocast of the forward passes (``speed.bf16``); weights, optimizer state and
+    losses stay float32."""
+    return torch.autocast(device.type, dtype=torch.bfloat16) if on else contextlib.nullcontext()
+
+
 class SupervisedStage(Stage):
-    """Train one model with ``loss_fn(x, y)``; ``frozen`` modules (a teacher) stay in eval mode."""
+    """Train one model with ``loss_fn(x, y)``; ``frozen`` modules (a teacher) stay in eval mode.
+    With ``bf16`` the loss is computed under bfloat16 autocast."""
 
     def __init__(self, name: str, model_name: str, model: nn.Module, loss_fn: Callable, train_cfg: dict,
-                 device: torch.device, frozen: tuple[nn.Module, ...] = ()) -> None:
+                 device: torch.device, frozen: tuple[nn.Module, ...] = (), bf16: bool = False) -> None:
         self.name, self.model_name, self.model, self.loss_fn = name, model_name, model, loss_fn
-        self.cfg, self.device, self.frozen = train_cfg, device, frozen
+        self.cfg, self.device, self.frozen, self.bf16 = train_cfg, device, frozen, bf16
         self.epochs = train_cfg["epochs"]
         self.eval_names = (model_name,)
 
@@ -35,8 +43,12 @@ class SupervisedStage(Stage):
         for m in self.frozen:
             m.eval()
 
+    def describe(self) -> dict:
+        return {"bf16": self.bf16} if self.bf16 else {}
+
     def step(self, x, y):
-        loss = self.loss_fn(x, y)
+        with autocast_bf16(self.device, self.bf16):
+            loss = self.loss_fn(x, y)
         self.trainer.step(loss)
         return {self.model_name: loss.detach()}
 
@@ -58,8 +70,9 @@ class HintStage(Stage):
     name = "hint"
 
     def __init__(self, students: dict[str, FeatureModel], teacher: FeatureModel, student_tap: str,
-                 teacher_tap: str, hint_cfg: dict, reduction: str, seed: int, device: torch.device) -> None:
-        self.students, self.teacher = students, teacher
+                 teacher_tap: str, hint_cfg: dict, reduction: str, seed: int, device: torch.device,
+                 bf16: bool = False) -> None:
+        self.students, self.teacher, self.bf16 = students, teacher, bf16
         self.student_tap, self.teacher_tap = student_tap, teacher_tap
         self.cfg, self.reduction, self.seed, self.device = hint_cfg, reduction, seed, device
         self.epochs = hint_cfg["epochs"]
@@ -91,13 +104,17 @@ class HintStage(Stage):
             s.train()
         self.regressors.train()
 
+    def describe(self) -> dict:
+        return {"bf16": self.bf16} if self.bf16 else {}
+
     def step(self, x, y):
-        with torch.no_grad():
+        with torch.no_grad(), autocast_bf16(self.device, self.bf16):
             guided = self.teacher.forward_to(x, self.teacher_tap)
         losses = {}
         for name, student in self.students.items():
-            hint = student.forward_to(x, self.student_tap)
-            loss = hint_loss(guided, self.regressors[name](hint), self.reduction)
+            with autocast_bf16(self.device, self.bf16):
+                hint = student.forward_to(x, self.student_tap)
+                loss = hint_loss(guided, self.regressors[name](hint), self.reduction)
             self.trainers[name].step(loss)
             losses[name] = loss.detach()
         return losses
@@ -119,7 +136,9 @@ class HintStage(Stage):
 class MutualStage(Stage):
     """Deep mutual learning of a cohort, plain paths.
 
-    ``channels_last`` converts the members and the input to channels-last memory format.
+    ``channels_last`` converts the members and the input to channels-last memory format;
+    ``bf16`` runs the forward passes under bfloat16 autocast; ``compile_mode`` (not None)
+    runs each member through ``torch.compile`` with that mode.
 
     ``sequential``: the paper's Algorithm 1. For each member k in turn: its loss against the
     peers' current predictions, an update, then its predictions are recomputed for the
@@ -131,9 +150,11 @@ class MutualStage(Stage):
     name = "mutual"
 
     def __init__(self, members: dict[str, nn.Module], train_cfg: dict, mutual_cfg: dict, reduction: str,
-                 device: torch.device, why_plain: str = "", channels_last: bool = False) -> None:
+                 device: torch.device, why_plain: str = "", channels_last: bool = False, bf16: bool = False,
+                 compile_mode: str | None = None) -> None:
         self.members, self.cfg, self.device = members, train_cfg, device
         self.why_plain, self.channels_last = why_plain, channels_last
+        self.bf16, self.compile_mode = bf16, compile_mode
         self.order, self.peer_weight = mutual_cfg["update_order"], mutual_cfg["peer_weight"]
         self.reduction = reduction
         self.epochs = train_cfg["epochs"]
@@ -141,7 +162,8 @@ class MutualStage(Stage):
 
     def describe(self) -> dict:
         return {"cohort_path": "plain", "update_order": self.order, "why_plain": self.why_plain,
-                "channels_last": self.channels_last}
+                "channels_last": self.channels_last, "bf16": self.bf16, "compile": self.compile_mode is not None,
+                "compile_mode": self.compile_mode}
 
     def begin(self) -> None:
         opt, sched = self.cfg["optimizer"], self.cfg["schedule"]
@@ -153,13 +175,19 @@ class MutualStage(Stage):
         else:
             params = [p for m in self.members.values() for p in m.parameters()]
             self.trainers = [Trainer(params, opt, sched, self.epochs, self.device)]
+        models = list(self.members.values())
+        self._forwards = [torch.compile(m, mode=self.compile_mode) for m in models] if self.compile_mode else models
 
     def train_mode(self) -> None:
         for m in self.members.values():
             m.train()
 
     def step(self, x, y):
-        names, models = list(self.members), list(self.members.values())
+        with autocast_bf16(self.device, self.bf16):
+            return self._step(x, y)
+
+    def _step(self, x, y):
+        names, models = list(self.members), self._forwards
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         if self.order == "simultaneous":

@@ -1,0 +1,26 @@
+"""The stored studies keep their run ids: the current code, given the committed spec and the
+stored data checksum, derives the same id for every stored (arm, seed, ablation value)."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mutualbench.config import run_id
+from mutualbench.experiment import expand, load_spec
+from mutualbench.run import resolve
+
+ROOT = Path(__file__).resolve().parents[1]
+STUDIES = sorted(p.parent for p in (ROOT / "results").glob("*/*/study.json"))
+
+
+@pytest.mark.parametrize("folder", STUDIES, ids=[f"{p.parent.name}/{p.name}" for p in STUDIES])
+def test_stored_run_ids_are_derived_unchanged(folder):
+    manifest = json.loads((folder / "study.json").read_text())
+    spec = load_spec(ROOT / manifest["spec_path"])
+    plan = expand(spec, manifest["profile"], manifest["seeds"], manifest["data"]["source"])
+    derived = {(p.arm, p.seed, p.ablation, p.value): run_id(resolve(p.config), manifest["data"]["sha256"])
+               for p in plan}
+    stored = {(e["arm"], e["seed"], e["ablation"], e["value"]): e["run_id"] for e in manifest["runs"]}
+    assert stored and all(derived.get(k) == v for k, v in stored.items()), \
+        [(k, v, derived.get(k)) for k, v in stored.items() if derived.get(k) != v][:5]
