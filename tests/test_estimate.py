@@ -2,6 +2,7 @@
 
 import copy
 
+import pytest
 import torch
 
 from mutualbench import launch
@@ -64,3 +65,15 @@ def test_format_duration():
     assert format_duration(5) == "5 s"
     assert format_duration(125) == "2 min 05 s"
     assert format_duration(3 * 3600 + 61) == "3 h 01 min"
+
+
+def test_a_recorded_run_of_the_same_kind_on_this_machine_is_the_estimate(tmp_path, tiny_cifar):
+    data, root = tiny_cifar
+    runner = Runner(tmp_path / "runs", data_root=root, device="cpu")
+    first = runner.run(config(data, method="individual"))
+    second = config(data, method="individual")
+    second["seed"] = 1
+    est = RunTimer(runner).estimate(second)
+    t = first["timings"]
+    assert est.train_s == pytest.approx(t["train_s"] * RunTimer.SAFETY)
+    assert est.eval_s == pytest.approx(t["eval_s"] * RunTimer.SAFETY)

@@ -53,7 +53,10 @@ def cmd_data(args: argparse.Namespace) -> int:
     print(f"source     {ds.source}")
     print(f"sha256     {ds.sha256}")
     how = "read from cache" if ds.from_cache else "decoded from the source and cached"
-    print(f"cache      {ds.cache_path} ({how})")
+    if ds.cache_path is None:
+        print("cache      none (the data root cannot hold one; decoded from the source)")
+    else:
+        print(f"cache      {ds.cache_path} ({how})")
     print(f"images     train {len(ds.train_labels):,} / test {len(ds.test_labels):,}, "
           f"{ds.train_images.shape[2]}x{ds.train_images.shape[1]} RGB, {ds.num_classes} classes")
     print(f"mean/std   {ds.mean} / {ds.std} (train, per channel)")
@@ -67,6 +70,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from .config import DEFAULTS, apply_overrides
     from .engine import TrainingDiverged
+    from .io_utils import check_output_folder
+    from .locks import clean_temporaries
     from .run import Runner
 
     config = apply_overrides(DEFAULTS, [])
@@ -88,6 +93,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         config["mutual"]["fuse"] = False
     config = apply_overrides(config, args.set or [])
     log = _log(args.quiet)
+    check_output_folder(Path(args.out))  # before any data is loaded or teacher trained
+    clean_temporaries(Path(args.out), log)
     runner = Runner(Path(args.out), data_root=args.data_root, device=config["device"], log=log)
     try:
         record = runner.run(config)
@@ -106,6 +113,29 @@ def _log(quiet: bool):
 
 
 def cmd_replicate(args: argparse.Namespace) -> int:
+    """``replicate`` with the study folder checked before anything is loaded, and locked
+    (``<out>/.lock``) for the whole command: one writer per study folder. The per-GPU and
+    SLURM processes of a study run under its lock (per-run locks keep them apart)."""
+    from pathlib import Path
+
+    import torch
+
+    from .io_utils import check_output_folder
+    from .locks import LOCK, FolderLock, clean_temporaries
+
+    profile = args.profile or ("full" if torch.cuda.is_available() else "cpu")
+    out = Path(args.out) if args.out else Path("runs") / Path(args.spec).stem / profile
+    check_output_folder(out, "--out" if args.out else "the study folder")
+    if args.shard:  # a process of a study whose parent holds the lock
+        return _replicate(args)
+    log = _log(args.quiet)
+    with FolderLock(out / LOCK, f"study folder {out} is in use by another replicate"):
+        clean_temporaries(out, log)
+        clean_temporaries(out / "runs", log)
+        return _replicate(args)
+
+
+def _replicate(args: argparse.Namespace) -> int:
     import os
     import subprocess
     from pathlib import Path
@@ -169,6 +199,11 @@ def cmd_replicate(args: argparse.Namespace) -> int:
     if (against / "study.json").exists() and against.resolve() != out.resolve():
         ok, problems, tol = compare_studies(out, against)
         print(f"compared with {against} (tolerance {tol} points): " + ("all within tolerance" if ok else "DIFFERENT"))
+        from .results import machine_note
+
+        note = machine_note(out, against)
+        if note:
+            print(f"  {note}")
         for p in problems:
             print(f"  {p}")
     return code
@@ -191,6 +226,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from .results import compare_studies
 
     ok, problems, tol = compare_studies(Path(args.folder), Path(args.against))
+    from .results import new_only_notes
+
+    for note in new_only_notes(Path(args.folder), Path(args.against)):  # rows the stored study lacks: not a failure
+        print(note)
+    from .results import machine_note
+
+    note = machine_note(Path(args.folder), Path(args.against))
+    if note:
+        print(note)
+    from .results import tolerance_explained
+
+    print(f"tolerance {tol} points: {tolerance_explained(Path(args.against))}")
     if ok:
         print(f"{args.folder} matches {args.against}: every metric within {tol} accuracy points")
         return 0
@@ -267,8 +314,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slurm-cluster", default=None, help=argparse.SUPPRESS)  # submitit cluster: local/debug in tests
     p.add_argument("--no-ablations", action="store_true", help="only the main arms")
     p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
-                   help="start no run that would end past this many seconds (estimated from the longest run "
-                        "of its kind so far); the same command continues later")
+                   help="start no run that would end past this many seconds, counted from the start of the "
+                        "first run: a run's length is the larger of an estimate for this machine made before the "
+                        "runs start (what a complete run of the same kind in the study folder took on this kind of "
+                        "machine, or else a few timed training steps; plus the teacher's training when it is still "
+                        "to do) and the longest run of its kind so far; the same command continues later")
     p.add_argument("--against", default=None, help="stored study to compare with (default results/<spec>/<profile>)")
     p.add_argument("--shard", default=None, help=argparse.SUPPRESS)  # I/N: seeds s with s % N == I
     p.add_argument("--no-report", action="store_true", help=argparse.SUPPRESS)

@@ -10,6 +10,7 @@ schedule and RNG state. A non-finite loss stops the run with ``TrainingDiverged`
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import signal
@@ -20,7 +21,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .io_utils import atomic_torch_save, safe_torch_load
+from .errors import warn
+from .io_utils import atomic_torch_save, move_aside
 from .methods.base import Stage
 from .progress import progress
 
@@ -34,6 +36,10 @@ _checkpoints_written = 0
 
 class TrainingDiverged(RuntimeError):
     """A loss became NaN or infinite."""
+
+
+class _Unusable(Exception):
+    """A checkpoint that cannot be resumed from (the message says why)."""
 
 
 def synchronize(device: torch.device) -> None:
@@ -90,17 +96,60 @@ class Engine:
             os.kill(os.getpid(), signal.SIGKILL)
 
     def _load(self) -> dict | None:
-        if self.checkpoint_path is None or not self.checkpoint_path.exists():
+        """The checkpoint's state, applied to the models and RNGs; None to start from the
+        beginning. An unreadable, empty or malformed checkpoint (a disk fault, a copy cut
+        short) is moved aside, kept as ``checkpoint.pt.unreadable-<UTC time>``, with a
+        warning: the run then starts from the beginning (the only other state there is)."""
+        path = self.checkpoint_path
+        if path is None or not path.exists():
             return None
-        state = safe_torch_load(self.checkpoint_path, "checkpoint")
-        if state.get("format") != CHECKPOINT_FORMAT or state.get("run_id") != self.run_id:
+        try:
+            state = self._read_checkpoint(path)
+            if state is None:
+                return None
+        except _Unusable as e:
+            aside = move_aside(path)
+            warn(f"checkpoint {path} is unusable ({e}); moved it to {aside} and starting {self.desc or self.run_id} "
+                 "from the beginning")
             return None
-        for n, m in self.models.items():
-            m.load_state_dict(state["models"][n])
         self.curves, self.timings = list(state["curves"]), dict(state["timings"])
         torch.set_rng_state(state["rng"])
         if self.device.type == "cuda" and state["cuda_rng"]:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
+        return state
+
+    def _read_checkpoint(self, path: Path) -> dict | None:
+        """Load ``path`` into the models (None: another run's or format's checkpoint, left
+        unused); ``_Unusable`` when it cannot be read, and then no model is changed."""
+        try:
+            if path.stat().st_size == 0:
+                raise _Unusable("empty: 0 bytes")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except _Unusable:
+            raise
+        except Exception as e:  # truncated, garbage, not a torch file, unreadable
+            raise _Unusable(f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}") from None
+        if not isinstance(state, dict):
+            raise _Unusable(f"a {type(state).__name__}, not a checkpoint")
+        if state.get("format") != CHECKPOINT_FORMAT or state.get("run_id") != self.run_id:
+            return None
+        fields = {"stage_index": int, "stage_epoch": int, "global_epoch": int, "models": dict, "stage_state": dict,
+                  "curves": list, "timings": dict, "rng": torch.Tensor, "cuda_rng": list}
+        wrong = [k for k, t in fields.items() if not isinstance(state.get(k), t)]
+        if not wrong:
+            wrong += [f"models.{n}" for n in self.models if not isinstance(state["models"].get(n), dict)]
+            if not 0 <= state["stage_index"] < len(self.stages):
+                wrong.append("stage_index")
+        if wrong:
+            raise _Unusable(f"wrong or missing {', '.join(wrong)}")
+        backup = {n: copy.deepcopy(m.state_dict()) for n, m in self.models.items()}
+        try:
+            for n, m in self.models.items():
+                m.load_state_dict(state["models"][n])
+        except Exception as e:
+            for n, m in self.models.items():
+                m.load_state_dict(backup[n])
+            raise _Unusable(f"does not fit the run's models: {(str(e).splitlines() or [''])[0][:200]}") from None
         return state
 
     # -------------------------------------------------------------- the loop

@@ -8,3 +8,11 @@ class UserError(Exception):
 
 class DataError(UserError):
     """A data source that cannot be read, or is laid out wrongly."""
+
+
+def warn(message: str) -> None:
+    """A one-line ``warning: ...`` on stderr (also under ``--quiet``): something was wrong and
+    has been dealt with, e.g. an unreadable checkpoint moved aside."""
+    import sys
+
+    print(f"warning: {message}", file=sys.stderr, flush=True)

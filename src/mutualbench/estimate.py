@@ -5,13 +5,16 @@ teacher, if the method needs one, is a freshly initialised model of the teacher'
 architecture: same cost, no training), times a few real training steps of every stage
 after two warm-up steps, and one test batch of every evaluated model, then scales by the
 run's steps and epochs. It costs seconds, touches no output file and leaves the global
-RNG state as it found it. The time budget of ``replicate`` and its plan use it."""
+RNG state as it found it. The time budget of ``replicate`` and its plan use it, preferring the time a complete run of
+the same kind (another seed) took on the same kind of machine when the output folder holds
+one: a measurement of a few steps is thrown off by anything else the machine is doing."""
 
 from __future__ import annotations
 
 import statistics
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -20,8 +23,8 @@ from .engine import synchronize
 from .methods import BuildContext, get_method
 from .methods.base import freeze
 
-WARMUP_STEPS = 2  # the first steps pay for allocation and kernel selection
-TIMED_STEPS = 3
+WARMUP_STEPS = 3  # the first steps pay for allocation and kernel selection
+TIMED_STEPS = 5
 
 
 @dataclass
@@ -95,18 +98,45 @@ class RunTimer:
     def __init__(self, runner) -> None:
         self.runner = runner
         self._cache: dict[str, RunEstimate] = {}
+        self._recorded: dict[str, RunEstimate] | None = None
 
-    def _kind(self, config: dict) -> str:
+    @staticmethod
+    def _kind(resolved: dict) -> str:
         from .config import canonical_json
 
-        return canonical_json({k: v for k, v in config.items() if k != "seed"})
+        return canonical_json({k: v for k, v in resolved.items() if k != "seed"})
+
+    def recorded(self) -> dict[str, RunEstimate]:
+        """Times of complete runs in the output folder made on this kind of machine, by kind
+        of run: a later seed of the same run takes what the earlier one took."""
+        if self._recorded is None:
+            from .envinfo import cpu_kind, device_name
+            from .records import read_record
+
+            here_device = device_name(self.runner.device)
+            here_cpu = cpu_kind()
+            self._recorded = {}
+            for path in sorted(Path(self.runner.out_dir).glob("*.json")):
+                try:
+                    rec = read_record(path)
+                except Exception:
+                    continue
+                env = rec.get("env") or {}
+                cpu = env.get("cpu") or {}
+                same = env.get("device") == here_device and cpu.get("isa") == here_cpu["isa"] \
+                    and cpu.get("model") == here_cpu["model"]
+                if rec["status"] != "complete" or not same:
+                    continue
+                t = rec["timings"]
+                self._recorded[self._kind(rec["config"])] = RunEstimate(float(t["train_s"]), float(t["eval_s"]))
+        return self._recorded
 
     def estimate(self, config: dict) -> RunEstimate:
-        from .run import teacher_config
+        from .run import resolve, teacher_config
 
-        key = self._kind(config)
+        key = self._kind(resolve(config))
         if key not in self._cache:
-            self._cache[key] = measure_run_seconds(self.runner, config)
+            self._cache[key] = self.recorded().get(key) or measure_run_seconds(self.runner, config)
         est = self._cache[key]
         teacher_s = 0.0
         if get_method(config["method"]).needs_teacher and not config["teacher"]["checkpoint"]:

@@ -1,10 +1,20 @@
-"""Atomic file writes and safe checkpoint loading."""
+"""Atomic file writes, safe checkpoint loading, and the checks and clean-ups around them.
+
+Every write goes to a temporary file ``.<name>.<8 random characters>.tmp`` in the target's
+folder and is renamed over the target once complete, so a reader never sees a partial file.
+The finished file gets the mode a plain ``open()`` would give a new file (``0o666 & ~umask``).
+A full disk or an unwritable folder is a ``UserError`` naming the folder, and the temporary
+file is removed; what was there before stays as it was."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
+import shutil
 import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -12,17 +22,65 @@ import torch
 
 from .errors import UserError
 
+# The temporary files of atomic writes (tempfile.mkstemp: 8 characters of [a-z0-9_]).
+TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp$")
+MIN_FREE_BYTES = 64 << 20  # the least free space an output folder must have before a run starts
+DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+class DiskFull(UserError):
+    """No space left on the device (or the quota) of an output folder."""
+
+
+def file_mode() -> int:
+    """The mode ``open()`` gives a new file: ``0o666`` less the process umask."""
+    try:
+        with open("/proc/self/status") as f:  # reading it leaves the umask alone (threads)
+            for line in f:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def write_error(path: Path, e: OSError) -> UserError:
+    """The one-line error for a failed write of ``path``."""
+    folder = Path(path).parent
+    if e.errno in DISK_FULL:
+        return DiskFull(f"no space left on device writing {path} (folder {folder}); free space there and run the same "
+                        "command again (a run resumes from its last checkpoint)")
+    return UserError(f"cannot write {path} ({e.strerror or type(e).__name__}); make the folder {folder} writable "
+                     "or choose another output folder")
+
+
+def _new_temp(path: Path) -> tuple[int, str]:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise write_error(path, e) from None
+    try:
+        os.fchmod(fd, file_mode())
+    except OSError:
+        pass
+    return fd, tmp
+
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _new_temp(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise write_error(path, e) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -34,14 +92,18 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 def atomic_torch_save(path: Path, obj: Any) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    fd, tmp = _new_temp(path)
     try:
-        torch.save(obj, tmp)
-        with open(tmp, "rb") as f:
+        # Through a Python file object: a full disk then raises OSError(ENOSPC), where a path
+        # given to torch.save fails with an opaque RuntimeError.
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise write_error(path, e) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -50,11 +112,106 @@ def atomic_torch_save(path: Path, obj: Any) -> None:
 def safe_torch_load(path: Path, what: str = "checkpoint") -> Any:
     """``torch.load`` with ``weights_only=True`` (no code runs); any failure is a UserError."""
     try:
+        if Path(path).is_file() and Path(path).stat().st_size == 0:
+            raise UserError(f"{what} {path} is empty (0 bytes; an interrupted copy or write?); "
+                            "give a state_dict saved with torch.save")
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise UserError(f"{what} {path} not found; check the path") from None
+    except UserError:
+        raise
     except Exception as e:
+        first = (str(e).splitlines() or [""])[0][:200]
         raise UserError(
-            f"{what} {path} is unreadable ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+            f"{what} {path} is unreadable ({type(e).__name__}: {first}); "
             "give a state_dict saved with torch.save (loaded with weights_only=True)"
         ) from None
+
+
+def move_aside(path: Path, why: str = "unreadable") -> Path:
+    """Rename ``path`` to ``<name>.<why>-<UTC time>`` (kept for inspection, out of the way);
+    returns the new path."""
+    path = Path(path)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    target = path.with_name(f"{path.name}.{why}-{stamp}")
+    n = 1
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.name}.{why}-{stamp}-{n}")
+    try:
+        os.replace(path, target)
+    except OSError as e:
+        raise UserError(f"{path} is {why} and could not be moved aside ({e.strerror}); "
+                        "move or delete it, then run the same command again") from None
+    return target
+
+
+def check_output_folder(folder: Path, option: str = "--out") -> None:
+    """Fail at once, before any data is loaded or anything trained, when ``folder`` cannot
+    hold a run's output: it is a file, lies under a file, cannot be written, or its disk is
+    (nearly) full. Probes with a real write of a small temporary file; creates nothing."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{option} {folder} is an existing file, not a folder; give a folder path "
+                        "(it is created when missing)")
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UserError(f"{option} {folder} cannot be created: {probe} is a file, not a folder; "
+                        "give another folder path")
+    try:
+        free = shutil.disk_usage(probe).free
+    except OSError:
+        free = None
+    if free is not None and free < MIN_FREE_BYTES:
+        raise DiskFull(f"no space left on device for {option} {folder} (folder {probe}: {free >> 20} MiB free, a run "
+                       f"needs at least {MIN_FREE_BYTES >> 20} MiB); free space there or choose another folder")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".mutualbench-write-test.", suffix=".tmp", dir=probe)
+        try:
+            os.write(fd, b"\0" * 4096)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(tmp)
+    except OSError as e:
+        if e.errno in DISK_FULL:
+            raise DiskFull(f"no space left on device for {option} {folder} (folder {probe}); free space there "
+                           "or choose another folder") from None
+        raise UserError(f"{option} {folder}: cannot write in {probe} ({e.strerror or type(e).__name__}); "
+                        "give a folder you can write to") from None
+
+
+def leftover_temporaries(folder: Path, busy=lambda path: False) -> list[Path]:
+    """Temporary files of interrupted atomic writes (``.<name>.<8 characters>.tmp``) in
+    ``folder`` and its direct subfolders, except those ``busy(path)`` says a live writer may
+    still be writing."""
+    folder = Path(folder)
+    found = []
+    dirs = [folder]
+    try:
+        dirs += sorted(p for p in folder.iterdir() if p.is_dir() and not p.is_symlink())
+    except OSError:
+        return []
+    for d in dirs:
+        try:
+            names = sorted(p for p in d.iterdir() if TEMP_NAME.match(p.name))
+        except OSError:
+            continue
+        found += [p for p in names if p.is_file() and not p.is_symlink() and not busy(p)]
+    return found
+
+
+def remove_temporaries(paths: list[Path]) -> list[Path]:
+    """Delete ``paths``; returns those actually removed."""
+    removed = []
+    for p in paths:
+        try:
+            p.unlink()
+            removed.append(p)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            pass  # left for a later run; harmless
+    return removed

@@ -10,6 +10,7 @@ from .io_utils import atomic_write_json
 
 SCHEMA_VERSION = 1
 REQUIRED = ("schema", "run_id", "status", "config", "seed", "data", "models", "curves", "timings", "env")
+MODEL_FIELDS = ("arch", "params", "final_test_acc", "best_test_acc_test_selected")
 
 
 def record_path(out_dir: Path, run_id: str) -> Path:
@@ -23,24 +24,59 @@ def write_record(out_dir: Path, record: dict) -> Path:
 
 
 def validate_record(record: object, where: str = "record") -> dict:
+    """``record`` if it has the shape of a RunRecord; else a one-line UserError naming ``where``."""
     if not isinstance(record, dict):
-        raise UserError(f"{where}: not a JSON object")
+        raise UserError(f"{where}: not a run record (a JSON {type(record).__name__}, not an object)")
     missing = [k for k in REQUIRED if k not in record]
     if missing:
-        raise UserError(f"{where}: missing fields {', '.join(missing)}")
+        raise UserError(f"{where}: not a complete run record (missing fields {', '.join(missing)})")
     if record["schema"] != SCHEMA_VERSION:
         raise UserError(f"{where}: schema {record['schema']} is not the supported {SCHEMA_VERSION}")
     if record["status"] not in ("complete", "failed"):
         raise UserError(f"{where}: unknown status {record['status']!r}")
+    shapes = (("run_id", str), ("config", dict), ("data", dict), ("models", dict), ("curves", list),
+              ("timings", dict), ("env", dict))
+    wrong = [k for k, t in shapes if not isinstance(record[k], t)]
+    if record["status"] == "complete" and not wrong:
+        if not isinstance(record["config"].get("method"), str):
+            wrong.append("config.method")
+        if "train_s" not in record["timings"]:
+            wrong.append("timings.train_s")
+        if "device" not in record["env"]:
+            wrong.append("env.device")
+        for name, m in record["models"].items():
+            if not isinstance(m, dict) or not all(k in m for k in MODEL_FIELDS):
+                wrong.append(f"models.{name}")
+    if wrong:
+        raise UserError(f"{where}: malformed run record (wrong or missing {', '.join(wrong)})")
     return record
 
 
 def read_record(path: Path) -> dict:
+    """Read and check a RunRecord; any problem (unreadable, not UTF-8, not JSON, wrong shape)
+    is a one-line UserError that names the file."""
     try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise UserError(f"{path}: unreadable run record ({e})") from None
+        data = json.loads(Path(path).read_bytes().decode("utf-8"))
+    except OSError as e:
+        raise UserError(f"{path}: unreadable run record ({e.strerror or type(e).__name__})") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: unreadable run record (not UTF-8 text: byte {e.object[e.start]:#04x} at offset "
+                        f"{e.start})") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: unreadable run record (not JSON: {e})") from None
     return validate_record(data, str(path))
+
+
+def record_problem(out_dir: Path, run_id: str) -> str | None:
+    """Why the record of ``run_id`` in ``out_dir`` cannot be used (None: absent or valid)."""
+    path = record_path(out_dir, run_id)
+    if not path.exists():
+        return None
+    try:
+        read_record(path)
+    except UserError as e:
+        return str(e)
+    return None
 
 
 def complete_record(out_dir: Path, run_id: str) -> dict | None:

@@ -5,6 +5,7 @@ Output layout for ``out_dir``::
 
     <run_id>.json          the RunRecord (written atomically; the run's only result file)
     <run_id>/checkpoint.pt while running: the per-epoch checkpoint a rerun resumes from
+    <run_id>/.lock         while running: the process training the run (see ``locks``)
     <run_id>/final.pt      the trained weights ({"models": {name: state_dict}}), used to reuse
                            a teacher; loaded with weights_only=True
 """
@@ -25,13 +26,14 @@ from .data import DeviceLoader, ImageDataset, load_dataset
 from .data.sources import sha256_file
 from .engine import Engine, TrainingDiverged
 from .envinfo import environment, load_average, resolve_device
-from .errors import UserError
-from .io_utils import atomic_torch_save, safe_torch_load
+from .errors import UserError, warn
+from .io_utils import atomic_torch_save, move_aside, safe_torch_load
+from .locks import LOCK, FolderLock
 from .methods import METHODS, BuildContext, get_method
 from .methods.base import resolve_tap
-from .records import SCHEMA_VERSION, complete_record, write_record
+from .records import SCHEMA_VERSION, complete_record, record_path, record_problem, write_record
 
-TOP_LEVEL = ("method", "arch", "cohort", "seed")
+TOP_LEVEL = ("method", "arch", "cohort", "seed", "init")
 EVAL_BATCH_SIZE = 1000
 
 
@@ -51,6 +53,10 @@ def resolve(config: dict) -> dict:
     resolved = {k: copy.deepcopy(config[k]) for k in TOP_LEVEL}
     for section in method.sections:
         resolved[section] = copy.deepcopy(config[section])
+    if "speed" not in method.sections:
+        speed = _honoured_speed(method, config["speed"])
+        if speed:
+            resolved["speed"] = speed
     if method.needs_teacher and not is_known_arch(config["teacher"]["arch"]):
         create_arch(config["teacher"]["arch"])
     if method.needs_taps:
@@ -59,6 +65,22 @@ def resolve(config: dict) -> dict:
             resolve_tap(create_arch(arch), hint["student_tap"], "student tap")
         resolve_tap(create_arch(config["teacher"]["arch"]), hint["teacher_tap"], "teacher tap")
     return resolved
+
+
+def _honoured_speed(method, speed: dict) -> dict:
+    """The ``speed`` keys a method without a speed section honours (``Method.speed_keys``),
+    when set away from their defaults; a non-default key it cannot honour is an error, so no
+    record claims a setting that did not apply."""
+    out = {}
+    for key, value in speed.items():
+        if value == DEFAULTS["speed"][key]:
+            continue
+        if key not in method.speed_keys:
+            honoured = ", ".join(f"speed.{k}" for k in method.speed_keys) or "none"
+            raise UserError(f"speed.{key} = {value!r} does not apply to method {method.name!r} (it honours: {honoured}; "
+                            "the cohort methods mutual and hint_mutual honour every speed key); remove it for this run")
+        out[key] = value
+    return out
 
 
 def run_precision(resolved: dict) -> str:
@@ -133,11 +155,28 @@ class Runner:
         if done is not None:
             self.log(f"{rid}: complete record found, nothing to run")
             return done
-        teacher, teacher_info = None, {}
-        method = get_method(resolved["method"])
-        if method.needs_teacher:
-            teacher, teacher_info = self._teacher(resolved, config, ds, ckpt)
-        return self._execute(resolved, rid, ds, method, teacher, teacher_info)
+        # One process trains a run at a time: <out>/<run_id>/.lock (a second process on the same
+        # run, e.g. `mutualbench run` into a running study's runs/, refuses at once).
+        with FolderLock(self.out_dir / rid / LOCK, f"run {rid} in {self.out_dir} is being trained by another process"):
+            done = None if force else complete_record(self.out_dir, rid)
+            if done is not None:  # finished by another process meanwhile
+                self.log(f"{rid}: complete record found, nothing to run")
+                return done
+            self._set_aside_damaged_record(rid)
+            teacher, teacher_info = None, {}
+            method = get_method(resolved["method"])
+            if method.needs_teacher:
+                teacher, teacher_info = self._teacher(resolved, config, ds, ckpt)
+            return self._execute(resolved, rid, ds, method, teacher, teacher_info)
+
+    def _set_aside_damaged_record(self, rid: str) -> None:
+        """A record of this run that cannot be read (not UTF-8, not JSON, the wrong shape) is a
+        damaged result of this very run: keep it as ``<run_id>.json.unreadable-<UTC time>``,
+        warn, and run again (``table`` and ``compare`` treat such a record as an error)."""
+        problem = record_problem(self.out_dir, rid)
+        if problem is not None:
+            aside = move_aside(record_path(self.out_dir, rid))
+            warn(f"{problem}; moved it to {aside} and running {rid} again")
 
     # ------------------------------------------------------------------ teacher
     def _teacher(self, resolved: dict, config: dict, ds: ImageDataset, ckpt: Path | None):
@@ -169,14 +208,16 @@ class Runner:
         return teacher, info
 
     # ------------------------------------------------------------------ training
-    def _loaders(self, resolved: dict, ds: ImageDataset):
+    def _loaders(self, resolved: dict, ds: ImageDataset, dtype: torch.dtype = torch.float32):
+        """The run's train and test loaders (``dtype``: of the batches; float64 only for the
+        golden-trajectory check, ``mutualbench.golden``)."""
         d, seed = resolved["data"], resolved["seed"]
         mean, std = (ds.mean, ds.std) if d["normalize"] else (None, None)
         train = DeviceLoader(ds.train_images, ds.train_labels, batch_size=d["batch_size"], device=self.device,
                              shuffle=True, flip=d["flip"], crop_padding=d["crop_padding"], mean=mean, std=std,
-                             seed=seed, subset=d["train_subset"])
-        test = DeviceLoader(ds.test_images, ds.test_labels, batch_size=EVAL_BATCH_SIZE,
-                            device=self.device, shuffle=False, mean=mean, std=std, seed=seed, subset=d["test_subset"])
+                             seed=seed, subset=d["train_subset"], dtype=dtype)
+        test = DeviceLoader(ds.test_images, ds.test_labels, batch_size=EVAL_BATCH_SIZE, device=self.device,
+                            shuffle=False, mean=mean, std=std, seed=seed, subset=d["test_subset"], dtype=dtype)
         return train, test
 
     def _execute(self, resolved, rid, ds, method, teacher, teacher_info) -> dict:
