@@ -35,3 +35,16 @@ def test_methods_table_lists_all_five(capsys):
     out = capsys.readouterr().out
     for name in ("individual", "kd", "mutual", "fitnets", "hint_mutual"):
         assert f"| {name}" in out
+
+
+def test_time_budget_help_describes_the_measured_estimate(capsys):
+    import pytest
+
+    with pytest.raises(SystemExit) as e:
+        main(["replicate", "--help"])
+    assert e.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines at the terminal's width
+    line = text[text.index("--time-budget SECONDS start no run"):text.index("--against AGAINST stored")]
+    for phrase in ("counted from the start of the first run", "an estimate for this machine made before the runs start",
+                   "a few timed training steps", "the longest run of its kind so far"):
+        assert phrase in line, phrase

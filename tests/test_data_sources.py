@@ -1,4 +1,5 @@
 import io
+import os
 import tarfile
 import zipfile
 
@@ -168,3 +169,206 @@ def test_shared_cifar_copy(shared_cifar):
     assert ds.classes[0] == "airplane" and ds.classes[-1] == "truck"
     assert ds.train_images.shape[1:] == (32, 32, 3)
     assert np.allclose(ds.mean, (0.4913, 0.4821, 0.4465), atol=2e-4)  # the data README's figures
+
+
+# ----------------------------------------------------------------------------- class folders without images
+
+
+def _tar_of_tree(tree, path):
+    with tarfile.open(path, "w:gz") as tar:  # like `tar czf`: folder entries included
+        tar.add(tree, arcname=tree.name)
+    return path
+
+
+def _source_with_empty_class(tmp_path, kind, splits, files):
+    tree = write_tree(tmp_path / "set", files)
+    for split in splits:
+        (tree / split / "zebra").mkdir()
+    if kind == "tree":
+        return tree
+    if kind == "tar":
+        return _tar_of_tree(tree, tmp_path / "set.tar.gz")
+    zpath = tmp_path / "set.zip"
+    with zipfile.ZipFile(zpath, "w") as zf:
+        for rel, data in files.items():
+            zf.writestr(rel, data)
+        for split in splits:
+            zf.writestr(f"{split}/zebra/", b"")
+    return zpath
+
+
+@pytest.mark.parametrize("kind", ["tree", "tar", "zip"])
+def test_class_folder_empty_in_both_splits_is_refused(tmp_path, data_root, tiny_files, kind, capsys):
+    from mutualbench.cli import main
+
+    src = _source_with_empty_class(tmp_path, kind, ("train", "test"), tiny_files)
+    assert main(["data", str(src), "--data-root", str(data_root)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: {src}: class folder 'zebra' has no images in train/ or test/")
+    assert "remove the folder" in err
+    assert cache_files(data_root) == []
+
+
+@pytest.mark.parametrize("kind", ["tree", "tar"])
+@pytest.mark.parametrize("split,other", [("test", "train"), ("train", "test")])
+def test_class_folder_empty_in_one_split_is_refused(tmp_path, data_root, kind, split, other, capsys):
+    from conftest import synthetic_files
+    from mutualbench.cli import main
+
+    # zebra has images in one split and an empty folder in the other (before: "different classes")
+    files = {k: v for k, v in synthetic_files(classes=("cat", "dog", "zebra")).items()
+             if not k.startswith(f"{split}/zebra/")}
+    tree = write_tree(tmp_path / "set", files)
+    (tree / split / "zebra").mkdir()
+    src = tree if kind == "tree" else _tar_of_tree(tree, tmp_path / "set.tar.gz")
+    assert main(["data", str(src), "--data-root", str(data_root)]) == 2
+    err = capsys.readouterr().err
+    n = 4 if other == "train" else 2
+    assert err.count("\n") == 1
+    assert err.startswith(f"error: {src}: {split}/zebra/ has no images ({other}/zebra/ has {n}); every class needs")
+    assert cache_files(data_root) == []
+
+
+def test_empty_class_folder_added_to_a_cached_tree_is_not_hidden_by_the_cache(tmp_path, data_root, tiny_files):
+    tree = write_tree(tmp_path / "set", tiny_files)
+    first = load_dataset(tree, root=data_root)
+    for split in ("train", "test"):
+        (tree / split / "zebra").mkdir()
+    with pytest.raises(DataError, match="class folder 'zebra' has no images"):
+        load_dataset(tree, root=data_root)
+    for split in ("train", "test"):  # a tree without empty folders keeps its checksum (and its cache)
+        (tree / split / "zebra").rmdir()
+    assert load_dataset(tree, root=data_root).sha256 == first.sha256
+
+
+def test_non_class_folders_without_images_are_ignored(tmp_path, data_root, tiny_files):
+    tree = write_tree(tmp_path / "set", tiny_files)
+    (tree / "notes").mkdir()
+    (tree / "train" / ".thumbs").mkdir()
+    (tree / "train" / "cat" / "raw").mkdir()
+    assert load_dataset(tree, root=data_root).classes == ["cat", "dog", "emu"]
+
+
+# ----------------------------------------------------------------------------- bounded CIFAR download
+
+
+class StallingServer:
+    """A local TCP server that accepts connections and then never answers (or sends ``reply``
+    once per connection and then stalls)."""
+
+    def __init__(self, reply: bytes = b""):
+        import socket
+        import threading
+
+        self.reply = reply
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.05)
+        self.port = self.sock.getsockname()[1]
+        self.conns = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.conns.append(conn)
+            if self.reply:
+                try:
+                    conn.settimeout(5)
+                    conn.recv(65536)
+                    conn.sendall(self.reply)
+                except OSError:
+                    pass
+
+    def close(self):
+        self.stop.set()
+        self.thread.join(5)
+        self.sock.close()
+        for conn in self.conns:
+            conn.close()
+
+
+@pytest.fixture
+def offline_env(monkeypatch):
+    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("MUTUALBENCH_NET_TIMEOUT", "0.5")
+
+
+def test_cifar_download_from_a_server_that_never_answers_times_out(monkeypatch, offline_env, data_root, capsys):
+    import socket
+    import time
+
+    import torchvision
+
+    from mutualbench.cli import main
+
+    server = StallingServer()
+    url = f"http://127.0.0.1:{server.port}/cifar-10-python.tar.gz"
+    monkeypatch.setattr(torchvision.datasets.CIFAR10, "url", url)
+    t0 = time.monotonic()
+    try:
+        code = main(["data", "cifar10", "--data-root", str(data_root)])
+    finally:
+        server.close()
+    assert code == 2 and time.monotonic() - t0 < 30
+    assert server.conns  # the connection was accepted: only the answer was missing
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: could not download cifar10 into ")
+    assert f"no answer from {url} within 0.5 s" in err and "MUTUALBENCH_NET_TIMEOUT" in err
+    assert "point --data at local files" in err
+    assert list(data_root.iterdir()) == []  # nothing left that could pass for data
+    assert socket.getdefaulttimeout() is None  # the process-wide default is restored
+
+
+def test_cifar_download_that_stalls_midway_leaves_no_partial_archive(monkeypatch, offline_env, data_root, capsys):
+    import torchvision
+    import torchvision.datasets.utils as tv_utils
+
+    from mutualbench.cli import main
+
+    body = b"\x1f\x8b" + b"\0" * 40_000  # the first part of a much larger archive, then silence
+    server = StallingServer(b"HTTP/1.1 200 OK\r\nContent-Length: 10000000\r\n\r\n" + body)
+    monkeypatch.setattr(torchvision.datasets.CIFAR10, "url", f"http://127.0.0.1:{server.port}/cifar-10-python.tar.gz")
+    partial = []
+    original = tv_utils._urlretrieve
+
+    def spy(url, filename, *args, **kwargs):
+        try:
+            return original(url, filename, *args, **kwargs)
+        except Exception:
+            partial.append(os.path.getsize(filename) if os.path.exists(filename) else None)
+            raise
+
+    monkeypatch.setattr(tv_utils, "_urlretrieve", spy)
+    kept = data_root / "torchvision" / "notes.txt"  # what was there before stays
+    kept.parent.mkdir()
+    kept.write_text("mine")
+    try:
+        code = main(["data", "cifar10", "--data-root", str(data_root)])
+    finally:
+        server.close()
+    assert code == 2
+    assert partial and partial[0] and partial[0] > 0  # torchvision did leave a partial archive behind
+    err = capsys.readouterr().err.split("\n")[-2]  # the last line: torchvision's progress bar comes before it
+    assert err.startswith("error: could not download cifar10") and "within 0.5 s" in err
+    assert "its partial files were removed" in err
+    assert sorted(p.relative_to(data_root).as_posix() for p in data_root.rglob("*")) == [
+        "torchvision", "torchvision/notes.txt"]
+
+
+@pytest.mark.parametrize("value", ["soon", "0", "-3"])
+def test_bad_net_timeout_is_a_user_error(monkeypatch, data_root, value, capsys):
+    from mutualbench.cli import main
+
+    monkeypatch.setenv("MUTUALBENCH_NET_TIMEOUT", value)
+    assert main(["data", "cifar10", "--data-root", str(data_root)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: MUTUALBENCH_NET_TIMEOUT={value!r} is not a positive")
+    assert list(data_root.iterdir()) == []

@@ -69,3 +69,110 @@ def test_log_run_offline_logs_the_curves(study, tmp_path, monkeypatch):
     data = run_file.read_bytes()  # the offline run's record stream holds the logged keys
     for key in ("test_acc/student1", "train_loss/student2", "final_test_acc/student1", record["run_id"]):
         assert key.encode() in data
+
+
+def _fake_wandb(monkeypatch, init):
+    """A stand-in ``wandb`` module whose ``init`` is ``init(settings, **kwargs)``."""
+    import types
+
+    module = types.ModuleType("wandb")
+
+    class Settings:
+        def __init__(self, **kwargs):
+            self.__dict__.update(kwargs)
+
+    module.Settings = Settings
+    module.init = lambda settings=None, **kwargs: init(settings, **kwargs)
+    monkeypatch.setitem(sys.modules, "wandb", module)
+    monkeypatch.setenv("WANDB_API_KEY", "not-a-real-key")
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("MUTUALBENCH_NET_TIMEOUT", "0.3")
+
+
+def _hangs_then_times_out(settings, **kwargs):
+    import time
+
+    time.sleep(settings.init_timeout)  # wandb waits init_timeout seconds for its backend, then gives up
+    raise RuntimeError(f"Run initialization has timed out after {settings.init_timeout} sec. Please try increasing "
+                       "the timeout with the `init_timeout` setting")
+
+
+def _refused(settings, **kwargs):
+    raise ConnectionRefusedError(111, "Connection refused")
+
+
+def _folder_state(folder):
+    return {p.relative_to(folder).as_posix(): (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("init,message", [(_hangs_then_times_out, "no answer within 0.3 s; set MUTUALBENCH_NET_TIMEOUT"),
+                                          (_refused, "ConnectionRefusedError: [Errno 111] Connection refused")])
+def test_publish_that_cannot_start_rewrites_no_table_file(study, monkeypatch, capsys, init, message):
+    import os
+
+    for path in study.rglob("*"):  # an old mtime: a rewrite with the same bytes still shows
+        if path.is_file():
+            os.utime(path, ns=(1_000_000_000_000_000_000, 1_000_000_000_000_000_000))
+    before = _folder_state(study)
+    assert {"table.md", "table.csv", "curves.png"} <= set(before)
+    _fake_wandb(monkeypatch, init)
+    assert main(["publish", str(study)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: could not start the W&B run 'tiny-smoke' for ")
+    assert message in err and err.rstrip().endswith(f"nothing in {study} was changed")
+    assert _folder_state(study) == before
+
+
+def test_publish_passes_the_timeout_and_writes_tables_only_after_init(study, monkeypatch):
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def init(settings, **kwargs):
+        seen["timeout"] = settings.init_timeout
+        seen["table_mtime"] = (study / "table.md").stat().st_mtime_ns
+        raise Stop("the test ends here")
+
+    _fake_wandb(monkeypatch, init)
+    import os
+
+    os.utime(study / "table.md", ns=(1_000_000_000, 1_000_000_000))
+    with pytest.raises(Exception, match="the test ends here"):
+        from mutualbench.publish import publish
+
+        publish(study)
+    assert seen == {"timeout": 0.3, "table_mtime": 1_000_000_000}
+
+
+def test_log_run_that_cannot_start_is_a_one_line_user_error(study, monkeypatch):
+    from mutualbench.errors import UserError
+    from mutualbench.publish import log_run
+
+    _fake_wandb(monkeypatch, _hangs_then_times_out)
+    record = json.loads(next((study / "runs").glob("mutual-*.json")).read_text())
+    with pytest.raises(UserError, match=f"could not start the W&B run '{record['run_id']}' \\(no answer within 0.3 s") as e:
+        log_run(record)
+    assert "\n" not in str(e.value) and "only its W&B copy is missing" in str(e.value)
+
+
+def test_bad_net_timeout_fails_before_any_work(study, tiny_cifar, tmp_path, monkeypatch, capsys):
+    def init(settings, **kwargs):
+        raise AssertionError("wandb.init must not be reached")
+
+    _fake_wandb(monkeypatch, init)
+    monkeypatch.setenv("MUTUALBENCH_NET_TIMEOUT", "soon")
+    before = _folder_state(study)
+    assert main(["publish", str(study)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: MUTUALBENCH_NET_TIMEOUT='soon' is not a positive number")
+    assert _folder_state(study) == before
+    data, root = tiny_cifar
+    spec = tmp_path / "tiny.toml"
+    spec.write_text(SPEC)
+    out = tmp_path / "study"
+    assert main(["replicate", str(spec), "--profile", "smoke", "--data", str(data), "--data-root", str(root),
+                 "--out", str(out), "--device", "cpu", "--seeds", "1", "--wandb", "--quiet"]) == 2
+    assert "MUTUALBENCH_NET_TIMEOUT='soon'" in capsys.readouterr().err
+    assert not list(out.glob("runs/*.json"))  # nothing was trained

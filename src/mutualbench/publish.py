@@ -4,7 +4,12 @@
 ``wandb.Table``, the paired comparisons, the curve plots, the study config, and the
 manifest, records and tables as an artifact. ``log_run(record)`` logs one finished run's
 per-epoch curves (``replicate --wandb``). Without wandb, or without credentials outside
-offline mode, it says so and changes nothing."""
+offline mode, it says so and changes nothing.
+
+Starting a W&B run waits at most ``$MUTUALBENCH_NET_TIMEOUT`` seconds (default 60) for an
+answer; past that, or on any other failure to start, it is a one-line error. ``publish``
+writes the study's table files only once its W&B run has started, so a failed publish
+changes nothing in the folder."""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ import os
 from pathlib import Path
 
 from .errors import UserError
+from .net import NET_TIMEOUT_ENV, is_timeout, net_timeout
 
 
 def _wandb():
@@ -19,6 +25,7 @@ def _wandb():
         import wandb
     except ImportError:
         raise UserError("wandb is not installed: pip install 'mutualbench[wandb]' (nothing was changed)") from None
+    net_timeout()  # a bad $MUTUALBENCH_NET_TIMEOUT fails here, before any work (replicate --wandb checks first)
     mode = os.environ.get("WANDB_MODE", "").lower()
     if mode not in ("offline", "disabled", "dryrun"):
         key = os.environ.get("WANDB_API_KEY")
@@ -39,6 +46,21 @@ def _run_dir() -> str | None:
     return os.environ.get("WANDB_DIR") or None
 
 
+def _init(wandb, what: str, after: str, **kwargs):
+    """``wandb.init`` bounded by the network timeout; a failure to start is a ``UserError``."""
+    timeout = net_timeout()
+    try:
+        return wandb.init(settings=wandb.Settings(init_timeout=timeout), **kwargs)
+    except Exception as e:  # wandb.errors.CommError on a timeout, a refused connection, a bad project...
+        text = " ".join(str(e).split())
+        if is_timeout(e) or "timed out" in text.lower():
+            why = (f"no answer within {timeout:g} s; set {NET_TIMEOUT_ENV}=<seconds> to wait longer, or "
+                   "WANDB_MODE=offline to write the run locally and `wandb sync` it later")
+        else:
+            why = f"{type(e).__name__}: {text}; check the network and the project name, or set WANDB_MODE=offline"
+        raise UserError(f"could not start the W&B run {what} ({why}); {after}") from None
+
+
 def publish(folder: Path, project: str = "mutualbench", entity: str | None = None) -> str:
     from .report import write_report
     from .results import study_summary
@@ -46,13 +68,14 @@ def publish(folder: Path, project: str = "mutualbench", entity: str | None = Non
     wandb = _wandb()
     folder = Path(folder)
     manifest, df, summary, paired = study_summary(folder)
-    written = write_report(folder)
     spec, profile = manifest["spec"], manifest["profile"]
     name = f"{spec['study']['name']}-{profile}"
-    run = wandb.init(project=project, entity=entity, name=name, job_type="study", reinit=True, dir=_run_dir(),
-                     config={"study": spec["study"]["name"], "profile": profile, "seeds": manifest["seeds"],
-                             "data": manifest["data"], "spec": spec})
+    run = _init(wandb, f"{name!r} for {folder}", f"nothing in {folder} was changed",
+                project=project, entity=entity, name=name, job_type="study", reinit=True, dir=_run_dir(),
+                config={"study": spec["study"]["name"], "profile": profile, "seeds": manifest["seeds"],
+                        "data": manifest["data"], "spec": spec})
     try:
+        written = write_report(folder)  # only now that the upload can start
         logged = {"summary_table": wandb.Table(dataframe=summary.astype(object).where(summary.notna(), None)),
                   "runs_table": wandb.Table(dataframe=df.astype(object).where(df.notna(), None))}
         if not paired.empty:
@@ -74,8 +97,10 @@ def publish(folder: Path, project: str = "mutualbench", entity: str | None = Non
 def log_run(record: dict, project: str = "mutualbench", entity: str | None = None, group: str | None = None) -> None:
     """One W&B run for one finished RunRecord: its config and per-epoch curves."""
     wandb = _wandb()
-    run = wandb.init(project=project, entity=entity, name=record["run_id"], group=group, job_type="run", dir=_run_dir(),
-                     reinit=True, config={"config": record["config"], "data": record["data"], "env": record["env"]})
+    run = _init(wandb, f"{record['run_id']!r}", "the run's record is written; only its W&B copy is missing",
+                project=project, entity=entity, name=record["run_id"], group=group,
+                job_type="run", dir=_run_dir(), reinit=True,
+                config={"config": record["config"], "data": record["data"], "env": record["env"]})
     try:
         for e in record["curves"]:
             row = {"epoch": e["epoch"], "stage": e["stage"], "images_per_s": e["images_per_s"]}

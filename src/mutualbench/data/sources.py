@@ -6,19 +6,27 @@ archive of one. Trees and archives are laid out as::
 
     [optional top folder/]train/<class>/<image>   and   test/<class>/<image>
 
-Classes are the folder names in sorted order. Decoding happens once: the arrays are then
-cached in ``<data root>/cache/<name>-<sha256 prefix>.npz``, keyed by the source's checksum,
-and written atomically so that a failure never leaves a partial cache behind.
+Classes are the folder names in sorted order; a class folder without images (in either
+split) is refused rather than silently dropped, since it would shift the labels. Decoding
+happens once: the arrays are then cached in ``<data root>/cache/<name>-<sha256 prefix>.npz``,
+keyed by the source's checksum, and written atomically so that a failure never leaves a
+partial cache behind.
 Archives are never extracted to disk; members that are links, absolute paths or contain
 ``..`` are rejected.
+
+The CIFAR download waits at most ``$MUTUALBENCH_NET_TIMEOUT`` seconds (default 60) for each
+answer from the server; a download that fails removes the files it created in the data root.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
 import os
+import shutil
+import socket
 import tarfile
 import zipfile
 import zlib
@@ -28,6 +36,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from ..errors import DataError
+from ..net import NET_TIMEOUT_ENV, is_timeout, net_timeout
 from ..progress import progress
 
 CACHE_FORMAT = 1
@@ -120,12 +129,20 @@ def sha256_file(path: Path) -> str:
 
 
 def sha256_tree(root: Path) -> str:
-    """Checksum of a folder: every file's relative path and contents, in sorted order."""
+    """Checksum of a folder: every file's relative path and contents, in sorted order. Empty
+    folders count too (a tree without any has the same checksum as before they counted)."""
     h = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+    for path in sorted(p for p in root.rglob("*") if p.is_file() or _is_empty_dir(p)):
+        if path.is_dir():
+            h.update(path.relative_to(root).as_posix().encode() + b"/\0")
+            continue
         h.update(path.relative_to(root).as_posix().encode() + b"\0")
         h.update(hashlib.sha256(path.read_bytes()).digest())
     return h.hexdigest()
+
+
+def _is_empty_dir(path: Path) -> bool:
+    return path.is_dir() and not path.is_symlink() and next(path.iterdir(), None) is None
 
 
 # ----------------------------------------------------------------------------- cache
@@ -153,20 +170,31 @@ def _read_cache(path: Path, source: str, sha: str) -> ImageDataset | None:
 
 
 def _write_cache(path: Path, ds: ImageDataset) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write the cache; a data root that cannot hold it (a file, read-only, a full disk) is a
+    one-line warning and the data set is used without a cache (decoded again next time)."""
     meta = {"format": CACHE_FORMAT, "name": ds.name, "classes": ds.classes, "sha256": ds.sha256,
             "mean": list(ds.mean), "std": list(ds.std)}
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "wb") as f:
-            np.savez(f, meta=np.array(json.dumps(meta)), train_images=ds.train_images,
-                     train_labels=ds.train_labels, test_images=ds.test_images,
-                     test_labels=ds.test_labels)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with open(tmp, "wb") as f:
+                np.savez(f, meta=np.array(json.dumps(meta)), train_images=ds.train_images,
+                         train_labels=ds.train_labels, test_images=ds.test_images,
+                         test_labels=ds.test_labels)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    except OSError as e:
+        from ..errors import warn
+
+        root = path.parent.parent
+        why = "no space left on device" if e.errno == errno.ENOSPC else (e.strerror or type(e).__name__)
+        warn(f"cannot write the data cache {path} ({why}); using {ds.name} without a cache (decoded again next "
+             f"time): point --data-root or MUTUALBENCH_DATA_ROOT at a writable folder instead of {root}")
+        return
     ds.cache_path = path
 
 
@@ -185,13 +213,17 @@ def _is_image(parts: tuple[str, ...]) -> bool:
             and PurePosixPath(parts[-1]).suffix.lower() in IMAGE_SUFFIXES)
 
 
-def _assemble(files: list[tuple[tuple[str, ...], bytes]], source: Path, name: str, sha: str) -> ImageDataset:
-    """Turn (path parts, encoded image) pairs into a dataset; checks the layout."""
+def _assemble(entries: list[tuple[tuple[str, ...], bytes | None]], source: Path, name: str, sha: str) -> ImageDataset:
+    """Turn (path parts, encoded image) pairs into a dataset; checks the layout. Folders come as
+    (path parts, None): they only serve to find class folders without images."""
+    files = [(parts, data) for parts, data in entries if data is not None]
+    folders = [parts for parts, data in entries if data is None]
     if not files:
         raise DataError(f"{source}: no images found; {LAYOUT_HELP}")
     tops = {parts[0] for parts, _ in files}
     if not tops & set(SPLITS) and len(tops) == 1:  # one wrapping folder
         files = [(parts[1:], data) for parts, data in files]
+        folders = [parts[1:] for parts in folders if parts[0] in tops]
     grouped: dict[str, dict[str, list[tuple[str, bytes]]]] = {s: {} for s in SPLITS}
     for parts, data in files:
         if len(parts) != 3 or parts[0] not in SPLITS:
@@ -200,6 +232,7 @@ def _assemble(files: list[tuple[tuple[str, ...], bytes]], source: Path, name: st
     for split in SPLITS:
         if not grouped[split]:
             raise DataError(f"{source}: no {split}/ images; {LAYOUT_HELP}")
+    _check_empty_classes(folders, grouped, source)
     if set(grouped["train"]) != set(grouped["test"]):
         raise DataError(
             f"{source}: train/ and test/ have different classes "
@@ -234,7 +267,24 @@ def _assemble(files: list[tuple[tuple[str, ...], bytes]], source: Path, name: st
     return ImageDataset(name=name, classes=classes, sha256=sha, source=str(source), **arrays)
 
 
-def _read_tar(path: Path) -> list[tuple[tuple[str, ...], bytes]]:
+def _check_empty_classes(folders: list[tuple[str, ...]], grouped: dict, source: Path) -> None:
+    """Refuse class folders (``<split>/<class>/``) that hold no image: dropping them would
+    shift every later label."""
+    empty = sorted({(parts[0], parts[1]) for parts in folders
+                    if len(parts) == 2 and parts[0] in SPLITS and not parts[1].startswith(".")
+                    and parts[1] not in grouped[parts[0]]}, key=lambda sc: (sc[1], sc[0]))
+    if not empty:
+        return
+    split, cls = empty[0]
+    other = SPLITS[1 - SPLITS.index(split)]
+    if cls not in grouped[other]:
+        raise DataError(f"{source}: class folder {cls!r} has no images in train/ or test/; put its images in "
+                        f"both splits or remove the folder (an empty class would shift the labels); {LAYOUT_HELP}")
+    raise DataError(f"{source}: {split}/{cls}/ has no images ({other}/{cls}/ has {len(grouped[other][cls])}); "
+                    f"every class needs images in both splits: add some or remove the class from both; {LAYOUT_HELP}")
+
+
+def _read_tar(path: Path) -> list[tuple[tuple[str, ...], bytes | None]]:
     files = []
     try:
         with tarfile.open(path, "r|*") as tar:  # streaming: never extracted to disk
@@ -245,6 +295,8 @@ def _read_tar(path: Path) -> list[tuple[tuple[str, ...], bytes]]:
                 if member.isfile() and _is_image(parts):
                     f = tar.extractfile(member)
                     files.append((parts, f.read() if f else b""))
+                elif member.isdir() and parts:
+                    files.append((parts, None))
     except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
         raise DataError(
             f"{path}: archive is corrupt or truncated ({type(e).__name__}: {e}); copy it again "
@@ -253,7 +305,7 @@ def _read_tar(path: Path) -> list[tuple[tuple[str, ...], bytes]]:
     return files
 
 
-def _read_zip(path: Path) -> list[tuple[tuple[str, ...], bytes]]:
+def _read_zip(path: Path) -> list[tuple[tuple[str, ...], bytes | None]]:
     files = []
     try:
         with zipfile.ZipFile(path) as zf:
@@ -261,6 +313,8 @@ def _read_zip(path: Path) -> list[tuple[tuple[str, ...], bytes]]:
                 parts = _safe_parts(info.filename, path)
                 if not info.is_dir() and _is_image(parts):
                     files.append((parts, zf.read(info)))
+                elif info.is_dir() and parts:
+                    files.append((parts, None))
     except (zipfile.BadZipFile, EOFError, zlib.error, OSError) as e:
         raise DataError(
             f"{path}: zip archive is corrupt or truncated ({type(e).__name__}: {e}); copy it again "
@@ -269,12 +323,14 @@ def _read_zip(path: Path) -> list[tuple[tuple[str, ...], bytes]]:
     return files
 
 
-def _read_tree(root: Path) -> list[tuple[tuple[str, ...], bytes]]:
+def _read_tree(root: Path) -> list[tuple[tuple[str, ...], bytes | None]]:
     files = []
     for p in sorted(root.rglob("*")):
         parts = p.relative_to(root).parts
         if p.is_file() and not p.is_symlink() and _is_image(parts):
             files.append((parts, p.read_bytes()))
+        elif p.is_dir() and not p.is_symlink():
+            files.append((parts, None))
     return files
 
 
@@ -322,14 +378,28 @@ def _load_torchvision(name: str, root: Path) -> ImageDataset:
 
     download_dir = root / "torchvision"
     cls = getattr(torchvision.datasets, TORCHVISION_SETS[name])
+    timeout = net_timeout()
+    url = getattr(cls, "url", name)
+    before = set(download_dir.rglob("*")) if download_dir.exists() else set()
+    missing = [d for d in (root, download_dir) if not d.exists()]
+    previous_timeout = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(timeout)  # torchvision's urlopen calls take no timeout of their own
     try:
         sets = {split: cls(str(download_dir), train=(split == "train"), download=True) for split in SPLITS}
-    except Exception as e:  # no network, a proxy error, a corrupt download...
+    except Exception as e:  # no network, a proxy error, a server that never answers, a corrupt download...
+        _remove_created(download_dir, before, missing)
+        if is_timeout(e):
+            why = (f"no answer from {url} within {timeout:g} s (set {NET_TIMEOUT_ENV}=<seconds> to wait longer, "
+                   f"e.g. on a slow network)")
+        else:
+            why = " ".join(f"{type(e).__name__}: {e}".split())
         raise DataError(
-            f"could not download {name} into {download_dir} ({type(e).__name__}: {e}). Without a "
+            f"could not download {name} into {download_dir} ({why}); its partial files were removed. Without a "
             "network, point --data at local files: a class-per-folder tree or a .tar.gz/.zip of "
             "train/<class>/<image> and test/<class>/<image>, e.g. --data ../shared/data/cifar10-jpeg75.tar.gz"
         ) from None
+    finally:
+        socket.setdefaulttimeout(previous_timeout)
     archive = download_dir / Path(cls.url).name
     sha = sha256_file(archive) if archive.exists() else sha256_tree(download_dir / cls.base_folder)
     cache = _cache_path(root, name, sha)
@@ -345,3 +415,21 @@ def _load_torchvision(name: str, root: Path) -> ImageDataset:
     )
     _write_cache(cache, ds)
     return ds
+
+
+def _remove_created(download_dir: Path, before: set[Path], missing: list[Path]) -> None:
+    """After a failed download: remove what it created (a partial archive, a half-extracted
+    folder, folders that did not exist), so that nothing is mistaken for data later."""
+    if download_dir.exists():
+        for p in sorted(download_dir.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+            if p in before:
+                continue
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+    for d in reversed(missing):  # the deepest first; only when nothing else was put there meanwhile
+        try:
+            d.rmdir()
+        except OSError:
+            pass
