@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from .errors import UserError
-from .records import validate_record
+from .records import read_record
 
 MANIFEST = "study.json"
 MAIN = "main"  # the ablation label of the main study's runs
@@ -26,14 +26,20 @@ def load_manifest(folder: Path) -> dict:
     if not path.exists():
         raise UserError(f"{folder}: no {MANIFEST}; give a folder written by `mutualbench replicate`")
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(path.read_bytes().decode("utf-8"))
         assert isinstance(manifest, dict) and isinstance(manifest.get("runs"), list) and "spec" in manifest
-    except (json.JSONDecodeError, AssertionError) as e:
+        assert all(isinstance(e, dict) and isinstance(e.get("run_id"), str) and "arm" in e and "seed" in e
+                   for e in manifest["runs"])
+    except OSError as e:
+        raise UserError(f"{path}: unreadable study manifest ({e.strerror or type(e).__name__})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, AssertionError) as e:
         raise UserError(f"{path}: malformed study manifest ({type(e).__name__}); rerun `mutualbench replicate`") from None
     return manifest
 
 
 def load_records(folder: Path, manifest: dict) -> dict[str, dict]:
+    """The manifest's run records that exist; a damaged one (not UTF-8, not JSON, the wrong
+    shape) is a one-line UserError naming the file: a stored study is never silently partial."""
     records = {}
     for entry in manifest["runs"]:
         rid = entry["run_id"]
@@ -41,9 +47,11 @@ def load_records(folder: Path, manifest: dict) -> dict[str, dict]:
         if rid in records or not path.exists():
             continue
         try:
-            records[rid] = validate_record(json.loads(path.read_text()), str(path))
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}: malformed run record ({e})") from None
+            records[rid] = read_record(path)
+        except UserError as e:
+            raise UserError(f"{e}; restore that file (e.g. from version control) or rerun the study with "
+                            "`mutualbench replicate`, which moves a damaged record of its own aside and reruns "
+                            "that run") from None
     return records
 
 
@@ -177,14 +185,35 @@ def study_summary(folder: Path) -> tuple[dict, pd.DataFrame, pd.DataFrame, pd.Da
     return manifest, df, summarize(df, manifest["spec"]), paired_comparisons(df, manifest["spec"].get("comparisons", []))
 
 
+SPREAD_SIGMAS = 3.0  # how many standard errors of a difference of means the compare tolerance allows
+
+
+def compare_tolerance(s_sum: pd.DataFrame, fixed: float) -> tuple[float, str]:
+    """The tolerance a rerun can honestly meet on any machine. float32 kernels round
+    differently on each kind of CPU or GPU, and in a chaotic regime (few steps, a network
+    near its plateau) those differences act like another seed: so the tolerance is the larger
+    of the profile's fixed one and SPREAD_SIGMAS standard errors of the difference of two
+    n-seed means, s * sqrt(2 / n), with s the stored study's seed std pooled over every row
+    with n > 1. Exact regressions are the golden-trajectory check's job (tests/test_golden.py)."""
+    multi = s_sum[s_sum["n"] > 1]
+    if multi.empty:
+        return fixed, f"the profile's {fixed:g} points"
+    pooled = math.sqrt(float((multi["final_std"] ** 2).mean()))
+    n = int(multi["n"].mode().iloc[0])
+    spread = SPREAD_SIGMAS * pooled * math.sqrt(2 / n)
+    how = (f"the larger of the profile's {fixed:g} and {SPREAD_SIGMAS:g} x the stored seeds' pooled std "
+           f"{pooled:.2f} x sqrt(2/{n}) = {spread:.2f}")
+    return round(max(fixed, spread), 2), how
+
+
 def compare_studies(new: Path, stored: Path) -> tuple[bool, list[str], float]:
     """Every (ablation, value, arm, member) of the stored study must be present in the new one
-    with the same n and a mean final accuracy within the stored profile's tolerance."""
+    with the same n and a mean final accuracy within ``compare_tolerance``."""
     s_manifest, _, s_sum, _ = study_summary(stored)
     _, _, n_sum, _ = study_summary(new)
     if s_sum.empty:
         raise UserError(f"{stored}: no complete runs to compare against")
-    tol = float(s_manifest["spec"]["profiles"][s_manifest["profile"]]["tolerance"])
+    tol, _ = compare_tolerance(s_sum, float(s_manifest["spec"]["profiles"][s_manifest["profile"]]["tolerance"]))
     key = ["ablation", "value", "arm", "member"]
     merged = s_sum.merge(n_sum, on=key, how="left", suffixes=("_stored", "_new"), indicator=True)
     problems = []
@@ -200,3 +229,45 @@ def compare_studies(new: Path, stored: Path) -> tuple[bool, list[str], float]:
             problems.append(f"{name}: final accuracy {r['final_mean_new']:.2f}% vs stored {r['final_mean_stored']:.2f}% "
                             f"({delta:+.2f} points, tolerance {tol})")
     return not problems, problems, tol
+
+
+def tolerance_explained(stored: Path) -> str:
+    s_manifest, _, s_sum, _ = study_summary(stored)
+    return compare_tolerance(s_sum, float(s_manifest["spec"]["profiles"][s_manifest["profile"]]["tolerance"]))[1]
+
+
+def new_only_notes(new: Path, stored: Path) -> list[str]:
+    """One note per (ablation, value, arm, member) of the new study that the stored study lacks:
+    not a failure (there is nothing to compare it with), but worth saying."""
+    _, _, s_sum, _ = study_summary(stored)
+    _, _, n_sum, _ = study_summary(new)
+    if n_sum.empty:
+        return []
+    key = ["ablation", "value", "arm", "member"]
+    stored_keys = set() if s_sum.empty else set(map(tuple, s_sum[key].astype(str).itertuples(index=False)))
+    notes = []
+    for _, r in n_sum.iterrows():
+        if tuple(str(r[k]) for k in key) in stored_keys:
+            continue
+        name = f"{r['arm']}/{r['member']}" + ("" if r["ablation"] == MAIN else f" [{r['ablation']}={r['value']}]")
+        notes.append(f"note: {name} is in {new} but not in the stored results")
+    return notes
+
+
+def machine_kinds(folder: Path) -> list[str]:
+    """The kinds of machine (``envinfo.machine_kind``: GPU name, or CPU model and instruction
+    set) that the study's complete runs came from."""
+    from .envinfo import machine_kind
+
+    records = load_records(folder, load_manifest(folder))
+    return sorted({machine_kind(r.get("env") or {}) for r in records.values() if r["status"] == "complete"})
+
+
+def machine_note(new: Path, stored: Path) -> str | None:
+    """A note when the stored study's runs came from other kinds of machine than the new
+    study's (float32 rounds differently on each kind); None when they are the same."""
+    s_kinds, n_kinds = machine_kinds(stored), machine_kinds(new)
+    if not s_kinds or not n_kinds or s_kinds == n_kinds:
+        return None
+    return (f"note: stored results came from {' and '.join(s_kinds)}, these from {' and '.join(n_kinds)}; "
+            "float32 results differ between kinds of machine, the tolerance covers that")

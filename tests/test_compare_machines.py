@@ -1,0 +1,63 @@
+"""`mutualbench compare` says when the stored study's runs came from another kind of machine."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from mutualbench.cli import main
+from mutualbench.envinfo import machine_kind
+from mutualbench.results import machine_kinds, machine_note
+
+OLD_ENV = {"device": "CPU: AMD EPYC 7B13 (2 threads)"}  # a record written before env.cpu existed
+EPYC = {"device": "CPU: AMD EPYC 7B13 (2 threads)",
+        "cpu": {"model": "AMD EPYC 7B13", "isa": "AVX2", "bf16_native": False, "bf16_flags": [], "threads": 2}}
+XEON = {"device": "CPU: Intel(R) Xeon(R) Platinum 8480+ (16 threads)",
+        "cpu": {"model": "Intel(R) Xeon(R) Platinum 8480+", "isa": "AVX512", "bf16_native": True,
+                "bf16_flags": ["avx512_bf16", "amx_bf16"], "threads": 16}}
+
+
+def study(folder: Path, envs: list[dict], accs: list[float]) -> Path:
+    """A study folder with one arm ("student") and one complete fake record per seed."""
+    runs = []
+    (folder / "runs").mkdir(parents=True)
+    for seed, (env, acc) in enumerate(zip(envs, accs, strict=True)):
+        rid = f"individual-fake{seed:07d}"
+        runs.append({"run_id": rid, "arm": "student", "method": "individual", "seed": seed,
+                     "ablation": None, "value": None})
+        record = {
+            "schema": 1, "run_id": rid, "status": "complete", "seed": seed, "data": {}, "curves": [],
+            "config": {"method": "individual"}, "timings": {"train_s": 1.0}, "env": env,
+            "models": {"model": {"role": "individual", "arch": "seed_vgg_student", "params": 1,
+                                 "final_test_acc": acc, "best_test_acc_test_selected": acc}},
+        }
+        (folder / "runs" / f"{rid}.json").write_text(json.dumps(record))
+    spec = {"arms": [{"name": "student"}], "profiles": {"cpu": {"tolerance": 0.5}}}
+    (folder / "study.json").write_text(json.dumps({"spec": spec, "profile": "cpu", "runs": runs}))
+    return folder
+
+
+def test_machine_kind_of_old_and_new_records():
+    assert machine_kind(EPYC) == "AMD EPYC 7B13 AVX2"
+    assert machine_kind(OLD_ENV) == "CPU: AMD EPYC 7B13 (2 threads) (instruction set not recorded)"
+
+
+def test_compare_notes_results_from_another_kind_of_machine(tmp_path, capsys):
+    stored = study(tmp_path / "stored", [OLD_ENV, EPYC], [40.0, 41.0])
+    new = study(tmp_path / "new", [XEON, XEON], [40.2, 41.1])
+    assert machine_kinds(stored) == ["AMD EPYC 7B13 AVX2", "CPU: AMD EPYC 7B13 (2 threads) (instruction set not recorded)"]
+    assert main(["compare", str(new), "--against", str(stored)]) == 0
+    out = capsys.readouterr().out
+    assert ("note: stored results came from AMD EPYC 7B13 AVX2 and CPU: AMD EPYC 7B13 (2 threads) (instruction set "
+            "not recorded), these from Intel(R) Xeon(R) Platinum 8480+ AVX512; float32 results differ between kinds "
+            "of machine, the tolerance covers that") in out
+    assert "matches" in out
+
+
+def test_compare_says_nothing_about_machines_when_they_are_the_same_kind(tmp_path, capsys):
+    stored = study(tmp_path / "stored", [EPYC, EPYC], [40.0, 41.0])
+    new = study(tmp_path / "new", [EPYC, dict(EPYC, cpu=dict(EPYC["cpu"], threads=1))], [45.0, 46.0])
+    assert machine_note(new, stored) is None
+    assert main(["compare", str(new), "--against", str(stored)]) == 1  # a real difference stays a failure
+    out = capsys.readouterr().out
+    assert "note: stored results came from" not in out and "student/model: final accuracy" in out
