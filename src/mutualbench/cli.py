@@ -181,7 +181,7 @@ def _replicate(args: argparse.Namespace) -> int:
     else:
         slurm = {"partition": args.partition, "gpus": args.gpus, "time_min": args.time_min, "cluster": args.slurm_cluster}
         result = replicate(Path(args.spec), profile, out, launcher=args.launcher, shard=shard, slurm=slurm,
-                           time_budget_s=args.time_budget, **common)
+                           time_budget_s=args.time_budget, announce_estimate=not args.quiet, **common)
     if result.get("left"):
         log(f"study incomplete: {result['left']} runs left after the time budget; the same command continues")
     if shard is not None or args.no_report:

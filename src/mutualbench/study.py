@@ -27,7 +27,8 @@ MANIFEST_SCHEMA = 1
 def replicate(spec_path: Path, profile: str, out: Path, *, data: str, seeds: int | None = None,
               launcher: str = "local", data_root: Path | None = None, device: str = "auto",
               ablations: bool = True, shard: tuple[int, int] | None = None, slurm: dict | None = None,
-              plan_only: bool = False, time_budget_s: float | None = None, on_record: Callable[[dict], None] | None = None,
+              plan_only: bool = False, time_budget_s: float | None = None, announce_estimate: bool = True,
+              on_record: Callable[[dict], None] | None = None,
               log: Callable[[str], None] = print) -> dict:
     spec = load_spec(spec_path)
     spec.profile(profile)
@@ -78,9 +79,11 @@ def replicate(spec_path: Path, profile: str, out: Path, *, data: str, seeds: int
             errors = run_slurm(pending, runner.out_dir, data_root=data_root, device=device, log=log, **(slurm or {}))
         else:
             timer = RunTimer(runner)
-            expected = sum(timer.estimate(c).train_s + timer.estimate(c).eval_s for c in pending)
-            log(f"estimated time for the {len(pending)} runs to run: {format_duration(expected)} on this machine "
-                f"({device_name(runner.device)}; measured from a few training steps of each kind of run)")
+            if announce_estimate:
+                expected = sum(timer.estimate(c).train_s + timer.estimate(c).eval_s for c in pending)
+                log(f"estimated time for the {len(pending)} runs to run: {format_duration(expected)} on this machine "
+                    f"({device_name(runner.device)}; from runs of the same kind recorded here on this kind of "
+                    "machine, else a few timed training steps of each kind of run)")
             errors, left = run_local(pending, runner, log, time_budget_s,
                                      estimate=lambda c: timer.estimate(c).total_s)
     return {"manifest": manifest, "ran": len(pending) - left, "left": left, "total": total, "errors": errors}
