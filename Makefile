@@ -48,9 +48,10 @@ bench: $(BIN)/mutualbench
 bench-smoke: $(BIN)/mutualbench
 	MUTUALBENCH_BENCH_SMOKE=1 $(BIN)/python -m pytest benchmarks -q -p no:cacheprovider --benchmark-disable
 
-# A lent GPU machine (README, "GPU session"): `make gpu-prep` puts the data archive and the
-# commit in .gpu/ (ignored); the device tool then runs `bash benchmarks/gpu_session.sh` carrying
-# .gpu, timeout_s 600; `make gpu-import FROM=<folder its files landed in>` stores the results.
+# A remote GPU machine (README, "On a GPU machine or cluster node"): `make gpu-prep` puts the
+# data archive and the commit in .gpu/ (ignored), to be copied there with the tree; there,
+# `bash benchmarks/gpu_session.sh` runs under the machine's time limit; `make gpu-import
+# FROM=<folder its output files were copied back into>` stores the results.
 gpu-prep:
 	@test -f "$(SHARED_CIFAR)" || { echo "gpu-prep: $(SHARED_CIFAR) not found"; exit 2; }
 	mkdir -p .gpu && cp "$(SHARED_CIFAR)" .gpu/

@@ -224,7 +224,10 @@ def main(argv: list[str] | None = None) -> int:
         print("no CUDA GPU: this script is for the GPU machine (--device cpu --quick is a dry run)", file=sys.stderr)
         return 2
     device = torch.device(args.device)
+    global BATCH
     steps, warmup = (2, 1) if args.quick else (args.steps, 5)
+    if args.quick:  # a dry run checks that the code runs: small batches (bf16 is emulated on many CPUs)
+        BATCH = 16
     epoch_images = 1024 if args.quick else 50_000
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True

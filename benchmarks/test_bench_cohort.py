@@ -27,7 +27,7 @@ from mutualbench.cohort import make_mutual_stage
 from mutualbench.config import DEFAULTS, apply_overrides
 from mutualbench.methods.base import BuildContext
 
-BATCH = 128
+BATCH = 16 if SMOKE else 128  # smoke mode only checks that the code runs (bf16 is emulated on many CPUs)
 EPOCH_STEPS = 2 if SMOKE else 40
 WAYS = {
     "sequential": ["mutual.update_order=sequential"],

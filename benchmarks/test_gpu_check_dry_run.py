@@ -1,5 +1,5 @@
 """The GPU check script, run on the CPU as a dry run (``--device cpu --quick``): the code a
-lent GPU machine will run gets exercised here first. No timing is asserted."""
+GPU machine will run gets exercised here first. No timing is asserted."""
 
 from __future__ import annotations
 

@@ -1,12 +1,13 @@
-"""Bring the files of a GPU session (benchmarks/gpu_session.sh) into results/:
+"""Bring the files of a run of benchmarks/gpu_session.sh on a GPU machine into results/:
 
-    python replication/import_gpu_session.py FOLDER      # the folder the device's $OUT files landed in
+    python replication/import_gpu_session.py FOLDER      # the folder its $OUT files were copied back into
 
 - ``gpu-check.md`` -> ``results/bench/gpu-check.md`` (with ``machine.txt`` beside it);
 - ``study.tar.gz`` -> ``results/seed_blog/<profile>/``: every member must be a plain file or
   folder under ``<profile>/`` (no absolute paths, ``..`` or links), the manifest and every
-  record must validate, and the folder is swapped in whole (the session started from the
-  stored folder, so the archive holds its earlier runs too).
+  record must validate, and the folder is swapped in whole (the script started from the
+  stored folder, so the archive holds its earlier runs too); stored weights (the teachers'
+  ``final.pt``, which the archive does not carry) of runs the archive still holds are kept.
 
 Then ``python replication/embed_tables.py`` puts the table into REPLICATION.md.
 """
@@ -61,6 +62,11 @@ def import_study(archive: Path, results: Path) -> Path:
             target = results / profile
             old = staging / "previous"
             if target.exists():
+                # the archive holds no weights: keep the stored weights (teachers) of runs it still has
+                for weights in target.glob("runs/*/final.pt"):
+                    if (new / "runs" / f"{weights.parent.name}.json").exists():
+                        (new / "runs" / weights.parent.name).mkdir(parents=True, exist_ok=True)
+                        shutil.copy2(weights, new / "runs" / weights.parent.name / "final.pt")
                 target.rename(old)
             new.rename(target)
         finally:

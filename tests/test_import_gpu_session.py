@@ -73,3 +73,20 @@ def test_a_malformed_record_stops_the_import(tmp_path, importer):
     with pytest.raises(SystemExit, match="unreadable run record"):
         importer.main([str(src), "--results", str(results)])
     assert not (results / "seed_blog" / "full").exists()
+
+
+def test_stored_teacher_weights_of_runs_the_archive_holds_are_kept(tmp_path, importer):
+    stored_record = next((SCRIPT.parents[1] / "results" / "seed_blog" / "smoke" / "runs").glob("individual-*.json"))
+    rid = stored_record.stem
+    manifest = json.dumps({"runs": [{"run_id": rid}]}).encode()
+    src = tmp_path / "device"
+    src.mkdir()
+    archive(src / "study.tar.gz", {"full/study.json": manifest, f"full/runs/{rid}.json": stored_record.read_bytes()})
+    target = tmp_path / "results" / "seed_blog" / "full"
+    (target / "runs" / rid).mkdir(parents=True)
+    (target / "runs" / rid / "final.pt").write_bytes(b"teacher weights")
+    (target / "runs" / "gone-000000000000").mkdir()
+    (target / "runs" / "gone-000000000000" / "final.pt").write_bytes(b"weights of a run the archive lacks")
+    assert importer.main([str(src), "--results", str(tmp_path / "results")]) == 0
+    assert (target / "runs" / rid / "final.pt").read_bytes() == b"teacher weights"
+    assert not (target / "runs" / "gone-000000000000").exists()
