@@ -22,9 +22,12 @@ test: $(BIN)/mutualbench
 # The blog's study: profile `full` on a GPU, `cpu` otherwise (see replication/seed_blog.toml),
 # into runs/seed_blog/<profile>; ends with the table, the plots and a comparison with the
 # stored results in results/seed_blog/<profile> when there are some.
+# Any study: `make replicate SPEC=replication/<study>.toml [PROFILE=...] [ARGS="--dry-run"]`.
+SPEC ?= replication/seed_blog.toml
 PROFILE ?=
+ARGS ?=
 replicate: $(BIN)/mutualbench
-	$(BIN)/mutualbench replicate replication/seed_blog.toml --data "$(MUTUALBENCH_DATA)" $(if $(PROFILE),--profile $(PROFILE))
+	$(BIN)/mutualbench replicate $(SPEC) --data "$(MUTUALBENCH_DATA)" $(if $(PROFILE),--profile $(PROFILE)) $(ARGS)
 
 # The CI regression check: the smoke profile on the shared CIFAR-10 copy against results/seed_blog/smoke.
 SHARED_CIFAR ?= ../shared/data/cifar10-jpeg75.tar.gz

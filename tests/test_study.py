@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -208,3 +209,20 @@ def test_time_budget_cli_leaves_runs_for_a_rerun(tmp_path, spec, tiny_cifar, cap
     assert len(records(out)) == 8  # 2 seeds x (student, kd, its teacher, dml)
     assert replicate(spec, data, root, out, "--time-budget", "-5") == 2
     assert "--time-budget must be a positive" in capsys.readouterr().err
+
+
+def test_dry_run_plans_without_training_or_writing(tmp_path, spec, tiny_cifar, capsys):
+    data, root = tiny_cifar
+    out = tmp_path / "study"
+    assert replicate(spec, data, root, out, "--dry-run", "--no-ablations") == 0
+    text = capsys.readouterr().out
+    assert "dry run: nothing is trained or written" in text and not out.exists()
+    assert "0 runs complete, 6 to run: about" in text  # 2 seeds x (student, kd, dml)
+    assert text.count("| to run") == 6
+    assert replicate(spec, data, root, out, "--no-ablations", "--seeds", "1", "--quiet") == 0
+    capsys.readouterr()
+    assert replicate(spec, data, root, out, "--dry-run", "--no-ablations") == 0
+    text = capsys.readouterr().out
+    assert "3 runs complete, 3 to run" in text
+    done = json.loads((out / "study.json").read_text())["runs"]  # seed 0's three runs
+    assert len(done) == 3 and all(re.search(rf"{e['run_id']}\s*\|\s*complete", text) for e in done)

@@ -125,6 +125,8 @@ def cmd_replicate(args: argparse.Namespace) -> int:
 
     profile = args.profile or ("full" if torch.cuda.is_available() else "cpu")
     out = Path(args.out) if args.out else Path("runs") / Path(args.spec).stem / profile
+    if args.dry_run:
+        return _dry_run(args, profile, out)
     check_output_folder(out, "--out" if args.out else "the study folder")
     if args.shard:  # a process of a study whose parent holds the lock
         return _replicate(args)
@@ -133,6 +135,25 @@ def cmd_replicate(args: argparse.Namespace) -> int:
         clean_temporaries(out, log)
         clean_temporaries(out / "runs", log)
         return _replicate(args)
+
+
+def _dry_run(args: argparse.Namespace, profile: str, out) -> int:
+    from tabulate import tabulate
+
+    from .envinfo import device_name, resolve_device
+    from .estimate import format_duration
+    from .study import dry_run
+
+    rows, total = dry_run(args.spec, profile, out, data=args.data, seeds=args.seeds, data_root=args.data_root,
+                          device=args.device, ablations=not args.no_ablations, log=_log(True))
+    print(f"{args.spec}, profile {profile}, into {out} (dry run: nothing is trained or written)")
+    print(tabulate([list(r.values()) for r in rows], headers=list(rows[0]), tablefmt="github"))
+    todo = sum(r["status"] == "to run" for r in rows)
+    done = sum(r["status"] == "complete" for r in rows)
+    print(f"\n{done} runs complete, {todo} to run: about {format_duration(total)} on this machine "
+          f"({device_name(resolve_device(args.device))}; from runs of the same kind recorded there on this kind of "
+          "machine, else a few timed training steps of each kind of run)")
+    return 0
 
 
 def _replicate(args: argparse.Namespace) -> int:
@@ -313,6 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time-min", type=int, default=60, help="SLURM time limit per job, minutes")
     p.add_argument("--slurm-cluster", default=None, help=argparse.SUPPRESS)  # submitit cluster: local/debug in tests
     p.add_argument("--no-ablations", action="store_true", help="only the main arms")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the plan (every run with its run id, which are complete in --out, an estimated time "
+                        "for the rest on this machine) and exit: nothing is trained or written")
     p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
                    help="start no run that would end past this many seconds, counted from the start of the "
                         "first run: a run's length is the larger of an estimate for this machine made before the "

@@ -24,12 +24,14 @@ from .run import Runner, resolve
 MANIFEST_SCHEMA = 1
 
 
-def replicate(spec_path: Path, profile: str, out: Path, *, data: str, seeds: int | None = None,
-              launcher: str = "local", data_root: Path | None = None, device: str = "auto",
-              ablations: bool = True, shard: tuple[int, int] | None = None, slurm: dict | None = None,
-              plan_only: bool = False, time_budget_s: float | None = None, announce_estimate: bool = True,
-              on_record: Callable[[dict], None] | None = None,
-              log: Callable[[str], None] = print) -> dict:
+def plan_study(spec_path: Path, profile: str, out: Path, *, data: str, seeds: int | None = None,
+               data_root: Path | None = None, device: str = "auto", ablations: bool = True,
+               shard: tuple[int, int] | None = None, on_record: Callable[[dict], None] | None = None,
+               log: Callable[[str], None] = print):
+    """The study's runs without running any: the runner, the manifest (every arm x seed x
+    ablation value with its run id) and the configs of the runs whose complete record is not
+    in ``out``. Every run is validated (types, registries, taps, data) on the way; nothing is
+    written."""
     spec = load_spec(spec_path)
     spec.profile(profile)
     if seeds is not None and (not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1):
@@ -64,6 +66,49 @@ def replicate(spec_path: Path, profile: str, out: Path, *, data: str, seeds: int
         "runs": entries,
         "written_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+    return spec, runner, manifest, pending
+
+
+def dry_run(spec_path: Path, profile: str, out: Path, **kwargs) -> tuple[list[dict], float]:
+    """The plan of a study, printed by ``replicate --dry-run``: one row per arm x seed x
+    ablation value (its run id; "complete" when its record is in ``out``, "to run", or
+    "same run as" an earlier row), each run to do with its estimated time on this machine,
+    and their total. Trains nothing, writes nothing."""
+    _, runner, manifest, pending = plan_study(spec_path, profile, out, **kwargs)
+    timer = RunTimer(runner)
+    estimates = {}
+    for cfg in pending:
+        _, rid, _, _ = runner.prepare(cfg)
+        estimates[rid] = timer.estimate(cfg)
+    rows, first_row = [], {}
+    for e in manifest["runs"]:
+        rid = e["run_id"]
+        row = {"arm": e["arm"], "seed": e["seed"],
+               "ablation": f"{e['ablation']}={e['value']}" if e["ablation"] else "", "run id": rid}
+        if rid in first_row:
+            row["status"], row["estimate"] = f"same run as row {first_row[rid]}", ""
+        elif rid in estimates:
+            est = estimates[rid]
+            row["status"] = "to run"
+            row["estimate"] = format_duration(est.train_s + est.eval_s)
+        else:
+            row["status"], row["estimate"] = "complete", ""
+        first_row.setdefault(rid, len(rows) + 1)
+        rows.append(row)
+    return rows, sum(e.train_s + e.eval_s for e in estimates.values())
+
+
+def replicate(spec_path: Path, profile: str, out: Path, *, data: str, seeds: int | None = None,
+              launcher: str = "local", data_root: Path | None = None, device: str = "auto",
+              ablations: bool = True, shard: tuple[int, int] | None = None, slurm: dict | None = None,
+              plan_only: bool = False, time_budget_s: float | None = None, announce_estimate: bool = True,
+              on_record: Callable[[dict], None] | None = None,
+              log: Callable[[str], None] = print) -> dict:
+    spec, runner, manifest, pending = plan_study(spec_path, profile, out, data=data, seeds=seeds,
+                                                 data_root=data_root, device=device, ablations=ablations,
+                                                 shard=shard, on_record=on_record, log=log)
+    out = Path(out)
+    seen = {e["run_id"] for e in manifest["runs"]}
     if shard is None:
         atomic_write_json(out / "study.json", manifest)
     total = len(seen)
