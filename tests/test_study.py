@@ -112,6 +112,15 @@ def test_table_regenerates_identically_and_compare(tmp_path, spec, tiny_cifar, c
     out = tmp_path / "study"
     assert replicate(spec, data, root, out, "--quiet", "--seeds", "2") == 0
     first = (out / "table.md").read_text()
+    import pandas as pd
+
+    runs = pd.read_csv(out / "runs.csv", keep_default_na=False)  # every table row's runs, by run id
+    table = pd.read_csv(out / "table.csv", keep_default_na=False)
+    key = ["ablation", "value", "arm", "member"]
+    for _, row in table.iterrows():
+        mine = runs[(runs[key].astype(str) == row[key].astype(str).values).all(axis=1)]
+        assert len(mine) == row["n"] and mine["run_id"].str.match(r"^[a-z_]+-[0-9a-f]{12}$").all()
+        assert abs(mine["final_acc"].mean() - row["final_mean"]) < 1e-3
     (out / "table.md").unlink()
     assert main(["table", str(out)]) == 0
     assert (out / "table.md").read_text() == first

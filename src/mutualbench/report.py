@@ -146,7 +146,8 @@ def _save(fig, path: Path) -> Path:
 
 
 def write_report(folder: Path) -> dict[str, Path]:
-    """Write table.md, table.csv (+ comparisons.csv) and the curve plots into ``folder``."""
+    """Write table.md, table.csv (+ comparisons.csv, ablation_comparisons.csv), runs.csv (the
+    run ids behind every table row) and the curve plots into ``folder``."""
     folder = Path(folder)
     manifest, df, summary, paired = study_summary(folder)
     manifest = dict(manifest, record_devices=sorted(set(df["device"])))
@@ -157,8 +158,12 @@ def write_report(folder: Path) -> dict[str, Path]:
     atomic_write_bytes(folder / "comparisons.csv", paired.to_csv(index=False, float_format="%.6f").encode())
     atomic_write_bytes(folder / "ablation_comparisons.csv",
                        ablation_paired.to_csv(index=False, float_format="%.6f").encode())
+    # every table row's runs: (ablation, value, arm, member) -> seed, run id, the record's numbers
+    runs = df.drop(columns=["device"]).sort_values(["ablation", "value", "arm", "member", "seed"], kind="stable")
+    atomic_write_bytes(folder / "runs.csv", runs.to_csv(index=False, float_format="%.4f").encode())
     plots = plot_curves(curves_frame(folder, manifest), folder,
                         f"{manifest['spec']['study']['name']} ({manifest['profile']}, {manifest['data']['name']})")
-    out = {name: folder / name for name in ("table.md", "table.csv", "comparisons.csv", "ablation_comparisons.csv")}
+    out = {name: folder / name for name in ("table.md", "table.csv", "comparisons.csv", "ablation_comparisons.csv",
+                                            "runs.csv")}
     out.update({p.name: p for p in plots})
     return out

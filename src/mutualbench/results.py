@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .envinfo import machine_kind
 from .errors import UserError
 from .records import read_record
 
@@ -82,9 +83,10 @@ def runs_frame(manifest: dict, records: dict[str, dict]) -> pd.DataFrame:
                 "best_acc_test_selected": m["best_test_acc_test_selected"],
                 "train_s": rec["timings"]["train_s"],
                 "device": rec["env"]["device"],
+                "machine": machine_kind(rec["env"]),
             })
     cols = ["ablation", "value", "arm", "method", "member", "seed", "run_id", "arch", "params", "final_acc",
-            "best_acc_test_selected", "train_s", "device"]
+            "best_acc_test_selected", "train_s", "device", "machine"]
     return pd.DataFrame(rows, columns=cols)
 
 
