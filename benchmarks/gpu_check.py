@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
-    parser.add_argument("--quick", action="store_true", help="2 timed steps and a 1,024-image epoch (dry run)")
+    parser.add_argument("--quick", action="store_true", help="2 timed steps and a 256-image epoch in batches of 16 (dry run)")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         print("no CUDA GPU: this script is for the GPU machine (--device cpu --quick is a dry run)", file=sys.stderr)
@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     steps, warmup = (2, 1) if args.quick else (args.steps, 5)
     if args.quick:  # a dry run checks that the code runs: small batches (bf16 is emulated on many CPUs)
         BATCH = 16
-    epoch_images = 1024 if args.quick else 50_000
+    epoch_images = 256 if args.quick else 50_000
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         title = f"GPU check: {torch.cuda.get_device_name(0)}"
