@@ -16,4 +16,4 @@ def test_gpu_check_dry_run_on_cpu(tmp_path, capsys):
     steps = [line for line in text.splitlines() if line.startswith(("| 2 |", "| 4 |"))]
     assert len(steps) == 16 and not any("failed" in line for line in steps), steps
     assert sum("skipped on the CPU" in line for line in steps) == 4
-    assert "One 1,024-image epoch" in text and "failed" not in text
+    assert "One 256-image epoch" in text and "failed" not in text
