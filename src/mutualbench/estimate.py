@@ -102,9 +102,13 @@ class RunTimer:
 
     @staticmethod
     def _kind(resolved: dict) -> str:
-        from .config import canonical_json
+        from .config import LATER_KEYS, canonical_json
 
-        return canonical_json({k: v for k, v in resolved.items() if k != "seed"})
+        kind = {k: v for k, v in resolved.items() if k != "seed"}
+        for key, default in LATER_KEYS.items():  # a record made before the key existed is the same kind
+            if kind.get(key) == default:
+                del kind[key]
+        return canonical_json(kind)
 
     def recorded(self) -> dict[str, RunEstimate]:
         """Times of complete runs in the output folder made on this kind of machine, by kind
