@@ -20,12 +20,13 @@ from .config import DEFAULTS, check_value, get_key, leaf_keys, set_key
 from .errors import UserError
 from .methods import METHODS
 
-TOP_KEYS = {"study", "defaults", "assumptions", "arms", "comparisons", "ablations", "profiles"}
+TOP_KEYS = {"study", "defaults", "assumptions", "arms", "comparisons", "contrasts", "ablations", "profiles"}
 STUDY_KEYS = {"name", "description", "seeds"}
 ARM_KEYS = {"name", "method", "arch", "cohort", "set", "published", "description"}
 PROFILE_KEYS = {"description", "tolerance", "set"}
 ABLATION_KEYS = {"name", "arms", "values"}
 COMPARISON_KEYS = {"a", "b"}
+CONTRAST_KEYS = {"name", "weights", "description"}
 
 
 @dataclass
@@ -76,6 +77,36 @@ def _check_settings(where: str, settings: object, path: Path) -> dict:
         for leaf in ([key] if not isinstance(value, dict) else [f"{key}.{k}" for k in leaf_keys(value)]):
             check_value(leaf, get_key(probe, leaf), source=f"{path}: {where}")
     return settings
+
+
+def _check_contrasts(contrasts: object, arms: set[str], path: Path) -> None:
+    """A contrast is a named weighted sum of arms whose weights sum to zero, e.g.
+    ``{ name = "interaction", weights = { hint_dml = 1, hint_student = -1, dml = -1, student = 1 } }``."""
+    if not isinstance(contrasts, list):
+        raise UserError(f"{path}: contrasts must be [[contrasts]] tables")
+    seen = set()
+    for i, c in enumerate(contrasts):
+        where = f"[[contrasts]] #{i + 1} ({c.get('name', '?') if isinstance(c, dict) else '?'})"
+        if not isinstance(c, dict):
+            raise UserError(f"{path}: {where} must be a table with name and weights")
+        _check_keys(where, c, CONTRAST_KEYS, path)
+        name, weights = c.get("name"), c.get("weights")
+        if not isinstance(name, str) or not name:
+            raise UserError(f"{path}: {where} needs name = \"...\"")
+        if name in seen:
+            raise UserError(f"{path}: contrast name {name!r} is used twice")
+        seen.add(name)
+        if not isinstance(weights, dict) or len(weights) < 2:
+            raise UserError(f"{path}: {where} needs weights = {{ arm = weight, ... }} over at least two arms")
+        for arm, w in weights.items():
+            if arm not in arms:
+                raise UserError(f"{path}: {where}: {arm!r} is not an arm ({', '.join(sorted(arms))})")
+            if not isinstance(w, (int, float)) or isinstance(w, bool) or w != w or w == 0:
+                raise UserError(f"{path}: {where}: the weight of {arm!r} must be a non-zero number, got {w!r}")
+        total = sum(weights.values())
+        if abs(total) > 1e-9:
+            raise UserError(f"{path}: {where}: the weights sum to {total:g}; a contrast's weights must sum to 0 "
+                            "(e.g. a - b: { a = 1, b = -1 })")
 
 
 def load_spec(path: str | Path) -> Spec:
@@ -134,6 +165,7 @@ def load_spec(path: str | Path) -> Spec:
         for side in ("a", "b"):
             if comp.get(side) not in names:
                 raise UserError(f"{path}: [[comparisons]] #{i + 1}: {side} = {comp.get(side)!r} is not an arm ({', '.join(sorted(names))})")
+    _check_contrasts(raw.get("contrasts", []), names, path)
     for i, abl in enumerate(raw.get("ablations", [])):
         where = f"[[ablations]] #{i + 1} ({abl.get('name', '?')})"
         _check_keys(where, abl, ABLATION_KEYS, path)

@@ -63,7 +63,7 @@ def _init(wandb, what: str, after: str, **kwargs):
 
 def publish(folder: Path, project: str = "mutualbench", entity: str | None = None) -> str:
     from .report import write_report
-    from .results import study_summary
+    from .results import linear_contrasts, study_summary
 
     wandb = _wandb()
     folder = Path(folder)
@@ -80,6 +80,9 @@ def publish(folder: Path, project: str = "mutualbench", entity: str | None = Non
                   "runs_table": wandb.Table(dataframe=df.astype(object).where(df.notna(), None))}
         if not paired.empty:
             logged["paired_comparisons"] = wandb.Table(dataframe=paired.astype(object).where(paired.notna(), None))
+        contrasts = linear_contrasts(df, spec.get("contrasts", []))
+        if not contrasts.empty:
+            logged["contrasts"] = wandb.Table(dataframe=contrasts.astype(object).where(contrasts.notna(), None))
         for key, path in written.items():
             if key.endswith(".png"):
                 logged[key[:-4]] = wandb.Image(str(path))

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from .io_utils import atomic_write_bytes
-from .results import MAIN, ablation_comparisons, load_records, study_summary
+from .results import MAIN, ablation_comparisons, linear_contrasts, load_records, study_summary
 
 
 def _f(x, digits: int = 2) -> str:
@@ -24,7 +24,7 @@ def _ci(r) -> str:
 
 
 def markdown(manifest: dict, summary: pd.DataFrame, paired: pd.DataFrame,
-             ablation_paired: pd.DataFrame | None = None) -> str:
+             ablation_paired: pd.DataFrame | None = None, contrasts: pd.DataFrame | None = None) -> str:
     from tabulate import tabulate
 
     spec, prof = manifest["spec"], manifest["profile"]
@@ -55,6 +55,14 @@ def markdown(manifest: dict, summary: pd.DataFrame, paired: pd.DataFrame,
                  _f(r["diff_std"]), _f(r["p_value"], 4), f"{r['a_wins']}/{r['n']}"] for _, r in paired.iterrows()]
         lines.append(tabulate(prow, headers=["comparison", "n", "mean a", "mean b", "a − b", "std of a − b",
                                              "p (paired t)", "seeds a > b"], tablefmt="github", disable_numparse=True))
+    if contrasts is not None and not contrasts.empty:
+        lines += ["", "## Contrasts (per seed, a cohort as its members' mean; t-test of mean 0)", ""]
+        crow = [[r["contrast"], r["weights"], r["n"], _f(r["mean"]), _f(r["std"]),
+                 f"[{r['ci95_low']:.2f}, {r['ci95_high']:.2f}]" if r["n"] > 1 else "", _f(r["p_value"], 4),
+                 f"{r['seeds_positive']}/{r['n']}"] for _, r in contrasts.iterrows()]
+        lines.append(tabulate(crow, headers=["contrast", "weights", "n", "mean", "std", "95% CI", "p (t)",
+                                             "seeds > 0"], tablefmt="github", disable_numparse=True))
+        lines += [f"\n{r['contrast']}: {r['note']}" for _, r in contrasts.iterrows() if r["note"]]
     abl = summary[summary["ablation"] != MAIN] if not summary.empty else summary
     for name, g in abl.groupby("ablation", sort=False):
         lines += ["", f"## Ablation: {name}", ""]
@@ -152,12 +160,15 @@ def write_report(folder: Path) -> dict[str, Path]:
     manifest, df, summary, paired = study_summary(folder)
     manifest = dict(manifest, record_devices=sorted(set(df["device"])))
     ablation_paired = ablation_comparisons(df)
-    md = markdown(manifest, summary, paired, ablation_paired)
+    contrasts = linear_contrasts(df, manifest["spec"].get("contrasts", []))
+    md = markdown(manifest, summary, paired, ablation_paired, contrasts)
     atomic_write_bytes(folder / "table.md", md.encode())
     atomic_write_bytes(folder / "table.csv", summary.to_csv(index=False, float_format="%.4f").encode())
     atomic_write_bytes(folder / "comparisons.csv", paired.to_csv(index=False, float_format="%.6f").encode())
     atomic_write_bytes(folder / "ablation_comparisons.csv",
                        ablation_paired.to_csv(index=False, float_format="%.6f").encode())
+    if not contrasts.empty:
+        atomic_write_bytes(folder / "contrasts.csv", contrasts.to_csv(index=False, float_format="%.6f").encode())
     # every table row's runs: (ablation, value, arm, member) -> seed, run id, the record's numbers
     runs = df.drop(columns=["device"]).sort_values(["ablation", "value", "arm", "member", "seed"], kind="stable")
     atomic_write_bytes(folder / "runs.csv", runs.to_csv(index=False, float_format="%.4f").encode())
@@ -165,5 +176,7 @@ def write_report(folder: Path) -> dict[str, Path]:
                         f"{manifest['spec']['study']['name']} ({manifest['profile']}, {manifest['data']['name']})")
     out = {name: folder / name for name in ("table.md", "table.csv", "comparisons.csv", "ablation_comparisons.csv",
                                             "runs.csv")}
+    if not contrasts.empty:
+        out["contrasts.csv"] = folder / "contrasts.csv"
     out.update({p.name: p for p in plots})
     return out

@@ -154,6 +154,44 @@ def paired_comparisons(df: pd.DataFrame, comparisons: list[dict]) -> pd.DataFram
     return pd.DataFrame(rows)
 
 
+CONTRAST_COLUMNS = ["contrast", "weights", "n", "mean", "std", "ci95_low", "ci95_high", "p_value", "seeds_positive",
+                    "note"]
+
+
+def linear_contrasts(df: pd.DataFrame, contrasts: list[dict]) -> pd.DataFrame:
+    """Each contrast sum_a w_a * acc_a evaluated per seed on the main arms' final accuracy (a
+    cohort as its members' mean), over the seeds every arm of it has: mean, std, 95%
+    t-interval, the one-sample t-test of mean 0 (two-sided) and the seeds where it is > 0.
+    An arm with fewer seeds than the others is named in ``note`` (the contrast then uses the
+    seeds all its arms share)."""
+    from scipy import stats
+
+    acc = arm_accuracy(df[df["ablation"] == MAIN]) if not df.empty else pd.DataFrame(columns=["arm", "seed",
+                                                                                               "final_acc"])
+    rows = []
+    for c in contrasts:
+        weights = c["weights"]
+        per_arm = {arm: acc[acc["arm"] == arm].set_index("seed")["final_acc"] for arm in weights}
+        seed_sets = {arm: set(s.index) for arm, s in per_arm.items()}
+        common = sorted(set.intersection(*seed_sets.values())) if seed_sets else []
+        widest = max((len(v) for v in seed_sets.values()), default=0)
+        short = [f"{arm} has {len(v)} seed{'s' if len(v) != 1 else ''}" for arm, v in seed_sets.items()
+                 if len(v) < widest]
+        note = ("arms with fewer seeds: " + ", ".join(short) + f"; computed on the {len(common)} seeds all share"
+                if short else "")
+        values = pd.Series({s: sum(w * per_arm[a].loc[s] for a, w in weights.items()) for s in common}, dtype=float)
+        n = len(values)
+        mean = values.mean() if n else math.nan
+        std = values.std(ddof=1) if n > 1 else math.nan
+        half = t_quantile(n) * std / math.sqrt(n) if n > 1 else math.nan
+        p = float(stats.ttest_1samp(values, 0.0).pvalue) if n > 1 and std > 0 else math.nan
+        text = " ".join(f"{'+' if w > 0 else '−'} {abs(w):g}·{a}" for a, w in weights.items()).lstrip("+ ")
+        rows.append({"contrast": c["name"], "weights": text, "n": n, "mean": mean, "std": std,
+                     "ci95_low": mean - half, "ci95_high": mean + half, "p_value": p,
+                     "seeds_positive": int((values > 0).sum()), "note": note})
+    return pd.DataFrame(rows, columns=CONTRAST_COLUMNS)
+
+
 def ablation_comparisons(df: pd.DataFrame) -> pd.DataFrame:
     """Per ablation and arm: each value against the value that reproduces the main settings
     (the one whose runs are the main arm's runs), paired over the seeds both have."""

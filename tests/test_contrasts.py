@@ -1,0 +1,118 @@
+"""Linear contrasts of arms: statistics against hand-computed numbers, and the spec errors."""
+
+import math
+
+import pandas as pd
+import pytest
+
+from mutualbench.cli import main
+from mutualbench.results import linear_contrasts
+
+
+def frame(acc: dict[tuple[str, str], list[float]]) -> pd.DataFrame:
+    """A runs frame: (arm, member) -> final accuracy per seed 0, 1, ..."""
+    rows = [{"ablation": "main", "value": "", "arm": arm, "member": member, "seed": s, "final_acc": a}
+            for (arm, member), accs in acc.items() for s, a in enumerate(accs)]
+    return pd.DataFrame(rows)
+
+
+INTERACTION = {"name": "interaction", "weights": {"hint_dml": 1, "hint_student": -1, "dml": -1, "student": 1}}
+
+
+def test_interaction_contrast_by_hand():
+    df = frame({
+        ("hint_dml", "student1"): [50.0, 52.0, 54.0], ("hint_dml", "student2"): [52.0, 54.0, 56.0],  # means 51, 53, 55
+        ("hint_student", "model"): [45.0, 46.0, 47.0],
+        ("dml", "student1"): [40.0, 40.0, 40.0], ("dml", "student2"): [40.0, 40.0, 40.0],
+        ("student", "model"): [35.0, 35.0, 35.0],
+    })
+    row = linear_contrasts(df, [INTERACTION]).iloc[0]
+    # per seed: 51-45-40+35 = 1, 53-46-40+35 = 2, 55-47-40+35 = 3
+    assert row["n"] == 3 and row["mean"] == pytest.approx(2.0) and row["std"] == pytest.approx(1.0)
+    half = 4.302652729911275 / math.sqrt(3)  # t(0.975, 2) * std / sqrt(n)
+    assert (row["ci95_low"], row["ci95_high"]) == pytest.approx((2 - half, 2 + half))
+    t = 2.0 / (1.0 / math.sqrt(3))
+    assert row["p_value"] == pytest.approx(1 - t / math.sqrt(2 + t * t))  # two-sided, 2 degrees of freedom
+    assert row["seeds_positive"] == 3 and row["note"] == ""
+    assert row["weights"] == "1·hint_dml − 1·hint_student − 1·dml + 1·student"
+
+
+def test_an_arm_with_fewer_seeds_is_named_and_the_common_seeds_used():
+    df = frame({("a", "model"): [10.0, 20.0, 30.0], ("b", "model"): [5.0, 5.0]})
+    row = linear_contrasts(df, [{"name": "a-b", "weights": {"a": 1, "b": -1}}]).iloc[0]
+    assert row["n"] == 2 and row["mean"] == pytest.approx(10.0)
+    assert "b has 2 seeds" in row["note"] and "computed on the 2 seeds all share" in row["note"]
+
+
+SPEC = """
+[study]
+name = "c"
+seeds = 2
+
+[[arms]]
+name = "student"
+method = "individual"
+arch = "seed_vgg_student"
+
+[[arms]]
+name = "dml"
+method = "mutual"
+arch = "seed_vgg_student"
+cohort = 2
+
+[[contrasts]]
+name = "dml - student"
+weights = { dml = 1, student = -1 }
+
+[profiles.smoke]
+tolerance = 1.0
+"""
+
+
+@pytest.mark.parametrize("edit,message", [
+    (("{ dml = 1, student = -1 }", "{ dml = 1, studnet = -1 }"), "'studnet' is not an arm"),
+    (("{ dml = 1, student = -1 }", "{ dml = 1, student = -0.5 }"), "the weights sum to 0.5; a contrast's weights must sum to 0"),
+    (("{ dml = 1, student = -1 }", "{ dml = 1 }"), "over at least two arms"),
+    (("{ dml = 1, student = -1 }", "{ dml = 0, student = 0 }"), "must be a non-zero number"),
+    (('name = "dml - student"', 'name = "x"\ncolour = 1'), "unknown key(s) colour in [[contrasts]] #1"),
+])
+def test_contrast_spec_errors(tmp_path, capsys, edit, message):
+    spec = tmp_path / "c.toml"
+    text = SPEC.replace(*edit)
+    assert text != SPEC
+    spec.write_text(text)
+    code = main(["replicate", str(spec), "--profile", "smoke", "--data", "/nonexistent.tar.gz",
+                 "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith(f"error: {spec}") and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_contrasts_in_the_table_and_csv(tmp_path):
+    import json
+
+    from mutualbench.report import write_report
+
+    folder = tmp_path / "study"
+    (folder / "runs").mkdir(parents=True)
+    import tomllib
+
+    spec = tomllib.loads(SPEC)
+    runs = []
+    for seed, (s_acc, d_acc) in enumerate([(40.0, (44.0, 46.0)), (42.0, (41.0, 43.0))]):
+        for arm, rid, models in (("student", f"individual-{seed:012d}", {"model": s_acc}),
+                                 ("dml", f"mutual-{seed:012d}", {"student1": d_acc[0], "student2": d_acc[1]})):
+            runs.append({"arm": arm, "seed": seed, "ablation": None, "value": None, "run_id": rid})
+            record = {"schema": 1, "run_id": rid, "status": "complete", "config": {"method": "x"}, "seed": seed,
+                      "data": {}, "curves": [], "timings": {"train_s": 1.0}, "env": {"device": "cpu"},
+                      "models": {m: {"arch": "a", "params": 1, "final_test_acc": a, "best_test_acc_test_selected": a}
+                                 for m, a in models.items()}}
+            (folder / "runs" / f"{rid}.json").write_text(json.dumps(record))
+    manifest = {"schema": 1, "spec": spec, "profile": "smoke", "seeds": [0, 1], "runs": runs,
+                "data": {"name": "d", "sha256": "0" * 64, "source": "d"}}
+    (folder / "study.json").write_text(json.dumps(manifest))
+    written = write_report(folder)
+    assert "contrasts.csv" in written
+    c = pd.read_csv(folder / "contrasts.csv")
+    assert list(c["mean"]) == [pytest.approx(((45 - 40) + (42 - 42)) / 2)]
+    assert "## Contrasts" in (folder / "table.md").read_text()
