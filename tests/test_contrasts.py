@@ -88,10 +88,8 @@ def test_contrast_spec_errors(tmp_path, capsys, edit, message):
     assert not (tmp_path / "out").exists()
 
 
-def test_contrasts_in_the_table_and_csv(tmp_path):
+def contrast_study(tmp_path):
     import json
-
-    from mutualbench.report import write_report
 
     folder = tmp_path / "study"
     (folder / "runs").mkdir(parents=True)
@@ -111,8 +109,57 @@ def test_contrasts_in_the_table_and_csv(tmp_path):
     manifest = {"schema": 1, "spec": spec, "profile": "smoke", "seeds": [0, 1], "runs": runs,
                 "data": {"name": "d", "sha256": "0" * 64, "source": "d"}}
     (folder / "study.json").write_text(json.dumps(manifest))
+    return folder
+
+
+def test_contrasts_in_the_table_and_csv(tmp_path):
+    from mutualbench.report import write_report
+
+    folder = contrast_study(tmp_path)
     written = write_report(folder)
     assert "contrasts.csv" in written
     c = pd.read_csv(folder / "contrasts.csv")
     assert list(c["mean"]) == [pytest.approx(((45 - 40) + (42 - 42)) / 2)]
     assert "## Contrasts" in (folder / "table.md").read_text()
+
+
+def test_publish_logs_the_contrast_table(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    from mutualbench.publish import publish
+
+    logged = {}
+
+    class Run:
+        dir = str(tmp_path)
+
+        def log(self, items):
+            logged.update(items)
+
+        def log_artifact(self, artifact):
+            pass
+
+        def finish(self):
+            pass
+
+    class Artifact:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def add_file(self, *args, **kwargs):
+            pass
+
+    module = types.ModuleType("wandb")
+    module.Settings = lambda **kwargs: types.SimpleNamespace(**kwargs)
+    module.init = lambda settings=None, **kwargs: Run()
+    module.Table = lambda dataframe: dataframe
+    module.Image = lambda path: path
+    module.Artifact = Artifact
+    monkeypatch.setitem(sys.modules, "wandb", module)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    folder = contrast_study(tmp_path)
+    publish(folder)
+    table = logged["contrasts"]
+    assert list(table["contrast"]) == ["dml - student"]
+    assert table["mean"].iloc[0] == pytest.approx(pd.read_csv(folder / "contrasts.csv")["mean"].iloc[0])
