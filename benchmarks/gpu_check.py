@@ -27,7 +27,7 @@ import torch
 
 from mutualbench.archs import create_arch
 from mutualbench.cohort import make_mutual_stage
-from mutualbench.config import DEFAULTS, apply_overrides
+from mutualbench.config import apply_overrides, default_config
 from mutualbench.data import DeviceLoader
 from mutualbench.envinfo import environment
 from mutualbench.methods.base import BuildContext
@@ -36,7 +36,7 @@ BATCH = 128
 
 
 def stage_for(overrides: list[str], k: int, device: torch.device, seed: int = 0):
-    cfg = apply_overrides(DEFAULTS, overrides + ["train.optimizer.lr=3e-4", "train.optimizer.betas=[0.5,0.99]"])
+    cfg = apply_overrides(default_config(), overrides + ["train.optimizer.lr=3e-4", "train.optimizer.betas=[0.5,0.99]"])
     torch.manual_seed(seed)
     members = {f"s{i}": create_arch("seed_vgg_student").to(device) for i in range(k)}
     stage = make_mutual_stage(members, BuildContext(cfg, device, 10))

@@ -24,7 +24,7 @@ import torch
 from conftest import SMOKE
 from mutualbench.archs import create_arch
 from mutualbench.cohort import make_mutual_stage
-from mutualbench.config import DEFAULTS, apply_overrides
+from mutualbench.config import apply_overrides, default_config
 from mutualbench.methods.base import BuildContext
 
 BATCH = 16 if SMOKE else 128  # smoke mode only checks that the code runs (bf16 is emulated on many CPUs)
@@ -38,7 +38,7 @@ WAYS = {
 
 
 def make_stage(way: str, k: int):
-    cfg = apply_overrides(DEFAULTS, WAYS[way] + ["train.optimizer.lr=3e-4", "train.optimizer.betas=[0.5,0.99]"])
+    cfg = apply_overrides(default_config(), WAYS[way] + ["train.optimizer.lr=3e-4", "train.optimizer.betas=[0.5,0.99]"])
     torch.manual_seed(0)
     members = {f"student{i + 1}": create_arch("seed_vgg_student") for i in range(k)}
     stage = make_mutual_stage(copy.deepcopy(members), BuildContext(cfg, torch.device("cpu"), 10))

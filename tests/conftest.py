@@ -93,9 +93,9 @@ def tiny_cifar(tmp_path_factory):
 
 def run_config(method="individual", data=None, **overrides):
     """A complete, tiny config for ``Runner.run``; ``overrides`` are dotted keys."""
-    from mutualbench.config import DEFAULTS, apply_overrides
+    from mutualbench.config import default_config
 
-    config = apply_overrides(DEFAULTS, [])
+    config = default_config()
     config.update(method=method, device="cpu")
     config["data"].update(source=str(data), batch_size=16)
     for key in ("train", "hint"):

@@ -5,7 +5,7 @@ import torch
 
 from mutualbench.archs import create_arch
 from mutualbench.cohort import FusedMutualStage, StackedCohort, fusable, make_mutual_stage
-from mutualbench.config import DEFAULTS, apply_overrides
+from mutualbench.config import apply_overrides, default_config
 from mutualbench.methods.base import BuildContext
 from mutualbench.methods.stages import MutualStage
 
@@ -30,7 +30,7 @@ def rel_diff(a: dict, b: dict) -> float:
 @pytest.mark.parametrize("k", [2, 3])
 @pytest.mark.parametrize("impl,channels_last", [("unbind", False), ("unbind", True), ("vmap", False)])
 def test_fused_step_equals_plain_simultaneous_after_5_steps(k, impl, channels_last):
-    cfg = apply_overrides(DEFAULTS, [])
+    cfg = default_config()
     cfg["train"]["optimizer"].update(lr=3e-4, betas=[0.5, 0.99])
     fused_models = cohort(k)
     plain_models = copy.deepcopy(fused_models)
@@ -68,7 +68,7 @@ def test_fused_updates_match_a_float64_reference_as_closely_as_the_plain_path(k,
     apart: Adam's first steps are ~lr * sign(g), and in this BatchNorm-free VGG the early
     layers' gradients are ~1e-6 of the head's, so float32 rounding flips a few near-zero
     signs; both paths are then equally far from float64 (benchmarks/gpu_check.py)."""
-    cfg = apply_overrides(DEFAULTS, ["train.optimizer.name=sgd", "train.optimizer.lr=0.01"])
+    cfg = apply_overrides(default_config(), ["train.optimizer.name=sgd", "train.optimizer.lr=0.01"])
     mutual = dict(cfg["mutual"], fused_impl=impl)
     fused_models = cohort(k)
     plain_models, ref_models = copy.deepcopy(fused_models), copy.deepcopy(fused_models)
@@ -123,7 +123,7 @@ def test_which_cohorts_fuse():
     ],
 )
 def test_stage_selection(overrides, path, why):
-    cfg = apply_overrides(DEFAULTS, overrides)
+    cfg = apply_overrides(default_config(), overrides)
     stage = make_mutual_stage(cohort(2), BuildContext(cfg, CPU, 10))
     stage.begin()
     info = stage.describe()

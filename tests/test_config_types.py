@@ -1,21 +1,28 @@
 """Typed config: every key has a type and a range; a violation is one line naming the key,
 the value and what is allowed, exit 2, before any data is loaded or any teacher trained."""
 
-import copy
 import json
 
 import pytest
 
 from mutualbench.cli import main
-from mutualbench.config import DEFAULTS, SCHEMA, leaf_keys, validate
+from mutualbench.config import (
+    BASE_DEFAULTS,
+    BASE_SCHEMA,
+    config_schema,
+    default_config,
+    leaf_keys,
+    validate,
+)
 from mutualbench.errors import UserError
 
 MISSING_DATA = "/nonexistent/never-loaded.tar.gz"  # a data error would come later: the config error must win
 
 
 def test_schema_covers_every_default_key_and_accepts_the_defaults():
-    assert set(leaf_keys(DEFAULTS)) == set(SCHEMA)
-    validate(copy.deepcopy(DEFAULTS))
+    assert set(leaf_keys(BASE_DEFAULTS)) == set(BASE_SCHEMA)
+    assert set(leaf_keys(default_config())) == set(config_schema())
+    validate(default_config())
 
 
 @pytest.mark.parametrize(
@@ -47,7 +54,7 @@ def test_schema_covers_every_default_key_and_accepts_the_defaults():
     ],
 )
 def test_each_bad_value_names_key_value_and_what_is_allowed(key, value, allowed):
-    config = copy.deepcopy(DEFAULTS)
+    config = default_config()
     node = config
     *parents, last = key.split(".")
     for part in parents:

@@ -1,18 +1,17 @@
 """The measured run-time estimate: what it counts, and that it changes nothing."""
 
-import copy
 
 import pytest
 import torch
 
 from mutualbench import launch
-from mutualbench.config import DEFAULTS
+from mutualbench.config import default_config
 from mutualbench.estimate import RunTimer, format_duration, measure_run_seconds
 from mutualbench.run import Runner
 
 
 def config(data, method="kd", **extra):
-    cfg = copy.deepcopy(DEFAULTS)
+    cfg = default_config()
     cfg.update(method=method, arch=["seed_vgg_student"], seed=0, **extra)
     cfg["data"].update(source=str(data), batch_size=16)
     cfg["train"]["epochs"] = 2

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mutualbench.archs import create_arch
-from mutualbench.config import DEFAULTS, apply_overrides
+from mutualbench.config import default_config
 from mutualbench.methods.losses import cross_entropy, kd_loss, mutual_losses
 from mutualbench.methods.stages import HintStage, MutualStage, SupervisedStage
 
@@ -12,7 +12,7 @@ CPU = torch.device("cpu")
 
 
 def adam_cfg(lr=1e-3):
-    cfg = apply_overrides(DEFAULTS, [])["train"]
+    cfg = default_config()["train"]
     cfg["optimizer"]["lr"] = lr
     return cfg
 

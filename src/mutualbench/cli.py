@@ -68,13 +68,13 @@ def cmd_data(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .config import DEFAULTS, apply_overrides
+    from .config import apply_overrides, default_config, get_key, leaf_keys, set_key
     from .engine import TrainingDiverged
     from .io_utils import check_output_folder
     from .locks import clean_temporaries
     from .run import Runner
 
-    config = apply_overrides(DEFAULTS, [])
+    config = default_config()
     config.update(method=args.method, seed=args.seed, arch=[a for a in args.arch.split(",") if a])
     config["cohort"] = args.cohort if args.cohort is not None else len(config["arch"])
     config["data"]["source"] = args.data
@@ -83,10 +83,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         config["teacher"]["arch"] = args.teacher
     if args.teacher_checkpoint:
         config["teacher"]["checkpoint"] = args.teacher_checkpoint
-    if args.epochs is not None:
-        for key in ("train", "hint"):
-            config[key]["epochs"] = args.epochs
-        config["teacher"]["train"]["epochs"] = args.epochs
+    if args.epochs is not None:  # every stage's epochs, whichever sections declare them
+        for key in leaf_keys(config):
+            if key.split(".")[-1] == "epochs" and isinstance(get_key(config, key), int):
+                set_key(config, key, args.epochs, "--epochs")
     if args.train_subset is not None:
         config["data"]["train_subset"] = args.train_subset
     if args.no_fuse:
@@ -301,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("run", help="train one method on one architecture with one seed; write a RunRecord")
-    p.add_argument("--method", required=True, help="individual, kd, mutual, fitnets or hint_mutual")
+    p.add_argument("--method", required=True, help="a registered method (see `mutualbench methods`)")
     p.add_argument("--arch", default="seed_vgg_student",
                    help="the (student) architecture; a comma-separated list gives a mixed cohort")
     p.add_argument("--teacher", default=None, help="teacher architecture (default seed_vgg_teacher)")
@@ -310,7 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", default="cifar10", help="cifar10, cifar100, a class-per-folder tree or archive")
     p.add_argument("--data-root", default=None, help="downloads and caches (default $MUTUALBENCH_DATA_ROOT or ~/.cache/mutualbench)")
-    p.add_argument("--epochs", type=int, default=None, help="epochs of every stage (training, hints, the teacher's training)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="epochs of every stage (every *.epochs key: training, hints, the teacher's training, ...)")
     p.add_argument("--train-subset", type=int, default=None, help="train on a fixed, seeded, class-balanced subset of N images")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key, e.g. --set kd.temperature=4")
     p.add_argument("--no-fuse", action="store_true",

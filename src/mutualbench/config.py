@@ -25,7 +25,11 @@ def adam(lr: float = 1e-3, betas=(0.9, 0.999)) -> dict:
 
 CONSTANT = {"name": "constant", "milestones": [], "gamma": 0.1}
 
-DEFAULTS: dict[str, Any] = {
+# The method-independent part of a run's config. Each method's own section (``kd``,
+# ``mutual``, ``hint``, ...) is declared in the method's file with ``register_section``;
+# ``default_config()`` is this plus every registered section. The defaults are neutral
+# choices for a quick run, not any study's: a study spec states the settings it replicates.
+BASE_DEFAULTS: dict[str, Any] = {
     "method": "individual",
     "arch": ["seed_vgg_student"],  # one per model; a cohort of one arch repeats it
     "cohort": 1,
@@ -43,31 +47,19 @@ DEFAULTS: dict[str, Any] = {
         "crop_padding": 4,
         "normalize": True,  # per-channel mean/std of the training split
     },
-    "loss": {"reduction": "sum"},  # the blog sums over the batch; "mean" averages
+    "loss": {"reduction": "sum"},  # "sum" over the batch, or "mean"
     "train": {"epochs": 30, "optimizer": adam(1e-3), "schedule": dict(CONSTANT)},
-    "kd": {"temperature": 1.0, "alpha": 1.0},
-    "mutual": {
-        "peer_weight": "mean",
-        "update_order": "simultaneous",
-        "fuse": True,  # the fused cohort step for simultaneous updates of same-arch cohorts
-        "fused_impl": "auto",  # vmap on CUDA, unbind on the CPU (see mutualbench.cohort)
-    },
     # Options of the fused cohort step (they change float rounding, so they are config).
     "speed": {"channels_last": True, "bf16": False, "compile": False, "compile_mode": None},
-    "hint": {
-        "epochs": 10,
-        "optimizer": adam(1e-3),
-        "schedule": dict(CONSTANT),
-        "student_tap": None,  # None: the student's only tap (H for seed_vgg_student)
-        "teacher_tap": None,  # None: the teacher's only tap (G for seed_vgg_teacher)
-        "regressor_kernel": 1,
-    },
+    # The teacher of methods that learn from one (``Method.needs_teacher``): trained as an
+    # ``individual`` run with this section's ``train`` (same seed, data and loss), or loaded.
     "teacher": {
         "arch": "seed_vgg_teacher",
         "checkpoint": None,  # a path: load it instead of training the teacher
         "train": {"epochs": 30, "optimizer": adam(1e-3), "schedule": dict(CONSTANT)},
     },
 }
+
 
 @dataclass(frozen=True)
 class KeyType:
@@ -143,7 +135,7 @@ def _is_number(v: Any) -> bool:
     return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
 
 
-def _optimizer_keys(prefix: str) -> dict[str, KeyType]:
+def optimizer_keys(prefix: str) -> dict[str, KeyType]:
     return {
         f"{prefix}.epochs": KeyType("int", lo=1),
         f"{prefix}.optimizer.name": KeyType("choice", choices=("adam", "sgd")),
@@ -158,8 +150,8 @@ def _optimizer_keys(prefix: str) -> dict[str, KeyType]:
     }
 
 
-# Every key of DEFAULTS, with its type and range (a test checks that the two cover each other).
-SCHEMA: dict[str, KeyType] = {
+# Every key of BASE_DEFAULTS, with its type and range (a test checks that the two cover each other).
+BASE_SCHEMA: dict[str, KeyType] = {
     "method": KeyType("str"),
     "arch": KeyType("arch_list"),
     "cohort": KeyType("int", lo=1),
@@ -174,30 +166,77 @@ SCHEMA: dict[str, KeyType] = {
     "data.crop_padding": KeyType("int", lo=0),
     "data.normalize": KeyType("bool"),
     "loss.reduction": KeyType("choice", choices=("sum", "mean")),
-    **_optimizer_keys("train"),
-    "kd.temperature": KeyType("number", lo=0, lo_open=True),
-    "kd.alpha": KeyType("number", lo=0),
-    "mutual.peer_weight": KeyType("choice", choices=("mean", "sum")),
-    "mutual.update_order": KeyType("choice", choices=("sequential", "simultaneous")),
-    "mutual.fuse": KeyType("bool"),
-    "mutual.fused_impl": KeyType("choice", choices=("auto", "vmap", "unbind")),
+    **optimizer_keys("train"),
     "speed.channels_last": KeyType("bool"),
     "speed.bf16": KeyType("bool"),
     "speed.compile": KeyType("bool"),
     "speed.compile_mode": KeyType("choice", choices=(None, "default", "reduce-overhead", "max-autotune")),
-    **_optimizer_keys("hint"),
-    "hint.student_tap": KeyType("str", nullable=True),
-    "hint.teacher_tap": KeyType("str", nullable=True),
-    "hint.regressor_kernel": KeyType("int", lo=1, odd=True),
     "teacher.arch": KeyType("str"),
     "teacher.checkpoint": KeyType("str", nullable=True),
-    **_optimizer_keys("teacher.train"),
+    **optimizer_keys("teacher.train"),
 }
+
+
+@dataclass(frozen=True)
+class Section:
+    """A config section owned by a method file: its defaults and the type of every key
+    (keys relative to the section, e.g. ``temperature`` for ``kd.temperature``)."""
+
+    name: str
+    defaults: dict
+    schema: dict[str, KeyType]
+
+
+_SECTIONS: dict[str, Section] = {}
+
+
+def register_section(name: str, defaults: dict, schema: dict[str, KeyType]) -> Section:
+    """Declare config section ``name`` (called once, by the method file that owns it). Its
+    keys become settable everywhere (``--set name.key=...``, specs) and are type-checked."""
+    if name in BASE_DEFAULTS:
+        raise ValueError(f"config section {name!r} is a built-in section")
+    missing = set(leaf_keys(defaults)) ^ set(schema)
+    if missing:
+        raise ValueError(f"config section {name!r}: defaults and schema differ in {sorted(missing)}")
+    section = Section(name, copy.deepcopy(defaults), dict(schema))
+    old = _SECTIONS.get(name)
+    if old is not None and old != section:
+        raise ValueError(f"config section {name!r} is declared twice, with different defaults or types")
+    _SECTIONS[name] = section
+    return section
+
+
+def unregister_section(name: str) -> None:
+    """Remove a registered section (for tests that declare a throwaway method)."""
+    _SECTIONS.pop(name, None)
+
+
+def _load_plugins() -> None:
+    from . import methods  # noqa: F401  (registers every method and its section)
+
+
+def default_config() -> dict:
+    """A fresh copy of the full default config: the built-in sections and every section a
+    registered method declared."""
+    _load_plugins()
+    config = copy.deepcopy(BASE_DEFAULTS)
+    for name, section in _SECTIONS.items():
+        config[name] = copy.deepcopy(section.defaults)
+    return config
+
+
+def config_schema() -> dict[str, KeyType]:
+    """Every key of ``default_config()`` with its type and range."""
+    _load_plugins()
+    schema = dict(BASE_SCHEMA)
+    for name, section in _SECTIONS.items():
+        schema.update({f"{name}.{k}": kt for k, kt in section.schema.items()})
+    return schema
 
 
 def check_value(key: str, value: Any, source: str = "config") -> None:
     """Raise a one-line ``UserError`` naming the key, the value and what is allowed."""
-    kt = SCHEMA.get(key)
+    kt = config_schema().get(key)
     if kt is not None and not kt.accepts(value):
         raise UserError(f"{source}: {key} = {json.dumps(value, default=str)} is not allowed; it must be {kt.allowed()}")
 

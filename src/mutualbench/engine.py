@@ -175,6 +175,7 @@ class Engine:
         return self.curves
 
     def _train_epoch(self, stage: Stage, epoch: int, global_epoch: int) -> None:
+        stage.begin_epoch(epoch, global_epoch)  # also on resume: the stage knows where it is
         stage.train_mode()
         sums: dict[str, torch.Tensor] = {}
         batches = self.train_loader.epoch_batches(global_epoch)

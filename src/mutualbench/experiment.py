@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .archs import is_known_arch
-from .config import DEFAULTS, check_value, get_key, leaf_keys, set_key
+from .config import check_value, default_config, get_key, leaf_keys, set_key
 from .errors import UserError
 from .methods import METHODS
 
@@ -71,7 +71,7 @@ def _check_keys(where: str, table: dict, allowed: set[str], path: Path) -> None:
 def _check_settings(where: str, settings: object, path: Path) -> dict:
     if not isinstance(settings, dict):
         raise UserError(f"{path}: {where} must be a table of config keys, e.g. {{ \"train.epochs\" = 30 }}")
-    probe = copy.deepcopy(DEFAULTS)
+    probe = default_config()
     for key, value in settings.items():
         set_key(probe, key, value, source=f"{path}: {where}")
         for leaf in ([key] if not isinstance(value, dict) else [f"{key}.{k}" for k in leaf_keys(value)]):
@@ -129,7 +129,7 @@ def load_spec(path: str | Path) -> Spec:
         raise UserError(f"{path}: [study] seeds = {seeds!r} is not allowed; it must be a positive integer (the number of seeds)")
     _check_settings("[defaults]", raw.get("defaults", {}), path)
     for key in raw.get("assumptions", {}):
-        set_key(copy.deepcopy(DEFAULTS), key, None, source=f"{path}: [assumptions]")
+        set_key(default_config(), key, None, source=f"{path}: [assumptions]")
     arms = raw.get("arms") or []
     if not arms:
         raise UserError(f"{path}: no [[arms]]; a study needs at least one")
@@ -181,7 +181,7 @@ def load_spec(path: str | Path) -> Spec:
 
 
 def arm_config(spec: Spec, arm: dict, profile: str, seed: int, data: str, extra: dict | None = None) -> dict:
-    config = copy.deepcopy(DEFAULTS)
+    config = default_config()
     for where, settings in (("[defaults]", spec.raw.get("defaults", {})),
                             (f"[profiles.{profile}]", spec.profile(profile).get("set", {})),
                             (f"arm {arm['name']}", arm.get("set", {})),

@@ -1,7 +1,7 @@
 """Golden trajectories: tiny fixed runs of every registered method in float64, compared with
 stored ones to catch any change of what the training code computes.
 
-Each case is a real run config (``mutualbench.config.DEFAULTS`` plus a few overrides) taken
+Each case is a real run config (``mutualbench.config.default_config()`` plus a few overrides) taken
 through the real code: ``run.resolve``, the run's loaders (``Runner._loaders``: subset, seeded
 order, flips and crops, normalisation), ``get_method(name).build(BuildContext(...))`` (seeded
 model initialisation), the method's stages and the ``Engine`` loop. The teacher of kd, fitnets
@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from .archs import create_arch
-from .config import DEFAULTS, canonical_json, get_key, set_key
+from .config import canonical_json, default_config, get_key, set_key
 from .data.sources import ImageDataset
 from .engine import Engine
 from .errors import UserError
@@ -142,10 +142,10 @@ def _overlay(config: dict, updates: dict, source: str, prefix: str = "") -> None
 
 
 def case_config(name: str) -> dict:
-    """The full run config of golden case ``name``: DEFAULTS, then BASE, then the case."""
+    """The full run config of golden case ``name``: the defaults, then BASE, then the case."""
     if name not in CASES:
         raise UserError(f"unknown golden case {name!r}; known: {', '.join(CASES)}")
-    config = copy.deepcopy(DEFAULTS)
+    config = default_config()
     _overlay(config, BASE, f"golden case {name}")
     _overlay(config, CASES[name], f"golden case {name}")
     return config

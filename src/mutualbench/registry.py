@@ -28,6 +28,10 @@ class Registry(Generic[T]):
 
         return decorator
 
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` (for tests that register a throwaway entry)."""
+        self._items.pop(name, None)
+
     def names(self) -> list[str]:
         """Registered names in natural order (resnet20 before resnet110)."""
         return sorted(self._items, key=natural_key)

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from .archs import FeatureModel, count_parameters, create_arch, is_known_arch
-from .config import DEFAULTS, run_id, validate
+from .config import BASE_DEFAULTS, default_config, run_id, validate
 from .data import DeviceLoader, ImageDataset, load_dataset
 from .data.sources import sha256_file
 from .engine import Engine, TrainingDiverged
@@ -30,7 +30,6 @@ from .errors import UserError, warn
 from .io_utils import atomic_torch_save, move_aside, safe_torch_load
 from .locks import LOCK, FolderLock
 from .methods import METHODS, BuildContext, get_method
-from .methods.base import resolve_tap
 from .records import SCHEMA_VERSION, complete_record, record_path, record_problem, write_record
 
 TOP_LEVEL = ("method", "arch", "cohort", "seed", "init")
@@ -49,6 +48,8 @@ def resolve(config: dict) -> dict:
     for arch in config["arch"]:
         if not is_known_arch(arch):
             create_arch(arch)  # raises the helpful unknown-name error
+    if method.needs_teacher and not is_known_arch(config["teacher"]["arch"]):
+        create_arch(config["teacher"]["arch"])
     method.check(config)
     resolved = {k: copy.deepcopy(config[k]) for k in TOP_LEVEL}
     for section in method.sections:
@@ -57,13 +58,6 @@ def resolve(config: dict) -> dict:
         speed = _honoured_speed(method, config["speed"])
         if speed:
             resolved["speed"] = speed
-    if method.needs_teacher and not is_known_arch(config["teacher"]["arch"]):
-        create_arch(config["teacher"]["arch"])
-    if method.needs_taps:
-        hint = config["hint"]
-        for arch in config["arch"]:
-            resolve_tap(create_arch(arch), hint["student_tap"], "student tap")
-        resolve_tap(create_arch(config["teacher"]["arch"]), hint["teacher_tap"], "teacher tap")
     return resolved
 
 
@@ -73,7 +67,7 @@ def _honoured_speed(method, speed: dict) -> dict:
     record claims a setting that did not apply."""
     out = {}
     for key, value in speed.items():
-        if value == DEFAULTS["speed"][key]:
+        if value == BASE_DEFAULTS["speed"][key]:
             continue
         if key not in method.speed_keys:
             honoured = ", ".join(f"speed.{k}" for k in method.speed_keys) or "none"
@@ -92,7 +86,7 @@ def run_precision(resolved: dict) -> str:
 def teacher_config(config: dict) -> dict:
     """The ``individual`` run that trains this config's teacher (same seed and data)."""
     t = config["teacher"]
-    cfg = copy.deepcopy(DEFAULTS)
+    cfg = default_config()
     cfg.update(method="individual", arch=[t["arch"]], cohort=1, seed=config["seed"])
     cfg["data"], cfg["loss"], cfg["train"] = copy.deepcopy(config["data"]), copy.deepcopy(config["loss"]), copy.deepcopy(t["train"])
     return cfg

@@ -75,13 +75,21 @@ class Stage:
     """One phase of a method (e.g. hint pretraining, then mutual learning).
 
     Lifecycle per run: ``begin()`` (also on resume, before ``load_state_dict``), then per
-    epoch ``train_mode()``, ``step(x, y)`` per batch, ``end_epoch()``, ``sync()`` before
-    evaluation and checkpoints; ``finish()`` at the end.
+    epoch ``begin_epoch(epoch, global_epoch)``, ``train_mode()``, ``step(x, y)`` per batch,
+    ``end_epoch()``, ``sync()`` before evaluation and checkpoints; ``finish()`` at the end.
     """
 
     name: str = "train"
     epochs: int = 0
     eval_names: tuple[str, ...] = ()  # models evaluated after each epoch of this stage
+    epoch: int = 0  # the epoch being trained, 0-based within this stage (set by begin_epoch)
+    global_epoch: int = 0  # the same, counted over all stages of the run
+
+    def begin_epoch(self, epoch: int, global_epoch: int) -> None:
+        """Called by the engine before each epoch, on resume too: ``epoch`` is 0-based within
+        this stage, ``global_epoch`` over the run (a warm-up or a ramped loss weight reads
+        ``self.epoch``). Subclasses that override it call ``super().begin_epoch``."""
+        self.epoch, self.global_epoch = epoch, global_epoch
 
     def describe(self) -> dict:
         """What ran, for the record (e.g. which cohort path and why)."""
@@ -124,10 +132,11 @@ class Method:
     # defaults they enter its config and run id; any other non-default speed key is an error).
     speed_keys: tuple[str, ...] = ("bf16",)
     needs_teacher: bool = False
-    needs_taps: bool = False
 
     def check(self, config: dict) -> None:
-        """Method-specific config checks; raise ``UserError`` with the fix."""
+        """Method-specific checks of the whole config (types and registries are checked
+        before; architectures, taps and cohort sizes are the method's to check here), run
+        before any data is loaded; raise ``UserError`` with the fix."""
 
     def build(self, ctx: BuildContext) -> tuple[dict[str, ModelSlot], list[Stage]]:
         raise NotImplementedError

@@ -4,9 +4,40 @@ student trained by KD from the same teacher."""
 
 from __future__ import annotations
 
+from ..config import CONSTANT, KeyType, adam, optimizer_keys, register_section
 from .base import BuildContext, Method, ModelSlot, check_single_model, register_method, resolve_tap
 from .kd import kd_stage
 from .stages import HintStage
+
+HINT_SECTION = register_section(
+    "hint",
+    {
+        "epochs": 10,
+        "optimizer": adam(1e-3),
+        "schedule": dict(CONSTANT),
+        "student_tap": None,  # None: the student's only tap (H for seed_vgg_student)
+        "teacher_tap": None,  # None: the teacher's only tap (G for seed_vgg_teacher)
+        "regressor_kernel": 1,
+    },
+    {
+        **{k.split(".", 1)[1]: kt for k, kt in optimizer_keys("hint").items()},
+        "student_tap": KeyType("str", nullable=True),
+        "teacher_tap": KeyType("str", nullable=True),
+        "regressor_kernel": KeyType("int", lo=1, odd=True),
+    },
+)
+
+
+def check_hint_taps(config: dict) -> None:
+    """Before any training: every student architecture and the teacher have the hint taps
+    (the configured ones, or exactly one each), with maps of the same spatial size."""
+    from ..archs import create_arch
+
+    hint = config["hint"]
+    teacher = create_arch(config["teacher"]["arch"])
+    resolve_tap(teacher, hint["teacher_tap"], "teacher tap")
+    for arch in config["arch"]:
+        resolve_tap(create_arch(arch), hint["student_tap"], "student tap")
 
 
 def hint_stage(ctx: BuildContext, students: dict) -> HintStage:
@@ -22,10 +53,10 @@ def hint_stage(ctx: BuildContext, students: dict) -> HintStage:
 class FitNets(Method):
     sections = ("data", "loss", "train", "kd", "hint", "teacher")
     needs_teacher = True
-    needs_taps = True
 
     def check(self, config: dict) -> None:
         check_single_model(config, self.name, "one student")
+        check_hint_taps(config)
 
     def build(self, ctx: BuildContext):
         arch = ctx.config["arch"][0]

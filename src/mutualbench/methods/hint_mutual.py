@@ -4,7 +4,7 @@ from its own initialisation, then deep mutual learning from those weights."""
 from __future__ import annotations
 
 from .base import BuildContext, Method, register_method
-from .fitnets import hint_stage
+from .fitnets import check_hint_taps, hint_stage
 from .mutual import build_cohort, check_cohort, mutual_stage
 
 
@@ -12,10 +12,10 @@ from .mutual import build_cohort, check_cohort, mutual_stage
 class HintMutual(Method):
     sections = ("data", "loss", "train", "mutual", "speed", "hint", "teacher")
     needs_teacher = True
-    needs_taps = True
 
     def check(self, config: dict) -> None:
         check_cohort(config, "hint_mutual")
+        check_hint_taps(config)
 
     def build(self, ctx: BuildContext):
         slots = build_cohort(ctx)

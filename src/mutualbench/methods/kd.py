@@ -5,9 +5,16 @@ from __future__ import annotations
 
 import torch
 
+from ..config import KeyType, register_section
 from .base import BuildContext, Method, ModelSlot, check_single_model, register_method
 from .losses import kd_loss
 from .stages import SupervisedStage
+
+KD_SECTION = register_section(
+    "kd",
+    {"temperature": 1.0, "alpha": 1.0},
+    {"temperature": KeyType("number", lo=0, lo_open=True), "alpha": KeyType("number", lo=0)},
+)
 
 
 def kd_stage(ctx: BuildContext, student, name: str = "train") -> SupervisedStage:

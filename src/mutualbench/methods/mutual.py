@@ -3,8 +3,25 @@ from its own initialisation; update order ``sequential`` (Algorithm 1) or ``simu
 
 from __future__ import annotations
 
+from ..config import KeyType, register_section
 from ..errors import UserError
 from .base import BuildContext, Method, ModelSlot, cohort_archs, register_method
+
+MUTUAL_SECTION = register_section(
+    "mutual",
+    {
+        "peer_weight": "mean",  # 1/(K-1) per peer (the paper), or "sum" (the official code)
+        "update_order": "simultaneous",  # or "sequential" (the paper's Algorithm 1)
+        "fuse": True,  # the fused cohort step for simultaneous updates of same-arch cohorts
+        "fused_impl": "auto",  # vmap on CUDA, unbind on the CPU (see mutualbench.cohort)
+    },
+    {
+        "peer_weight": KeyType("choice", choices=("mean", "sum")),
+        "update_order": KeyType("choice", choices=("sequential", "simultaneous")),
+        "fuse": KeyType("bool"),
+        "fused_impl": KeyType("choice", choices=("auto", "vmap", "unbind")),
+    },
+)
 
 
 def check_cohort(config: dict, method: str) -> None:
