@@ -1,12 +1,13 @@
 """Copy generated tables into REPLICATION.md between marker comments, so that the report
 quotes the tables exactly as `mutualbench table` wrote them (nothing typed by hand).
 
-    python replication/embed_tables.py            # after `mutualbench table results/seed_blog/<profile>`
+    python replication/embed_tables.py            # after `mutualbench table results/<study>/<profile>`
 
-Markers: <!-- <profile>-table:start --> ... <!-- <profile>-table:end --> for every
-results/seed_blog/<profile>/table.md that exists, and <!-- scale-comparison:start --> ...
-<!-- scale-comparison:end --> for the spec's paired comparisons at the `cpu` and the `full`
-scale side by side (computed from the stored records, like the tables).
+Markers, for every study in results/: <!-- <study>/<profile>-table:start --> ...
+<!-- <study>/<profile>-table:end --> for each results/<study>/<profile>/table.md, and
+<!-- <study>/scale-comparison:start --> ... :end --> for the spec's paired comparisons at the
+`cpu` and the `full` scale side by side (computed from the stored records, like the tables).
+The blog's study (seed_blog) also answers to the unprefixed names (<!-- cpu-table:start -->).
 """
 
 from __future__ import annotations
@@ -40,12 +41,12 @@ def _verdict(cpu, full) -> str:
 def scale_comparison(results: Path) -> str | None:
     """The spec's paired comparisons at the `cpu` and `full` scales, one row each."""
     sys.path.insert(0, str(ROOT / "src"))
-    from mutualbench.results import study_summary
+    from mutualbench.results import load_study
 
     studies = {}
     for profile in ("cpu", "full"):
         if (results / profile / "study.json").exists():
-            manifest, _, _, paired = study_summary(results / profile)
+            paired = load_study(results / profile).paired
             studies[profile] = {(r["a"], r["b"]): r for _, r in paired.iterrows()}
     if "cpu" not in studies:
         return None
@@ -65,23 +66,29 @@ def _embed(text: str, name: str, body: str) -> str:
     return re.sub(re.escape(start) + r".*?" + re.escape(end), lambda _, block=block: block, text, flags=re.S)
 
 
+def _markers(study: str, name: str) -> list[str]:
+    """Marker names of a block: ``<study>/<name>`` for any study; the blog's study also keeps
+    its original unprefixed names."""
+    return [f"{study}/{name}"] + ([name] if study == "seed_blog" else [])
+
+
 def main() -> int:
     report = ROOT / "REPLICATION.md"
     text = report.read_text()
-    for table in sorted((ROOT / "results" / "seed_blog").glob("*/table.md")):
-        profile = table.parent.name
-        start, end = f"<!-- {profile}-table:start -->", f"<!-- {profile}-table:end -->"
-        if start not in text:
-            continue
+    for table in sorted((ROOT / "results").glob("*/*/table.md")):
+        study, profile = table.parent.parent.name, table.parent.name
         body = table.read_text().strip().splitlines()[1:]  # drop the title; REPLICATION.md has its own
         body = [("##" + line) if line.startswith("## ") else line for line in body]  # ## -> ####
-        block = f"{start}\n" + "\n".join(body).strip() + f"\n{end}"
-        text = re.sub(re.escape(start) + r".*?" + re.escape(end), lambda _, block=block: block, text, flags=re.S)
-        print(f"embedded {table.relative_to(ROOT)}")
-    scale = scale_comparison(ROOT / "results" / "seed_blog")
-    if scale is not None and "<!-- scale-comparison:start -->" in text:
-        text = _embed(text, "scale-comparison", scale)
-        print("embedded the cpu/full scale comparison")
+        for marker in _markers(study, f"{profile}-table"):
+            if f"<!-- {marker}:start -->" in text:
+                text = _embed(text, marker, "\n".join(body))
+                print(f"embedded {table.relative_to(ROOT)}")
+    for results in sorted(p for p in (ROOT / "results").iterdir() if p.is_dir()):
+        scale = scale_comparison(results)
+        for marker in _markers(results.name, "scale-comparison"):
+            if scale is not None and f"<!-- {marker}:start -->" in text:
+                text = _embed(text, marker, scale)
+                print(f"embedded the cpu/full scale comparison of {results.name}")
     report.write_text(text)
     return 0
 

@@ -98,6 +98,10 @@ def run_config(method="individual", data=None, **overrides):
     config = default_config()
     config.update(method=method, device="cpu")
     config["data"].update(source=str(data), batch_size=16)
+    # the blog's settings, which these tests were written for (not the package defaults)
+    config["loss"]["reduction"] = "sum"
+    config["kd"]["temperature"] = 1.0
+    config["teacher"]["arch"] = "seed_vgg_teacher"
     for key in ("train", "hint"):
         config[key]["epochs"] = 2
     config["teacher"]["train"]["epochs"] = 2

@@ -11,10 +11,10 @@ pytestmark = pytest.mark.cifar
 
 METHODS = [
     ("individual", []),
-    ("kd", []),
+    ("kd", ["--teacher", "seed_vgg_teacher"]),
     ("mutual", ["--cohort", "2"]),
-    ("fitnets", []),
-    ("hint_mutual", ["--cohort", "2"]),
+    ("fitnets", ["--teacher", "seed_vgg_teacher"]),
+    ("hint_mutual", ["--cohort", "2", "--teacher", "seed_vgg_teacher"]),
 ]
 
 

@@ -7,6 +7,8 @@ from mutualbench.cli import main
 SPEC_A = """
 [study]
 name = "notes"
+data = "tiny3"
+classes = ["ant", "bee", "cow"]
 seeds = 1
 
 [defaults]

@@ -73,9 +73,9 @@ def test_each_bad_value_names_key_value_and_what_is_allowed(key, value, allowed)
         (["--method", "individual", "--epochs", "0"], "train.epochs = 0 is not allowed; it must be an integer >= 1"),
         (["--method", "individual", "--set", "data.flip=1"], "data.flip = 1 is not allowed; it must be true or false"),
         (["--method", "individual", "--set", "train.optimizer.betas=[0.9,1]"], "train.optimizer.betas = [0.9, 1]"),
-        (["--method", "kd", "--set", "kd.alpha=-0.5"], "kd.alpha = -0.5 is not allowed"),
+        (["--method", "kd", "--teacher", "seed_vgg_teacher", "--set", "kd.alpha=-0.5"], "kd.alpha = -0.5 is not allowed"),
         (["--method", "individual", "--set", "speed.compile=true"], "speed.compile = True does not apply to method 'individual'"),
-        (["--method", "kd", "--set", "speed.channels_last=false"], "speed.channels_last = False does not apply to method 'kd'"),
+        (["--method", "kd", "--teacher", "seed_vgg_teacher", "--set", "speed.channels_last=false"], "speed.channels_last = False does not apply to method 'kd'"),
     ],
 )
 def test_cli_run_refuses_before_loading_data(tmp_path, capsys, args, message):
@@ -88,9 +88,12 @@ def test_cli_run_refuses_before_loading_data(tmp_path, capsys, args, message):
 SPEC = """
 [study]
 name = "typed"
+data = "tiny3"
+classes = ["ant", "bee", "cow"]
 seeds = 2
 
 [defaults]
+"teacher.arch" = "seed_vgg_teacher"
 "train.epochs" = 1
 
 [[arms]]

@@ -47,6 +47,8 @@ def test_an_arm_with_fewer_seeds_is_named_and_the_common_seeds_used():
 SPEC = """
 [study]
 name = "c"
+data = "tiny3"
+classes = ["ant", "bee", "cow"]
 seeds = 2
 
 [[arms]]

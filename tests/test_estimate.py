@@ -14,6 +14,7 @@ def config(data, method="kd", **extra):
     cfg = default_config()
     cfg.update(method=method, arch=["seed_vgg_student"], seed=0, **extra)
     cfg["data"].update(source=str(data), batch_size=16)
+    cfg["teacher"]["arch"] = "seed_vgg_teacher"
     cfg["train"]["epochs"] = 2
     cfg["teacher"]["train"]["epochs"] = 1
     return cfg
@@ -76,3 +77,22 @@ def test_a_recorded_run_of_the_same_kind_on_this_machine_is_the_estimate(tmp_pat
     t = first["timings"]
     assert est.train_s == pytest.approx(t["train_s"] * RunTimer.SAFETY)
     assert est.eval_s == pytest.approx(t["eval_s"] * RunTimer.SAFETY)
+
+
+def test_an_interrupted_run_is_estimated_for_the_epochs_it_has_left(tmp_path, tiny_cifar):
+    data, root = tiny_cifar
+    runner = Runner(tmp_path / "runs", data_root=root, device="cpu")
+    first = runner.run(config(data, method="individual"))  # 2 epochs: the recorded time of this kind
+    second = config(data, method="individual")
+    second["seed"] = 1
+    _, rid, _, _ = runner.prepare(second)
+    timer = RunTimer(runner)
+    whole = timer.estimate(second)
+    assert whole.epochs == 2
+    (tmp_path / "runs" / rid).mkdir()
+    torch.save({"global_epoch": 1}, tmp_path / "runs" / rid / "checkpoint.pt")  # killed after epoch 1 of 2
+    half = timer.estimate(second)
+    assert half.train_s == pytest.approx(whole.train_s / 2) and half.eval_s == pytest.approx(whole.eval_s / 2)
+    (tmp_path / "runs" / rid / "checkpoint.pt").write_bytes(b"garbage")  # unreadable: the run starts over
+    assert timer.estimate(second).train_s == pytest.approx(whole.train_s)
+    assert first["timings"]["train_s"] > 0

@@ -57,6 +57,8 @@ def no_data_loading(monkeypatch):
 ONE_RUN_SPEC = """
 [study]
 name = "one"
+data = "tiny3"
+classes = ["ant", "bee", "cow"]
 seeds = 1
 
 [defaults]
@@ -326,7 +328,7 @@ def test_empty_or_unreadable_teacher_checkpoint_is_an_error(tmp_path, tiny_cifar
     bad = tmp_path / "teacher.pt"
     bad.write_bytes(content)
     out = tmp_path / "out"
-    code = main(["run", "--method", "kd", "--teacher-checkpoint", str(bad), "--data", str(data), "--data-root", str(root),
+    code = main(["run", "--method", "kd", "--teacher", "seed_vgg_teacher", "--teacher-checkpoint", str(bad), "--data", str(data), "--data-root", str(root),
                  "--out", str(out), "--device", "cpu", "--quiet"])
     assert code == 2
     line = one_line_error(capsys.readouterr().err)

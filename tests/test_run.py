@@ -78,7 +78,7 @@ def test_rerun_reuses_complete_record(tmp_path, tiny_cifar):
 
 def test_resume_after_kill_gives_the_uninterrupted_result(tmp_path, tiny_cifar):
     data, root = tiny_cifar
-    args = ["run", "--method", "hint_mutual", "--cohort", "2", "--seed", "3", "--data", str(data),
+    args = ["run", "--method", "hint_mutual", "--teacher", "seed_vgg_teacher", "--cohort", "2", "--seed", "3", "--data", str(data),
             "--data-root", str(root), "--epochs", "2", "--set", "data.batch_size=16", "--device", "cpu", "--quiet"]
     # The teacher (2 epochs) and the hint stage (2) come first: kill after mutual epoch 1.
     killed = cli(*args, "--out", str(tmp_path / "resumed"), env={"MUTUALBENCH_FAULT_KILL_AFTER_EPOCHS": "5"})
@@ -132,12 +132,13 @@ def test_teacher_checkpoint_is_loaded(tmp_path, tiny_cifar):
     "args,message",
     [
         (["--method", "mutal"], "unknown method 'mutal'. Did you mean mutual"),
+        (["--method", "kd"], "method 'kd' learns from a teacher: name its architecture with --teacher ARCH"),
         (["--method", "individual", "--arch", "resnet21"], "unknown architecture 'resnet21'"),
         (["--method", "mutual", "--cohort", "1"], "needs a cohort of at least 2 students: add --cohort 2"),
-        (["--method", "hint_mutual", "--cohort", "2", "--arch", "resnet20"], "choose one with --set hint.student_tap"),
-        (["--method", "fitnets", "--arch", "resnet20", "--set", "hint.student_tap=H"], "has no feature tap 'H'"),
-        (["--method", "kd", "--set", "kd.temprature=4"], "unknown config key 'kd.temprature'"),
-        (["--method", "kd", "--set", "loss.reduction=avg"], "loss.reduction = \"avg\" is not allowed; it must be one of sum, mean"),
+        (["--method", "hint_mutual", "--teacher", "seed_vgg_teacher", "--cohort", "2", "--arch", "resnet20"], "choose one with --set hint.student_tap"),
+        (["--method", "fitnets", "--teacher", "seed_vgg_teacher", "--arch", "resnet20", "--set", "hint.student_tap=H"], "has no feature tap 'H'"),
+        (["--method", "kd", "--teacher", "seed_vgg_teacher", "--set", "kd.temprature=4"], "unknown config key 'kd.temprature'"),
+        (["--method", "kd", "--teacher", "seed_vgg_teacher", "--set", "loss.reduction=avg"], "loss.reduction = \"avg\" is not allowed; it must be one of sum, mean"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_no_record(tmp_path, tiny_cifar, capsys, args, message):
@@ -152,7 +153,7 @@ def test_unreadable_teacher_checkpoint(tmp_path, tiny_cifar, capsys):
     data, root = tiny_cifar
     bad = tmp_path / "teacher.pt"
     bad.write_bytes(b"not a checkpoint")
-    code = main(["run", "--method", "kd", "--teacher-checkpoint", str(bad), "--data", str(data),
+    code = main(["run", "--method", "kd", "--teacher", "seed_vgg_teacher", "--teacher-checkpoint", str(bad), "--data", str(data),
                  "--data-root", str(root), "--out", str(tmp_path / "out"), "--quiet"])
     err = capsys.readouterr().err
     assert code == 2 and "teacher checkpoint" in err and "unreadable" in err and err.count("\n") == 1
@@ -168,7 +169,7 @@ def test_checkpoint_with_code_is_refused(tmp_path, tiny_cifar, capsys):
             return (os.system, ("echo pwned > " + str(tmp_path / "pwned"),))
 
     torch.save({"x": Evil()}, tmp_path / "evil.pt")
-    code = main(["run", "--method", "kd", "--teacher-checkpoint", str(tmp_path / "evil.pt"), "--data", str(data),
+    code = main(["run", "--method", "kd", "--teacher", "seed_vgg_teacher", "--teacher-checkpoint", str(tmp_path / "evil.pt"), "--data", str(data),
                  "--data-root", str(root), "--out", str(tmp_path / "out"), "--quiet"])
     assert code == 2 and not (tmp_path / "pwned").exists()
 

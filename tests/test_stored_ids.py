@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from mutualbench.config import run_id
-from mutualbench.experiment import expand, load_spec
 from mutualbench.run import resolve
+from mutualbench.spec import expand, load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDIES = sorted(p.parent for p in (ROOT / "results").glob("*/*/study.json"))

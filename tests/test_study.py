@@ -12,9 +12,14 @@ from mutualbench.cli import main
 SPEC = """
 [study]
 name = "tiny"
+data = "tiny3"
+classes = ["ant", "bee", "cow"]
 seeds = 2
 
 [defaults]
+"teacher.arch" = "seed_vgg_teacher"
+"loss.reduction" = "sum"
+"kd.temperature" = 1.0
 "data.batch_size" = 16
 "train.epochs" = 1
 "teacher.train.epochs" = 1
@@ -29,10 +34,12 @@ published = { model = 50.0 }
 [[arms]]
 name = "kd"
 method = "kd"
+arch = "seed_vgg_student"
 
 [[arms]]
 name = "dml"
 method = "mutual"
+arch = "seed_vgg_student"
 cohort = 2
 set = { "train.optimizer.lr" = 3e-4 }
 

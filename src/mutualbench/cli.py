@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from .errors import UserError
+from .layout import MANIFEST, RUNS, default_out, stored_results
 
 
 def cmd_archs(args: argparse.Namespace) -> int:
@@ -124,7 +125,7 @@ def cmd_replicate(args: argparse.Namespace) -> int:
     from .locks import LOCK, FolderLock, clean_temporaries
 
     profile = args.profile or ("full" if torch.cuda.is_available() else "cpu")
-    out = Path(args.out) if args.out else Path("runs") / Path(args.spec).stem / profile
+    out = Path(args.out) if args.out else default_out(args.spec, profile)
     if args.dry_run:
         return _dry_run(args, profile, out)
     check_output_folder(out, "--out" if args.out else "the study folder")
@@ -133,7 +134,7 @@ def cmd_replicate(args: argparse.Namespace) -> int:
     log = _log(args.quiet)
     with FolderLock(out / LOCK, f"study folder {out} is in use by another replicate"):
         clean_temporaries(out, log)
-        clean_temporaries(out / "runs", log)
+        clean_temporaries(out / RUNS, log)
         return _replicate(args)
 
 
@@ -168,7 +169,7 @@ def _replicate(args: argparse.Namespace) -> int:
     from .study import replicate
 
     profile = args.profile or ("full" if torch.cuda.is_available() else "cpu")
-    out = Path(args.out) if args.out else Path("runs") / Path(args.spec).stem / profile
+    out = Path(args.out) if args.out else default_out(args.spec, profile)
     shard = tuple(int(v) for v in args.shard.split("/")) if args.shard else None
     log = _log(args.quiet)
     common = dict(data=args.data, seeds=args.seeds, data_root=args.data_root, device=args.device,
@@ -191,7 +192,8 @@ def _replicate(args: argparse.Namespace) -> int:
         plan = replicate(Path(args.spec), profile, out, plan_only=True, **common)
         log(f"{plan['pending']} runs to do on {gpus} GPUs, one process each")
         base = [sys.executable, "-m", "mutualbench.cli", "replicate", args.spec, "--profile", profile,
-                "--out", str(out), "--data", args.data, "--device", "cuda"]
+                "--out", str(out), "--device", "cuda"]
+        base += ["--data", args.data] if args.data else []
         base += ["--seeds", str(args.seeds)] if args.seeds is not None else []
         base += ["--data-root", str(args.data_root)] if args.data_root else []
         base += ["--no-ablations"] if args.no_ablations else []
@@ -216,13 +218,14 @@ def _replicate(args: argparse.Namespace) -> int:
     code = 1 if result["errors"] else 0
     for e in result["errors"]:
         print(f"error: {e}", file=sys.stderr)
-    against = Path(args.against) if args.against else Path("results") / Path(args.spec).stem / profile
-    if (against / "study.json").exists() and against.resolve() != out.resolve():
-        ok, problems, tol = compare_studies(out, against)
-        print(f"compared with {against} (tolerance {tol} points): " + ("all within tolerance" if ok else "DIFFERENT"))
-        from .results import machine_note
+    against = Path(args.against) if args.against else stored_results(args.spec, profile)
+    if (against / MANIFEST).exists() and against.resolve() != out.resolve():
+        from .results import load_study, machine_note
 
-        note = machine_note(out, against)
+        new, stored = load_study(out), load_study(against)
+        ok, problems, tol = compare_studies(new, stored)
+        print(f"compared with {against} (tolerance {tol} points): " + ("all within tolerance" if ok else "DIFFERENT"))
+        note = machine_note(new, stored)
         if note:
             print(f"  {note}")
         for p in problems:
@@ -244,21 +247,22 @@ def cmd_table(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .results import compare_studies
+    from .results import (
+        compare_studies,
+        load_study,
+        machine_note,
+        new_only_notes,
+        tolerance_explained,
+    )
 
-    ok, problems, tol = compare_studies(Path(args.folder), Path(args.against))
-    from .results import new_only_notes
-
-    for note in new_only_notes(Path(args.folder), Path(args.against)):  # rows the stored study lacks: not a failure
+    new, stored = load_study(Path(args.folder)), load_study(Path(args.against))
+    ok, problems, tol = compare_studies(new, stored)
+    for note in new_only_notes(new, stored):  # rows the stored study lacks: not a failure
         print(note)
-    from .results import machine_note
-
-    note = machine_note(Path(args.folder), Path(args.against))
+    note = machine_note(new, stored)
     if note:
         print(note)
-    from .results import tolerance_explained
-
-    print(f"tolerance {tol} points: {tolerance_explained(Path(args.against))}")
+    print(f"tolerance {tol} points: {tolerance_explained(stored)}")
     if ok:
         print(f"{args.folder} matches {args.against}: every metric within {tol} accuracy points")
         return 0
@@ -304,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", required=True, help="a registered method (see `mutualbench methods`)")
     p.add_argument("--arch", default="seed_vgg_student",
                    help="the (student) architecture; a comma-separated list gives a mixed cohort")
-    p.add_argument("--teacher", default=None, help="teacher architecture (default seed_vgg_teacher)")
+    p.add_argument("--teacher", default=None, help="teacher architecture, e.g. seed_vgg_teacher (methods with a teacher need it)")
     p.add_argument("--teacher-checkpoint", default=None, help="load the teacher's weights instead of training it")
     p.add_argument("--cohort", type=int, default=None, help="cohort size K for mutual methods (default: number of --arch names)")
     p.add_argument("--seed", type=int, default=0)
@@ -325,7 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", help="a study spec, e.g. replication/seed_blog.toml")
     p.add_argument("--profile", default=None, help="a profile of the spec (default: full on a GPU, cpu otherwise)")
     p.add_argument("--seeds", type=int, default=None, help="number of seeds, 0..N-1 (default: the spec's)")
-    p.add_argument("--data", default="cifar10", help="cifar10, cifar100, a class-per-folder tree or archive")
+    p.add_argument("--data", default=None,
+                   help="where to read the spec's data set: a local copy of it (archive or folder); default: the "
+                        "spec's [study] data. A different data set is an error")
     p.add_argument("--data-root", default=None)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--out", default=None, help="output folder (default runs/<spec>/<profile>)")

@@ -27,8 +27,9 @@ CONSTANT = {"name": "constant", "milestones": [], "gamma": 0.1}
 
 # The method-independent part of a run's config. Each method's own section (``kd``,
 # ``mutual``, ``hint``, ...) is declared in the method's file with ``register_section``;
-# ``default_config()`` is this plus every registered section. The defaults are neutral
-# choices for a quick run, not any study's: a study spec states the settings it replicates.
+# ``default_config()`` is this plus every registered section. The defaults are generic
+# choices for a quick run (Adam 1e-3, a constant rate, the batch-mean loss, no teacher
+# architecture), not any study's: a study spec states every setting it replicates.
 BASE_DEFAULTS: dict[str, Any] = {
     "method": "individual",
     "arch": ["seed_vgg_student"],  # one per model; a cohort of one arch repeats it
@@ -47,14 +48,14 @@ BASE_DEFAULTS: dict[str, Any] = {
         "crop_padding": 4,
         "normalize": True,  # per-channel mean/std of the training split
     },
-    "loss": {"reduction": "sum"},  # "sum" over the batch, or "mean"
+    "loss": {"reduction": "mean"},  # "mean" over the batch, or "sum" (as the blog does)
     "train": {"epochs": 30, "optimizer": adam(1e-3), "schedule": dict(CONSTANT)},
     # Options of the fused cohort step (they change float rounding, so they are config).
     "speed": {"channels_last": True, "bf16": False, "compile": False, "compile_mode": None},
     # The teacher of methods that learn from one (``Method.needs_teacher``): trained as an
     # ``individual`` run with this section's ``train`` (same seed, data and loss), or loaded.
     "teacher": {
-        "arch": "seed_vgg_teacher",
+        "arch": None,  # required by methods with a teacher, e.g. seed_vgg_teacher
         "checkpoint": None,  # a path: load it instead of training the teacher
         "train": {"epochs": 30, "optimizer": adam(1e-3), "schedule": dict(CONSTANT)},
     },
@@ -171,7 +172,7 @@ BASE_SCHEMA: dict[str, KeyType] = {
     "speed.bf16": KeyType("bool"),
     "speed.compile": KeyType("bool"),
     "speed.compile_mode": KeyType("choice", choices=(None, "default", "reduce-overhead", "max-autotune")),
-    "teacher.arch": KeyType("str"),
+    "teacher.arch": KeyType("str", nullable=True),
     "teacher.checkpoint": KeyType("str", nullable=True),
     **optimizer_keys("teacher.train"),
 }

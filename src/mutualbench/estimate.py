@@ -32,6 +32,7 @@ class RunEstimate:
     train_s: float
     eval_s: float
     teacher_s: float = 0.0  # training the teacher first, when its weights are not there yet
+    epochs: int = 0  # of the whole run, all stages (0: unknown)
 
     @property
     def total_s(self) -> float:
@@ -55,7 +56,7 @@ def measure_run_seconds(runner, config: dict, steps: int = TIMED_STEPS) -> RunEs
         teacher = None
         if method.needs_teacher:
             teacher = freeze(create_arch(resolved["teacher"]["arch"], ds.num_classes).to(device))
-        ctx = BuildContext(resolved, device, ds.num_classes, teacher, {})
+        ctx = BuildContext(resolved, device, ds.num_classes, teacher)
         slots, stages = method.build(ctx)
         train_loader, test_loader = runner._loaders(resolved, ds)
         batches_per_epoch = len(train_loader)
@@ -86,7 +87,19 @@ def measure_run_seconds(runner, config: dict, steps: int = TIMED_STEPS) -> RunEs
                 with torch.no_grad():
                     per_epoch_eval += _time(lambda model=model: model(x_test), device) * test_batches
             eval_s += per_epoch_eval * stage.epochs
-    return RunEstimate(train_s=train_s, eval_s=eval_s)
+    return RunEstimate(train_s=train_s, eval_s=eval_s, epochs=sum(s.epochs for s in stages))
+
+
+def checkpointed_epochs(path: Path) -> int:
+    """Epochs an interrupted run has behind it: its checkpoint's ``global_epoch`` (0 when
+    there is none or it cannot be read; the run then starts over anyway)."""
+    if not path.is_file():
+        return 0
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        return max(0, int(state["global_epoch"]))
+    except Exception:
+        return 0
 
 
 class RunTimer:
@@ -132,7 +145,9 @@ class RunTimer:
                 if rec["status"] != "complete" or not same:
                     continue
                 t = rec["timings"]
-                self._recorded[self._kind(rec["config"])] = RunEstimate(float(t["train_s"]), float(t["eval_s"]))
+                epochs = sum(int(s.get("epochs", 0)) for s in rec.get("stages") or [])
+                self._recorded[self._kind(rec["config"])] = RunEstimate(float(t["train_s"]), float(t["eval_s"]),
+                                                                        epochs=epochs)
         return self._recorded
 
     def estimate(self, config: dict) -> RunEstimate:
@@ -142,12 +157,16 @@ class RunTimer:
         if key not in self._cache:
             self._cache[key] = self.recorded().get(key) or measure_run_seconds(self.runner, config)
         est = self._cache[key]
+        # a run interrupted after some epochs resumes from its checkpoint: only the rest is to do
+        _, rid, _, _ = self.runner.prepare(config)
+        done = checkpointed_epochs(Path(self.runner.out_dir) / rid / "checkpoint.pt")
+        left = max(0.0, 1.0 - done / est.epochs) if done and est.epochs else 1.0
         teacher_s = 0.0
         if get_method(config["method"]).needs_teacher and not config["teacher"]["checkpoint"]:
             tcfg = teacher_config(config)
             if not self.runner.has_weights(tcfg):
                 teacher_s = self.estimate(tcfg).total_s
-        return RunEstimate(est.train_s * self.SAFETY, est.eval_s * self.SAFETY, teacher_s)
+        return RunEstimate(est.train_s * self.SAFETY * left, est.eval_s * self.SAFETY * left, teacher_s, est.epochs)
 
 
 def format_duration(seconds: float) -> str:

@@ -64,6 +64,8 @@ WRITE_COMMAND = "python -m mutualbench.golden --write tests/golden/trajectories.
 # seed_vgg_student hint tap H (64x8x8).
 BASE = {
     "seed": 1,
+    "loss": {"reduction": "sum"},
+    "kd": {"temperature": 1.0},
     "data": {"source": "golden-synthetic", "train_subset": 24, "batch_size": 8},
     "train": {"epochs": 2},
     "hint": {"epochs": 1, "teacher_tap": "layer3"},
@@ -143,23 +145,35 @@ def _overlay(config: dict, updates: dict, source: str, prefix: str = "") -> None
 
 def case_config(name: str) -> dict:
     """The full run config of golden case ``name``: the defaults, then BASE, then the case."""
-    if name not in CASES:
-        raise UserError(f"unknown golden case {name!r}; known: {', '.join(CASES)}")
+    cases = all_cases()
+    if name not in cases:
+        raise UserError(f"unknown golden case {name!r}; known: {', '.join(cases)}")
     config = default_config()
     _overlay(config, BASE, f"golden case {name}")
-    _overlay(config, CASES[name], f"golden case {name}")
+    _overlay(config, cases[name], f"golden case {name}")
     return config
+
+
+def all_cases() -> dict[str, dict]:
+    """``CASES`` plus the cases methods declare themselves (a ``golden_cases`` class attribute,
+    ``{case name: overrides on BASE}``), so a new method's file can bring its own."""
+    cases = dict(CASES)
+    for name in METHODS.names():
+        for case, overrides in (getattr(METHODS.get(name), "golden_cases", None) or {}).items():
+            cases[case] = {"method": name, **overrides}
+    return cases
 
 
 def missing_methods() -> list[str]:
     """Registered methods that no golden case runs."""
-    covered = {c["method"] for c in CASES.values()}
+    covered = {c["method"] for c in all_cases().values()}
     return [m for m in METHODS.names() if m not in covered]
 
 
 def missing_methods_message(missing: list[str]) -> str:
-    return (f"method(s) {', '.join(missing)} have no golden case: add a case for each to CASES in "
-            f"src/mutualbench/golden.py (a few steps on the synthetic data), then run `{WRITE_COMMAND}` "
+    return (f"method(s) {', '.join(missing)} have no golden case: give each method class a "
+            "golden_cases = {\"case name\": {config overrides}} attribute (or add a case to CASES in "
+            f"src/mutualbench/golden.py): a few steps on the synthetic data; then run `{WRITE_COMMAND}` "
             "and commit the file")
 
 
@@ -216,7 +230,7 @@ class GoldenRunner:
         with float64(), torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             train, test = self.runner._loaders(resolved, self.ds, dtype=torch.float64)
-            ctx = BuildContext(resolved, torch.device("cpu"), self.ds.num_classes, teacher, {})
+            ctx = BuildContext(resolved, torch.device("cpu"), self.ds.num_classes, teacher)
             slots, stages = method.build(ctx)
             recorder = _Recorder()
             for stage in stages:
@@ -261,7 +275,7 @@ class GoldenRunner:
 def compute(cases: list[str] | None = None, runner: GoldenRunner | None = None) -> dict:
     """The golden trajectories of ``cases`` (default: all), as a JSON-able dict; ``runner``
     reuses the teachers another call trained."""
-    names = list(CASES) if cases is None else list(cases)
+    names = list(all_cases()) if cases is None else list(cases)
     for name in names:
         case_config(name)  # unknown names fail before any training
     runner = runner or GoldenRunner()
@@ -375,7 +389,7 @@ def coverage_problems(stored: dict) -> list[str]:
     missing = missing_methods()
     if missing:
         problems.append(missing_methods_message(missing))
-    gone = [c for c in stored["cases"] if c not in CASES]
+    gone = [c for c in stored["cases"] if c not in all_cases()]
     if gone:
         problems.append(f"stored cases {', '.join(gone)} are no longer defined; run `{WRITE_COMMAND}`")
     return problems
@@ -409,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
             if missing:
                 raise UserError(missing_methods_message(missing))
             atomic_write_json(Path(args.write), compute())
-            print(f"wrote {args.write}: {len(CASES)} cases ({time.perf_counter() - t0:.1f}s)")
+            print(f"wrote {args.write}: {len(all_cases())} cases ({time.perf_counter() - t0:.1f}s)")
             return 0
         problems, worst = check(Path(args.check), args.case, args.rtol)
     except UserError as e:

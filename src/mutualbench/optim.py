@@ -42,7 +42,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: dict, epochs: int) ->
     raise UserError(f"unknown schedule {name!r}: use constant, step or cosine")
 
 
-class Trainer:
+class ScheduledOptimizer:
     """One optimizer and its schedule over a set of parameters: ``step(loss)`` does
     zero_grad / backward / step; ``end_epoch()`` advances the schedule."""
 
@@ -59,9 +59,6 @@ class Trainer:
 
     def end_epoch(self) -> None:
         self.scheduler.step()
-
-    def lr(self) -> float:
-        return float(self.optimizer.param_groups[0]["lr"])
 
     def state_dict(self) -> dict:
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}

@@ -62,12 +62,14 @@ def _init(wandb, what: str, after: str, **kwargs):
 
 
 def publish(folder: Path, project: str = "mutualbench", entity: str | None = None) -> str:
+    from .layout import MANIFEST, RUNS
     from .report import write_report
-    from .results import linear_contrasts, study_summary
+    from .results import load_study
 
     wandb = _wandb()
     folder = Path(folder)
-    manifest, df, summary, paired = study_summary(folder)
+    study = load_study(folder)
+    manifest, df, summary, paired = study.manifest, study.runs, study.summary, study.paired
     spec, profile = manifest["spec"], manifest["profile"]
     name = f"{spec['study']['name']}-{profile}"
     run = _init(wandb, f"{name!r} for {folder}", f"nothing in {folder} was changed",
@@ -75,12 +77,12 @@ def publish(folder: Path, project: str = "mutualbench", entity: str | None = Non
                 config={"study": spec["study"]["name"], "profile": profile, "seeds": manifest["seeds"],
                         "data": manifest["data"], "spec": spec})
     try:
-        written = write_report(folder)  # only now that the upload can start
+        written = write_report(study)  # only now that the upload can start
         logged = {"summary_table": wandb.Table(dataframe=summary.astype(object).where(summary.notna(), None)),
                   "runs_table": wandb.Table(dataframe=df.astype(object).where(df.notna(), None))}
         if not paired.empty:
             logged["paired_comparisons"] = wandb.Table(dataframe=paired.astype(object).where(paired.notna(), None))
-        contrasts = linear_contrasts(df, spec.get("contrasts", []))
+        contrasts = study.contrasts
         if not contrasts.empty:
             logged["contrasts"] = wandb.Table(dataframe=contrasts.astype(object).where(contrasts.notna(), None))
         for key, path in written.items():
@@ -89,7 +91,7 @@ def publish(folder: Path, project: str = "mutualbench", entity: str | None = Non
         run.log(logged)
         artifact = wandb.Artifact(f"{name}-records", type="run-records",
                                   metadata={"data_sha256": manifest["data"]["sha256"]})
-        for path in [folder / "study.json", folder / "table.md", folder / "table.csv", *sorted((folder / "runs").glob("*.json"))]:
+        for path in [folder / MANIFEST, folder / "table.md", folder / "table.csv", *sorted((folder / RUNS).glob("*.json"))]:
             artifact.add_file(str(path), name=str(path.relative_to(folder)))
         run.log_artifact(artifact)
         return run.dir

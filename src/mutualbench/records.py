@@ -1,8 +1,10 @@
-"""RunRecord: the versioned JSON a run leaves behind, and how to read one back safely."""
+"""RunRecord: the versioned JSON a run leaves behind (its shape is built here), and how to
+read one back safely."""
 
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 from .errors import UserError
@@ -11,6 +13,51 @@ from .io_utils import atomic_write_json
 SCHEMA_VERSION = 1
 REQUIRED = ("schema", "run_id", "status", "config", "seed", "data", "models", "curves", "timings", "env")
 MODEL_FIELDS = ("arch", "params", "final_test_acc", "best_test_acc_test_selected")
+
+
+def started_record(run_id: str, resolved: dict, data: dict, teacher: dict | None, precision: str,
+                   started_at: datetime, env: dict) -> dict:
+    """The record of a run as it starts: what runs (config, data, teacher, precision, machine)."""
+    return {
+        "schema": SCHEMA_VERSION,
+        "run_id": run_id,
+        "status": "running",
+        "config": resolved,
+        "method": resolved["method"],
+        "seed": resolved["seed"],
+        "data": data,
+        "teacher": teacher or None,
+        "precision": precision,
+        "started_at": started_at.isoformat(timespec="seconds"),
+        "env": env,
+        "error": None,
+    }
+
+
+def model_result(role: str, arch: str, params: int, curves: list[dict], name: str) -> dict:
+    """One model's result: its final-epoch test accuracy first; the best epoch only labelled
+    as selected on the test set."""
+    accs = [(e["epoch"], e["test_acc"][name]) for e in curves if name in e["test_acc"]]
+    best_epoch, best = max(accs, key=lambda a: (a[1], -a[0])) if accs else (None, None)
+    return {
+        "role": role,
+        "arch": arch,
+        "params": params,
+        "final_test_acc": accs[-1][1] if accs else None,
+        "best_test_acc_test_selected": best,
+        "best_epoch_test_selected": best_epoch,
+    }
+
+
+def finish_record(record: dict, *, status: str, curves: list[dict], timings: dict, models: dict | None = None,
+                  stages: list[dict] | None = None, resumed_from_epoch: int | None = None,
+                  error: str | None = None) -> dict:
+    """Complete (or fail) a started record in place; returns it."""
+    record.update(status=status, models=models or {}, curves=curves, timings=timings, error=error)
+    if status == "complete":
+        record.update(stages=stages or [], resumed_from_epoch=resumed_from_epoch)
+    record["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    return record
 
 
 def record_path(out_dir: Path, run_id: str) -> Path:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from .io_utils import atomic_write_bytes
-from .results import MAIN, ablation_comparisons, linear_contrasts, load_records, study_summary
+from .results import MAIN, Study, load_study
 
 
 def _f(x, digits: int = 2) -> str:
@@ -82,22 +82,6 @@ def markdown(manifest: dict, summary: pd.DataFrame, paired: pd.DataFrame,
     return "\n".join(lines) + "\n"
 
 
-def curves_frame(folder: Path, manifest: dict) -> pd.DataFrame:
-    records = load_records(folder, manifest)
-    rows = []
-    for entry in manifest["runs"]:
-        if entry.get("ablation"):
-            continue
-        rec = records.get(entry["run_id"])
-        if rec is None or rec["status"] != "complete":
-            continue
-        for e in rec["curves"]:
-            for member, acc in e["test_acc"].items():
-                rows.append({"arm": entry["arm"], "member": member, "seed": entry["seed"], "epoch": e["epoch"],
-                             "stage": e["stage"], "acc": acc})
-    return pd.DataFrame(rows, columns=["arm", "member", "seed", "epoch", "stage", "acc"])
-
-
 def plot_curves(curves: pd.DataFrame, out: Path, title: str) -> list[Path]:
     """``curves.png``: every main arm (a cohort as its members' mean), mean ± std band over
     seeds; ``curves_<arm>.png`` for each cohort arm, one line per member (the blog's figures)."""
@@ -153,30 +137,28 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def write_report(folder: Path) -> dict[str, Path]:
-    """Write table.md, table.csv (+ comparisons.csv, ablation_comparisons.csv), runs.csv (the
-    run ids behind every table row) and the curve plots into ``folder``."""
-    folder = Path(folder)
-    manifest, df, summary, paired = study_summary(folder)
-    manifest = dict(manifest, record_devices=sorted(set(df["device"])))
-    ablation_paired = ablation_comparisons(df)
-    contrasts = linear_contrasts(df, manifest["spec"].get("contrasts", []))
-    md = markdown(manifest, summary, paired, ablation_paired, contrasts)
+def write_report(folder: Path | Study) -> dict[str, Path]:
+    """Write table.md, table.csv (+ comparisons.csv, ablation_comparisons.csv, contrasts.csv),
+    runs.csv (the run ids behind every table row) and the curve plots into the study folder."""
+    study = folder if isinstance(folder, Study) else load_study(folder)
+    folder, df = study.folder, study.runs
+    manifest = dict(study.manifest, record_devices=sorted(set(df["device"])))
+    md = markdown(manifest, study.summary, study.paired, study.ablations, study.contrasts)
     atomic_write_bytes(folder / "table.md", md.encode())
-    atomic_write_bytes(folder / "table.csv", summary.to_csv(index=False, float_format="%.4f").encode())
-    atomic_write_bytes(folder / "comparisons.csv", paired.to_csv(index=False, float_format="%.6f").encode())
+    atomic_write_bytes(folder / "table.csv", study.summary.to_csv(index=False, float_format="%.4f").encode())
+    atomic_write_bytes(folder / "comparisons.csv", study.paired.to_csv(index=False, float_format="%.6f").encode())
     atomic_write_bytes(folder / "ablation_comparisons.csv",
-                       ablation_paired.to_csv(index=False, float_format="%.6f").encode())
-    if not contrasts.empty:
-        atomic_write_bytes(folder / "contrasts.csv", contrasts.to_csv(index=False, float_format="%.6f").encode())
+                       study.ablations.to_csv(index=False, float_format="%.6f").encode())
+    if not study.contrasts.empty:
+        atomic_write_bytes(folder / "contrasts.csv", study.contrasts.to_csv(index=False, float_format="%.6f").encode())
     # every table row's runs: (ablation, value, arm, member) -> seed, run id, the record's numbers
     runs = df.drop(columns=["device"]).sort_values(["ablation", "value", "arm", "member", "seed"], kind="stable")
     atomic_write_bytes(folder / "runs.csv", runs.to_csv(index=False, float_format="%.4f").encode())
-    plots = plot_curves(curves_frame(folder, manifest), folder,
+    plots = plot_curves(study.curves(), folder,
                         f"{manifest['spec']['study']['name']} ({manifest['profile']}, {manifest['data']['name']})")
     out = {name: folder / name for name in ("table.md", "table.csv", "comparisons.csv", "ablation_comparisons.csv",
                                             "runs.csv")}
-    if not contrasts.empty:
+    if not study.contrasts.empty:
         out["contrasts.csv"] = folder / "contrasts.csv"
     out.update({p.name: p for p in plots})
     return out

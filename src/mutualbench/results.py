@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from .envinfo import machine_kind
 from .errors import UserError
+from .layout import MANIFEST, RUNS
 from .records import read_record
 
-MANIFEST = "study.json"
 MAIN = "main"  # the ablation label of the main study's runs
 
 
@@ -44,7 +45,7 @@ def load_records(folder: Path, manifest: dict) -> dict[str, dict]:
     records = {}
     for entry in manifest["runs"]:
         rid = entry["run_id"]
-        path = Path(folder) / "runs" / f"{rid}.json"
+        path = Path(folder) / RUNS / f"{rid}.json"
         if rid in records or not path.exists():
             continue
         try:
@@ -57,6 +58,7 @@ def load_records(folder: Path, manifest: dict) -> dict[str, dict]:
 
 
 def has_complete_runs(folder: Path) -> bool:
+    """Whether the study folder has at least one complete run (a table can be written)."""
     manifest = load_manifest(folder)
     return any(r["status"] == "complete" for r in load_records(folder, manifest).values())
 
@@ -218,11 +220,57 @@ def ablation_comparisons(df: pd.DataFrame) -> pd.DataFrame:
                                        "diff_mean", "diff_std", "p_value", "value_wins"])
 
 
-def study_summary(folder: Path) -> tuple[dict, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+@dataclass
+class Study:
+    """A study folder loaded once: what the table, the plots, ``compare`` and ``publish`` all
+    render from. ``runs`` has one row per (planned run, model) with its run id (runs.csv)."""
+
+    folder: Path
+    manifest: dict
+    records: dict[str, dict]
+    runs: pd.DataFrame
+    summary: pd.DataFrame
+    paired: pd.DataFrame
+    ablations: pd.DataFrame
+    contrasts: pd.DataFrame
+
+    @property
+    def spec(self) -> dict:
+        return self.manifest["spec"]
+
+    @property
+    def tolerance(self) -> float:
+        """The profile's fixed regression tolerance (``compare_tolerance`` widens it)."""
+        return float(self.spec["profiles"][self.manifest["profile"]]["tolerance"])
+
+    def machine_kinds(self) -> list[str]:
+        """The kinds of machine (``envinfo.machine_kind``: GPU name, or CPU model and
+        instruction set) that the study's complete runs came from."""
+        return sorted({machine_kind(r.get("env") or {}) for r in self.records.values() if r["status"] == "complete"})
+
+    def curves(self) -> pd.DataFrame:
+        """Test accuracy per epoch of every main run's models."""
+        rows = []
+        for entry in self.manifest["runs"]:
+            rec = self.records.get(entry["run_id"])
+            if entry.get("ablation") or rec is None or rec["status"] != "complete":
+                continue
+            for e in rec["curves"]:
+                for member, acc in e["test_acc"].items():
+                    rows.append({"arm": entry["arm"], "member": member, "seed": entry["seed"], "epoch": e["epoch"],
+                                 "stage": e["stage"], "acc": acc})
+        return pd.DataFrame(rows, columns=["arm", "member", "seed", "epoch", "stage", "acc"])
+
+
+def load_study(folder: Path) -> Study:
+    """Read a study folder (manifest and records, each checked) and aggregate it."""
+    folder = Path(folder)
     manifest = load_manifest(folder)
     records = load_records(folder, manifest)
     df = runs_frame(manifest, records)
-    return manifest, df, summarize(df, manifest["spec"]), paired_comparisons(df, manifest["spec"].get("comparisons", []))
+    spec = manifest["spec"]
+    return Study(folder, manifest, records, df, summarize(df, spec), paired_comparisons(df, spec.get("comparisons", [])),
+                 ablation_comparisons(df), linear_contrasts(df, spec.get("contrasts", [])))
 
 
 SPREAD_SIGMAS = 3.0  # how many standard errors of a difference of means the compare tolerance allows
@@ -246,21 +294,21 @@ def compare_tolerance(s_sum: pd.DataFrame, fixed: float) -> tuple[float, str]:
     return round(max(fixed, spread), 2), how
 
 
-def compare_studies(new: Path, stored: Path) -> tuple[bool, list[str], float]:
+def compare_studies(new: Path | Study, stored: Path | Study) -> tuple[bool, list[str], float]:
     """Every (ablation, value, arm, member) of the stored study must be present in the new one
     with the same n and a mean final accuracy within ``compare_tolerance``."""
-    s_manifest, _, s_sum, _ = study_summary(stored)
-    _, _, n_sum, _ = study_summary(new)
+    stored, new = _study(stored), _study(new)
+    s_sum, n_sum = stored.summary, new.summary
     if s_sum.empty:
-        raise UserError(f"{stored}: no complete runs to compare against")
-    tol, _ = compare_tolerance(s_sum, float(s_manifest["spec"]["profiles"][s_manifest["profile"]]["tolerance"]))
+        raise UserError(f"{stored.folder}: no complete runs to compare against")
+    tol, _ = compare_tolerance(s_sum, stored.tolerance)
     key = ["ablation", "value", "arm", "member"]
     merged = s_sum.merge(n_sum, on=key, how="left", suffixes=("_stored", "_new"), indicator=True)
     problems = []
     for _, r in merged.iterrows():
         name = f"{r['arm']}/{r['member']}" + ("" if r["ablation"] == MAIN else f" [{r['ablation']}={r['value']}]")
         if r["_merge"] != "both":
-            problems.append(f"{name}: missing from {new}")
+            problems.append(f"{name}: missing from {new.folder}")
             continue
         if r["n_stored"] != r["n_new"]:
             problems.append(f"{name}: n = {int(r['n_new'])} seeds, stored {int(r['n_stored'])}")
@@ -271,16 +319,20 @@ def compare_studies(new: Path, stored: Path) -> tuple[bool, list[str], float]:
     return not problems, problems, tol
 
 
-def tolerance_explained(stored: Path) -> str:
-    s_manifest, _, s_sum, _ = study_summary(stored)
-    return compare_tolerance(s_sum, float(s_manifest["spec"]["profiles"][s_manifest["profile"]]["tolerance"]))[1]
+def _study(s: Path | Study) -> Study:
+    return s if isinstance(s, Study) else load_study(s)
 
 
-def new_only_notes(new: Path, stored: Path) -> list[str]:
+def tolerance_explained(stored: Path | Study) -> str:
+    stored = _study(stored)
+    return compare_tolerance(stored.summary, stored.tolerance)[1]
+
+
+def new_only_notes(new: Path | Study, stored: Path | Study) -> list[str]:
     """One note per (ablation, value, arm, member) of the new study that the stored study lacks:
     not a failure (there is nothing to compare it with), but worth saying."""
-    _, _, s_sum, _ = study_summary(stored)
-    _, _, n_sum, _ = study_summary(new)
+    new, stored = _study(new), _study(stored)
+    s_sum, n_sum = stored.summary, new.summary
     if n_sum.empty:
         return []
     key = ["ablation", "value", "arm", "member"]
@@ -290,23 +342,14 @@ def new_only_notes(new: Path, stored: Path) -> list[str]:
         if tuple(str(r[k]) for k in key) in stored_keys:
             continue
         name = f"{r['arm']}/{r['member']}" + ("" if r["ablation"] == MAIN else f" [{r['ablation']}={r['value']}]")
-        notes.append(f"note: {name} is in {new} but not in the stored results")
+        notes.append(f"note: {name} is in {new.folder} but not in the stored results")
     return notes
 
 
-def machine_kinds(folder: Path) -> list[str]:
-    """The kinds of machine (``envinfo.machine_kind``: GPU name, or CPU model and instruction
-    set) that the study's complete runs came from."""
-    from .envinfo import machine_kind
-
-    records = load_records(folder, load_manifest(folder))
-    return sorted({machine_kind(r.get("env") or {}) for r in records.values() if r["status"] == "complete"})
-
-
-def machine_note(new: Path, stored: Path) -> str | None:
+def machine_note(new: Path | Study, stored: Path | Study) -> str | None:
     """A note when the stored study's runs came from other kinds of machine than the new
     study's (float32 rounds differently on each kind); None when they are the same."""
-    s_kinds, n_kinds = machine_kinds(stored), machine_kinds(new)
+    s_kinds, n_kinds = _study(stored).machine_kinds(), _study(new).machine_kinds()
     if not s_kinds or not n_kinds or s_kinds == n_kinds:
         return None
     return (f"note: stored results came from {' and '.join(s_kinds)}, these from {' and '.join(n_kinds)}; "

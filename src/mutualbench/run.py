@@ -30,7 +30,15 @@ from .errors import UserError, warn
 from .io_utils import atomic_torch_save, move_aside, safe_torch_load
 from .locks import LOCK, FolderLock
 from .methods import METHODS, BuildContext, get_method
-from .records import SCHEMA_VERSION, complete_record, record_path, record_problem, write_record
+from .records import (
+    complete_record,
+    finish_record,
+    model_result,
+    record_path,
+    record_problem,
+    started_record,
+    write_record,
+)
 
 TOP_LEVEL = ("method", "arch", "cohort", "seed", "init")
 EVAL_BATCH_SIZE = 1000
@@ -48,8 +56,13 @@ def resolve(config: dict) -> dict:
     for arch in config["arch"]:
         if not is_known_arch(arch):
             create_arch(arch)  # raises the helpful unknown-name error
-    if method.needs_teacher and not is_known_arch(config["teacher"]["arch"]):
-        create_arch(config["teacher"]["arch"])
+    if method.needs_teacher:
+        if config["teacher"]["arch"] is None:
+            raise UserError(f"method {method.name!r} learns from a teacher: name its architecture with --teacher ARCH "
+                            "(or --set teacher.arch=ARCH), e.g. seed_vgg_teacher; add --teacher-checkpoint PATH to load "
+                            "its weights instead of training it")
+        if not is_known_arch(config["teacher"]["arch"]):
+            create_arch(config["teacher"]["arch"])
     method.check(config)
     resolved = {k: copy.deepcopy(config[k]) for k in TOP_LEVEL}
     for section in method.sections:
@@ -223,67 +236,37 @@ class Runner:
             train_loader, test_loader = self._loaders(resolved, ds)
         except ValueError as e:
             raise UserError(f"data: {e}") from None
-        ctx = BuildContext(resolved, self.device, ds.num_classes, teacher, teacher_info)
+        ctx = BuildContext(resolved, self.device, ds.num_classes, teacher)
         slots, stages = method.build(ctx)
         work = self.out_dir / rid
         engine = Engine({n: s.module for n, s in slots.items()}, stages, train_loader, test_loader,
                         device=self.device, checkpoint_path=work / "checkpoint.pt", run_id=rid,
                         desc=rid, log=self.log)
-        record = {
-            "schema": SCHEMA_VERSION,
-            "run_id": rid,
-            "status": "running",
-            "config": resolved,
-            "method": resolved["method"],
-            "seed": resolved["seed"],
-            "data": dict(ds.provenance(), train_used=train_loader.num_samples, test_used=test_loader.num_samples),
-            "teacher": teacher_info or None,
-            "precision": run_precision(resolved),
-            "started_at": started.isoformat(timespec="seconds"),
-            "env": environment(self.device),
-            "error": None,
-        }
+        data = dict(ds.provenance(), train_used=train_loader.num_samples, test_used=test_loader.num_samples)
+        record = started_record(rid, resolved, data, teacher_info, run_precision(resolved), started, environment(self.device))
         try:
             curves = engine.run()
         except TrainingDiverged as e:
-            record.update(status="failed", error=str(e), curves=engine.curves, models={},
-                          timings=dict(engine.timings, total_s=round(time.perf_counter() - t0, 3)),
-                          finished_at=datetime.now(UTC).isoformat(timespec="seconds"))
+            finish_record(record, status="failed", error=str(e), curves=engine.curves,
+                          timings=dict(engine.timings, total_s=round(time.perf_counter() - t0, 3)))
             write_record(self.out_dir, record)
             raise
-        models = {}
-        for name, slot in slots.items():
-            accs = [(e["epoch"], e["test_acc"][name]) for e in curves if name in e["test_acc"]]
-            best_epoch, best = max(accs, key=lambda a: (a[1], -a[0])) if accs else (None, None)
-            models[name] = {
-                "role": slot.role,
-                "arch": slot.arch,
-                "params": count_parameters(slot.module),
-                "final_test_acc": accs[-1][1] if accs else None,
-                "best_test_acc_test_selected": best,
-                "best_epoch_test_selected": best_epoch,
-            }
+        models = {name: model_result(slot.role, slot.arch, count_parameters(slot.module), curves, name)
+                  for name, slot in slots.items()}
         atomic_torch_save(work / "final.pt", {"models": {n: s.module.state_dict() for n, s in slots.items()}})
-        stage_epochs = {s.name: s.epochs for s in stages}
-        stage_info = [{"name": s.name, "epochs": s.epochs, **s.describe()} for s in stages]
-        record.update(
-            status="complete",
-            models=models,
-            curves=curves,
-            stages=stage_info,
-            resumed_from_epoch=engine.resumed_from_epoch,
-            timings={
-                "train_s": round(engine.timings["train_s"], 3),
-                "eval_s": round(engine.timings["eval_s"], 3),
-                "wall_s_this_process": round(time.perf_counter() - t0, 3),
-                "images_per_s_train": round(
-                    sum(stage_epochs.values()) * train_loader.num_samples / engine.timings["train_s"], 1
-                ) if engine.timings["train_s"] > 0 else None,
-                # other work on the machine slows a run: the 1-minute load average when it ended
-                "load_avg_1m_at_end": load_average(),
-            },
-            finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
-        )
+        epochs = sum(s.epochs for s in stages)
+        train_s = engine.timings["train_s"]
+        timings = {
+            "train_s": round(train_s, 3),
+            "eval_s": round(engine.timings["eval_s"], 3),
+            "wall_s_this_process": round(time.perf_counter() - t0, 3),
+            "images_per_s_train": round(epochs * train_loader.num_samples / train_s, 1) if train_s > 0 else None,
+            # other work on the machine slows a run: the 1-minute load average when it ended
+            "load_avg_1m_at_end": load_average(),
+        }
+        finish_record(record, status="complete", models=models, curves=curves, timings=timings,
+                      stages=[{"name": s.name, "epochs": s.epochs, **s.describe()} for s in stages],
+                      resumed_from_epoch=engine.resumed_from_epoch)
         path = write_record(self.out_dir, record)
         (work / "checkpoint.pt").unlink(missing_ok=True)
         self.log(f"{rid}: wrote {path}")

@@ -12,28 +12,38 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+from .data.sources import KNOWN_DATASETS, copy_problem
 from .envinfo import device_name
 from .errors import UserError
 from .estimate import RunTimer, format_duration
-from .experiment import expand, load_spec
 from .io_utils import atomic_write_json
 from .launch import run_local, run_slurm
+from .layout import MANIFEST, RUNS
 from .records import complete_record
 from .run import Runner, resolve
+from .spec import expand, load_spec
 
 MANIFEST_SCHEMA = 1
 
 
-def plan_study(spec_path: Path, profile: str, out: Path, *, data: str, seeds: int | None = None,
+def plan_study(spec_path: Path, profile: str, out: Path, *, data: str | None = None, seeds: int | None = None,
                data_root: Path | None = None, device: str = "auto", ablations: bool = True,
                shard: tuple[int, int] | None = None, on_record: Callable[[dict], None] | None = None,
                log: Callable[[str], None] = print):
     """The study's runs without running any: the runner, the manifest (every arm x seed x
     ablation value with its run id) and the configs of the runs whose complete record is not
     in ``out``. Every run is validated (types, registries, taps, data) on the way; nothing is
-    written."""
+    written. ``data``: where to read the spec's data set from (default: the spec's
+    ``[study] data``); a different data set is an error, not a switch."""
     spec = load_spec(spec_path)
     spec.profile(profile)
+    if data is None and spec.data not in KNOWN_DATASETS:
+        raise UserError(f"{spec.path} is a study of {spec.data}, which cannot be downloaded: give --data, a local copy "
+                        "of it (a class-per-folder tree or a .tar.gz/.zip of one)")
+    data = data if data is not None else spec.data
+    if data != spec.data and data.lower() in KNOWN_DATASETS and not Path(data).exists():
+        raise UserError(f"--data {data} is not the data set of {spec.path} ({spec.data}); give --data a local copy of "
+                        f"{spec.data}, or run a spec written for {data}")
     if seeds is not None and (not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1):
         raise UserError(f"--seeds {seeds} is not allowed; give a positive number of seeds (0..N-1 are run)")
     n_seeds = seeds if seeds is not None else int(spec.raw["study"].get("seeds", 3))
@@ -41,7 +51,7 @@ def plan_study(spec_path: Path, profile: str, out: Path, *, data: str, seeds: in
     if shard is not None:
         seed_list = [s for s in seed_list if s % shard[1] == shard[0]]
     out = Path(out)
-    runner = Runner(out / "runs", data_root=data_root, device=device, log=log, on_record=on_record)
+    runner = Runner(out / RUNS, data_root=data_root, device=device, log=log, on_record=on_record)
     plan = expand(spec, profile, seed_list, data, ablations)
     for p in plan:  # every key's type and range, every method's section: before any data is loaded
         resolve(p.config)
@@ -55,6 +65,7 @@ def plan_study(spec_path: Path, profile: str, out: Path, *, data: str, seeds: in
             seen.add(rid)
             if complete_record(runner.out_dir, rid) is None:
                 pending.append(p.config)
+    _check_data_is_the_specs(spec, data, ds)
     manifest = {
         "schema": MANIFEST_SCHEMA,
         "spec_path": str(spec.path),
@@ -62,11 +73,22 @@ def plan_study(spec_path: Path, profile: str, out: Path, *, data: str, seeds: in
         "spec": copy.deepcopy(spec.raw),
         "profile": profile,
         "seeds": seed_list,
-        "data": {"source": data, "name": ds.name, "sha256": ds.sha256},
+        "data": {"source": data, "name": ds.name, "sha256": ds.sha256, "spec_data": spec.data},
         "runs": entries,
         "written_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     return spec, runner, manifest, pending
+
+
+def _check_data_is_the_specs(spec, data: str, ds) -> None:
+    """The loaded data set ``ds`` (read from ``data``) must be the spec's data set or a copy
+    of it: same class count and, where known, the same class names in order."""
+    if ds is None:
+        return
+    problem = copy_problem(spec.data, ds, spec.classes)
+    if problem:
+        raise UserError(f"--data {data} is not a copy of {spec.data}, the data set of {spec.path} ({problem}); give "
+                        f"--data a copy of {spec.data}, or run a spec written for this data set")
 
 
 def dry_run(spec_path: Path, profile: str, out: Path, **kwargs) -> tuple[list[dict], float]:
@@ -98,7 +120,7 @@ def dry_run(spec_path: Path, profile: str, out: Path, **kwargs) -> tuple[list[di
     return rows, sum(e.train_s + e.eval_s for e in estimates.values())
 
 
-def replicate(spec_path: Path, profile: str, out: Path, *, data: str, seeds: int | None = None,
+def replicate(spec_path: Path, profile: str, out: Path, *, data: str | None = None, seeds: int | None = None,
               launcher: str = "local", data_root: Path | None = None, device: str = "auto",
               ablations: bool = True, shard: tuple[int, int] | None = None, slurm: dict | None = None,
               plan_only: bool = False, time_budget_s: float | None = None, announce_estimate: bool = True,
@@ -110,7 +132,7 @@ def replicate(spec_path: Path, profile: str, out: Path, *, data: str, seeds: int
     out = Path(out)
     seen = {e["run_id"] for e in manifest["runs"]}
     if shard is None:
-        atomic_write_json(out / "study.json", manifest)
+        atomic_write_json(out / MANIFEST, manifest)
     total = len(seen)
     if plan_only:
         return {"manifest": manifest, "ran": 0, "total": total, "pending": len(pending), "errors": []}

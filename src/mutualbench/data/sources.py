@@ -30,6 +30,7 @@ import socket
 import tarfile
 import zipfile
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -343,6 +344,27 @@ def archive_stem(path: Path) -> str:
 
 
 # ----------------------------------------------------------------------------- entry point
+
+
+# The class names, in label order, of the data sets a study spec may name; a local copy
+# (an archive or a folder) of one must have exactly these classes.
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+KNOWN_DATASETS = {"cifar10": {"num_classes": 10, "classes": CIFAR10_CLASSES}, "cifar100": {"num_classes": 100}}
+
+
+def copy_problem(expected: str, ds: ImageDataset, expected_classes: Sequence[str] | None = None) -> str | None:
+    """Why ``ds`` is not a copy of data set ``expected`` (a ``KNOWN_DATASETS`` name, or any
+    data set whose ``expected_classes`` are given), or None when it is: the same number of
+    classes and, where known, the same class names in the same order."""
+    known = KNOWN_DATASETS.get(expected, {})
+    classes = tuple(expected_classes) if expected_classes is not None else known.get("classes")
+    count = len(classes) if classes is not None else known.get("num_classes")
+    if count is not None and ds.num_classes != count:
+        return f"{ds.name} has {ds.num_classes} classes, {expected} has {count}"
+    if classes is not None and tuple(ds.classes) != classes:
+        diff = next(i for i, (a, b) in enumerate(zip(ds.classes, classes, strict=True)) if a != b)
+        return f"{ds.name}'s class {diff} is {ds.classes[diff]!r}, {expected}'s is {classes[diff]!r}"
+    return None
 
 
 def load_dataset(source: str | os.PathLike, root: str | os.PathLike | None = None) -> ImageDataset:

@@ -9,7 +9,7 @@ Adding a method is one new file that registers itself; the engine never changes.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -38,7 +38,6 @@ class BuildContext:
     device: torch.device
     num_classes: int
     teacher: FeatureModel | None = None
-    teacher_info: dict = field(default_factory=dict)
 
     def new_model(self, arch: str, index: int) -> FeatureModel:
         """Model ``index`` of the run, initialised from its own seed (seed, "init", index):

@@ -12,7 +12,7 @@ from .stages import SupervisedStage
 
 KD_SECTION = register_section(
     "kd",
-    {"temperature": 1.0, "alpha": 1.0},
+    {"temperature": 4.0, "alpha": 1.0},  # T = 4: the usual CIFAR choice (the blog's plain KL is T = 1)
     {"temperature": KeyType("number", lo=0, lo_open=True), "alpha": KeyType("number", lo=0)},
 )
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from ..config import KeyType, register_section
 from ..errors import UserError
 from .base import BuildContext, Method, ModelSlot, cohort_archs, register_method
+from .cohort import make_mutual_stage
 
 MUTUAL_SECTION = register_section(
     "mutual",
@@ -13,7 +14,7 @@ MUTUAL_SECTION = register_section(
         "peer_weight": "mean",  # 1/(K-1) per peer (the paper), or "sum" (the official code)
         "update_order": "simultaneous",  # or "sequential" (the paper's Algorithm 1)
         "fuse": True,  # the fused cohort step for simultaneous updates of same-arch cohorts
-        "fused_impl": "auto",  # vmap on CUDA, unbind on the CPU (see mutualbench.cohort)
+        "fused_impl": "auto",  # vmap on CUDA, unbind on the CPU (see methods/cohort.py)
     },
     {
         "peer_weight": KeyType("choice", choices=("mean", "sum")),
@@ -39,8 +40,6 @@ def build_cohort(ctx: BuildContext) -> dict[str, ModelSlot]:
 
 
 def mutual_stage(ctx: BuildContext, slots: dict[str, ModelSlot]):
-    from ..cohort import make_mutual_stage
-
     return make_mutual_stage({n: s.module for n, s in slots.items()}, ctx)
 
 

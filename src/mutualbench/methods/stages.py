@@ -1,6 +1,6 @@
 """The stages methods are made of: supervised training of one model (CE or KD), FitNets hint
 pretraining, and mutual learning of a cohort (plain paths; the fused cohort step lives in
-``mutualbench.cohort``)."""
+``mutualbench.methods.cohort``)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from torch import nn
 from ..archs import FeatureModel
 from ..config import derive_seed
 from ..errors import UserError
-from ..optim import Trainer
+from ..optim import ScheduledOptimizer
 from .base import Stage
 from .losses import hint_loss, mutual_losses
 
@@ -36,7 +36,7 @@ class SupervisedStage(Stage):
         self.eval_names = (model_name,)
 
     def begin(self) -> None:
-        self.trainer = Trainer(self.model.parameters(), self.cfg["optimizer"], self.cfg["schedule"], self.epochs, self.device)
+        self.trainer = ScheduledOptimizer(self.model.parameters(), self.cfg["optimizer"], self.cfg["schedule"], self.epochs, self.device)
 
     def train_mode(self) -> None:
         self.model.train()
@@ -95,7 +95,7 @@ class HintStage(Stage):
         return list(self.students[name].parameters_up_to(self.student_tap)) + list(self.regressors[name].parameters())
 
     def begin(self) -> None:
-        self.trainers = {name: Trainer(self.hinted_parameters(name), self.cfg["optimizer"], self.cfg["schedule"],
+        self.trainers = {name: ScheduledOptimizer(self.hinted_parameters(name), self.cfg["optimizer"], self.cfg["schedule"],
                                        self.epochs, self.device) for name in self.students}
 
     def train_mode(self) -> None:
@@ -171,10 +171,10 @@ class MutualStage(Stage):
             for m in self.members.values():
                 m.to(memory_format=torch.channels_last)
         if self.order == "sequential":
-            self.trainers = [Trainer(m.parameters(), opt, sched, self.epochs, self.device) for m in self.members.values()]
+            self.trainers = [ScheduledOptimizer(m.parameters(), opt, sched, self.epochs, self.device) for m in self.members.values()]
         else:
             params = [p for m in self.members.values() for p in m.parameters()]
-            self.trainers = [Trainer(params, opt, sched, self.epochs, self.device)]
+            self.trainers = [ScheduledOptimizer(params, opt, sched, self.epochs, self.device)]
         models = list(self.members.values())
         self._forwards = [torch.compile(m, mode=self.compile_mode) for m in models] if self.compile_mode else models
 

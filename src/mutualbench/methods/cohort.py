@@ -35,10 +35,10 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from .methods.base import BuildContext, Stage
-from .methods.losses import mutual_losses
-from .methods.stages import MutualStage
-from .optim import Trainer
+from ..optim import ScheduledOptimizer
+from .base import BuildContext, Stage
+from .losses import mutual_losses
+from .stages import MutualStage
 
 IMPLS = ("auto", "vmap", "unbind")
 
@@ -139,7 +139,7 @@ class FusedMutualStage(Stage):
     def begin(self) -> None:
         self.cohort = StackedCohort(list(self.members.values()), self.impl,
                                     channels_last=bool(self.speed.get("channels_last"))).to(self.device)
-        self.trainer = Trainer(self.cohort.parameters(), self.cfg["optimizer"], self.cfg["schedule"],
+        self.trainer = ScheduledOptimizer(self.cohort.parameters(), self.cfg["optimizer"], self.cfg["schedule"],
                                self.epochs, self.device)
         forward = self.cohort
         if self.speed.get("compile"):

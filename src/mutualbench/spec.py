@@ -17,11 +17,12 @@ from pathlib import Path
 
 from .archs import is_known_arch
 from .config import check_value, default_config, get_key, leaf_keys, set_key
+from .data.sources import KNOWN_DATASETS
 from .errors import UserError
 from .methods import METHODS
 
 TOP_KEYS = {"study", "defaults", "assumptions", "arms", "comparisons", "contrasts", "ablations", "profiles"}
-STUDY_KEYS = {"name", "description", "seeds"}
+STUDY_KEYS = {"name", "description", "seeds", "data", "classes"}
 ARM_KEYS = {"name", "method", "arch", "cohort", "set", "published", "description"}
 PROFILE_KEYS = {"description", "tolerance", "set"}
 ABLATION_KEYS = {"name", "arms", "values"}
@@ -35,6 +36,7 @@ class Spec:
     raw: dict
     sha256: str
     name: str
+    data: str  # the data set the study is about (cifar10, cifar100, or a name with ``classes``)
     arms: list[dict]
     profiles: dict[str, dict]
     comparisons: list[dict] = field(default_factory=list)
@@ -45,6 +47,11 @@ class Spec:
             if a["name"] == name:
                 return a
         raise KeyError(name)
+
+    @property
+    def classes(self) -> list[str] | None:
+        """The class names of a data set outside ``KNOWN_DATASETS``, from ``[study] classes``."""
+        return self.raw["study"].get("classes")
 
     def profile(self, name: str) -> dict:
         if name not in self.profiles:
@@ -124,6 +131,19 @@ def load_spec(path: str | Path) -> Spec:
     _check_keys("[study]", study, STUDY_KEYS, path)
     if "name" not in study:
         raise UserError(f"{path}: [study] needs a name")
+    data_name = study.get("data")
+    if not isinstance(data_name, str) or not data_name.strip():
+        raise UserError(f"{path}: [study] needs data = \"cifar10\" (the data set the study is about: cifar10, cifar100 "
+                        "or another data set's name with its classes; --data may then point at a local copy of it)")
+    classes = study.get("classes")
+    if data_name not in KNOWN_DATASETS:
+        if not (isinstance(classes, list) and len(classes) >= 2 and all(isinstance(c, str) and c for c in classes)):
+            raise UserError(f"{path}: [study] data = {data_name!r} is not one of {', '.join(KNOWN_DATASETS)}: also give "
+                            "its class names in label order, classes = [\"...\", ...], so that the data --data points "
+                            "at can be checked")
+    elif classes is not None:
+        raise UserError(f"{path}: [study] classes is only for data sets other than {', '.join(KNOWN_DATASETS)} "
+                        f"(the classes of {data_name} are known); remove it")
     seeds = study.get("seeds", 3)
     if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
         raise UserError(f"{path}: [study] seeds = {seeds!r} is not allowed; it must be a positive integer (the number of seeds)")
@@ -137,15 +157,17 @@ def load_spec(path: str | Path) -> Spec:
     for i, arm in enumerate(arms):
         where = f"[[arms]] #{i + 1} ({arm.get('name', '?')})"
         _check_keys(where, arm, ARM_KEYS, path)
-        for required in ("name", "method"):
+        for required in ("name", "method", "arch"):
             if required not in arm:
-                raise UserError(f"{path}: {where} needs {required!r}")
+                example = {"name": 'name = "student"', "method": 'method = "individual"',
+                           "arch": 'arch = "resnet32" (see `mutualbench archs`)'}[required]
+                raise UserError(f"{path}: {where} needs {required!r}, e.g. {example}")
         if arm["name"] in names:
             raise UserError(f"{path}: arm name {arm['name']!r} is used twice")
         names.add(arm["name"])
         if arm["method"] not in METHODS:
             raise UserError(f"{path}: {where}: {METHODS.unknown_message(arm['method'])}")
-        for a in str(arm.get("arch", "seed_vgg_student")).split(","):
+        for a in str(arm["arch"]).split(","):
             if not is_known_arch(a):
                 raise UserError(f"{path}: {where}: unknown architecture {a!r} (see `mutualbench archs`)")
         _check_settings(f"{where} set", arm.get("set", {}), path)
@@ -176,7 +198,7 @@ def load_spec(path: str | Path) -> Spec:
             raise UserError(f"{path}: {where} needs values = {{ name = {{ key = value }}, ... }}")
         for vname, settings in abl["values"].items():
             _check_settings(f"{where} value {vname!r}", settings, path)
-    return Spec(path=path, raw=raw, sha256=hashlib.sha256(data).hexdigest(), name=study["name"], arms=arms,
+    return Spec(path=path, raw=raw, sha256=hashlib.sha256(data).hexdigest(), name=study["name"], data=data_name, arms=arms,
                 profiles=profiles, comparisons=raw.get("comparisons", []), ablations=raw.get("ablations", []))
 
 
@@ -188,7 +210,7 @@ def arm_config(spec: Spec, arm: dict, profile: str, seed: int, data: str, extra:
                             ("ablation", extra or {})):
         for key, value in settings.items():
             set_key(config, key, copy.deepcopy(value), source=f"{spec.path}: {where}")
-    archs = [a for a in str(arm.get("arch", "seed_vgg_student")).split(",") if a]
+    archs = [a for a in str(arm["arch"]).split(",") if a]
     config.update(method=arm["method"], arch=archs, cohort=int(arm.get("cohort", len(archs))), seed=seed)
     config["data"]["source"] = data
     return config

@@ -1,0 +1,100 @@
+"""A spec states its data set and every arm its architecture: `--data` may point at a local
+copy of that data set, but a different data set is an error before any training."""
+
+import pytest
+
+from conftest import png_bytes, write_tar
+from mutualbench.cli import main
+
+SPEC = """
+[study]
+name = "d"
+seeds = 1
+{data}
+
+[defaults]
+"data.batch_size" = 16
+"train.epochs" = 1
+
+[[arms]]
+name = "student"
+method = "individual"
+{arch}
+
+[profiles.smoke]
+tolerance = 0.5
+"""
+TINY = 'data = "tiny3"\nclasses = ["ant", "bee", "cow"]'
+ARCH = 'arch = "seed_vgg_student"'
+
+
+def write_spec(tmp_path, data=TINY, arch=ARCH):
+    path = tmp_path / "d.toml"
+    path.write_text(SPEC.format(data=data, arch=arch))
+    return path
+
+
+def replicate(spec, data, root, out, *extra):
+    args = ["replicate", str(spec), "--profile", "smoke", "--data-root", str(root), "--out", str(out),
+            "--device", "cpu", "--quiet", *extra]
+    return main(args + (["--data", str(data)] if data is not None else []))
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    return err
+
+
+@pytest.mark.parametrize("data,message", [
+    ("", "[study] needs data = \"cifar10\""),
+    ('data = "tiny3"', "[study] data = 'tiny3' is not one of cifar10, cifar100: also give its class names"),
+    ('data = "cifar10"\nclasses = ["a", "b"]', "[study] classes is only for data sets other than cifar10, cifar100"),
+])
+def test_a_spec_must_state_its_data_set(tmp_path, capsys, data, message):
+    assert replicate(write_spec(tmp_path, data=data), "/nonexistent.tar.gz", tmp_path, tmp_path / "out") == 2
+    assert message in one_line_error(capsys)
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_arm_without_an_architecture_is_an_error(tmp_path, capsys):
+    assert replicate(write_spec(tmp_path, arch=""), "/nonexistent.tar.gz", tmp_path, tmp_path / "out") == 2
+    assert "[[arms]] #1 (student) needs 'arch', e.g. arch = \"resnet32\"" in one_line_error(capsys)
+
+
+def test_another_data_set_is_refused_before_any_training(tmp_path, capsys, tiny_cifar):
+    _, root = tiny_cifar
+    rng = __import__("numpy").random.default_rng(0)
+    files = {f"{split}/{c}/{i}.png": png_bytes(rng.integers(0, 255, (32, 32, 3), dtype="uint8"))
+             for split in ("train", "test") for c in ("ant", "bee", "cat") for i in range(3)}
+    other = write_tar(tmp_path / "other.tar.gz", files)
+    out = tmp_path / "out"
+    assert replicate(write_spec(tmp_path), other, root, out) == 2
+    err = one_line_error(capsys)
+    assert f"--data {other} is not a copy of tiny3" in err and "other's class 2 is 'cat', tiny3's is 'cow'" in err
+    assert not list(out.rglob("*.json"))
+
+
+def test_two_classes_fewer_is_named(tmp_path, capsys, tiny_cifar):
+    _, root = tiny_cifar
+    spec = write_spec(tmp_path, data='data = "tiny4"\nclasses = ["ant", "bee", "cow", "dog"]')
+    data, _ = tiny_cifar
+    assert replicate(spec, data, root, tmp_path / "out") == 2
+    assert "tiny-cifar has 3 classes, tiny4 has 4" in one_line_error(capsys)
+
+
+def test_a_known_data_set_name_that_is_not_the_specs_is_refused(tmp_path, capsys):
+    spec = write_spec(tmp_path, data='data = "cifar10"')
+    assert replicate(spec, "cifar100", tmp_path, tmp_path / "out") == 2
+    assert "--data cifar100 is not the data set of" in one_line_error(capsys)
+
+
+def test_a_data_set_that_cannot_be_downloaded_needs_data(tmp_path, capsys):
+    assert replicate(write_spec(tmp_path), None, tmp_path, tmp_path / "out") == 2
+    assert "is a study of tiny3, which cannot be downloaded: give --data" in one_line_error(capsys)
+
+
+def test_a_copy_of_the_specs_data_set_runs(tmp_path, capsys, tiny_cifar):
+    data, root = tiny_cifar
+    assert replicate(write_spec(tmp_path), data, root, tmp_path / "out", "--dry-run") == 0
+    assert "to run" in capsys.readouterr().out
