@@ -150,3 +150,17 @@ def test_check_command_without_a_stored_file_is_a_one_line_error(tmp_path, capsy
     assert len(err.splitlines()) == 1
     assert golden.main(["--check", str(STORED), "--case", "nope"]) == 2
     assert "unknown golden case 'nope'" in capsys.readouterr().err
+
+
+def test_mutual_after_hint_pretraining_is_hint_mutual_step_for_step():
+    """Composable pretraining: ``mutual`` with ``pretrain = "hints"`` computes exactly what the
+    built-in ``hint_mutual`` does (every loss of every step, the final weights)."""
+    recorder = golden.GoldenRunner()
+    built_in = golden.case_config("hint_mutual")
+    composed = dict(golden.case_config("hint_mutual"), method="mutual", pretrain="hints")
+    a, a_states = recorder.run_config(built_in)
+    b, b_states = recorder.run_config(composed)
+    assert a["steps"] == b["steps"] and a["test_acc"] == b["test_acc"]
+    for name in a_states:
+        for key, tensor in a_states[name].items():
+            assert torch.equal(tensor, b_states[name][key]), (name, key)

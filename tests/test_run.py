@@ -133,6 +133,12 @@ def test_teacher_checkpoint_is_loaded(tmp_path, tiny_cifar):
     [
         (["--method", "mutal"], "unknown method 'mutal'. Did you mean mutual"),
         (["--method", "kd"], "method 'kd' learns from a teacher: name its architecture with --teacher ARCH"),
+        (["--method", "individual", "--set", "pretrain=hints"], "method 'individual' learns from a teacher"),
+        (["--method", "fitnets", "--teacher", "seed_vgg_teacher", "--set", "pretrain=hints"],
+         "method 'fitnets' already starts with hint pretraining; remove pretrain = \"hints\""),
+        (["--method", "individual", "--arch", "resnet20", "--teacher", "seed_vgg_teacher", "--set", "pretrain=hints"],
+         "choose one with --set hint.student_tap"),
+        (["--method", "individual", "--set", "pretrain=yes"], "pretrain = \"yes\" is not allowed; it must be one of none, hints"),
         (["--method", "individual", "--arch", "resnet21"], "unknown architecture 'resnet21'"),
         (["--method", "mutual", "--cohort", "1"], "needs a cohort of at least 2 students: add --cohort 2"),
         (["--method", "hint_mutual", "--teacher", "seed_vgg_teacher", "--cohort", "2", "--arch", "resnet20"], "choose one with --set hint.student_tap"),

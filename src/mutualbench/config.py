@@ -39,6 +39,9 @@ BASE_DEFAULTS: dict[str, Any] = {
     # How the trained models are initialised (the teacher is always PyTorch's default):
     # PyTorch's default for each layer, or He normal (fan-out, ReLU gain) with zero biases.
     "init": "pytorch_default",
+    # Pretraining before the method's own stages: "none", or "hints" (FitNets hint
+    # pretraining of every trained model from the teacher, the ``hint`` section).
+    "pretrain": "none",
     "data": {
         "source": "cifar10",
         "train_subset": None,  # a fixed, seeded, class-balanced subset of the training split
@@ -159,6 +162,7 @@ BASE_SCHEMA: dict[str, KeyType] = {
     "seed": KeyType("int", lo=0),
     "device": KeyType("choice", choices=("auto", "cpu", "cuda")),
     "init": KeyType("choice", choices=("pytorch_default", "he_normal_fan_out")),
+    "pretrain": KeyType("choice", choices=("none", "hints")),
     "data.source": KeyType("str"),
     "data.train_subset": KeyType("int", lo=1, nullable=True),
     "data.test_subset": KeyType("int", lo=1, nullable=True),
@@ -305,7 +309,7 @@ def validate(config: dict, source: str = "config") -> dict:
 
 # Top-level keys added after run records were stored, with their default: a run at the
 # default keeps the id it had before the key existed.
-LATER_KEYS = {"init": "pytorch_default"}
+LATER_KEYS = {"init": "pytorch_default", "pretrain": "none"}
 
 
 def canonical_json(obj: Any) -> str:

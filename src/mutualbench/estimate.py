@@ -22,6 +22,7 @@ from .archs import create_arch
 from .engine import synchronize
 from .methods import BuildContext, get_method
 from .methods.base import freeze
+from .methods.pretrain import build_run, uses_teacher
 
 WARMUP_STEPS = 3  # the first steps pay for allocation and kernel selection
 TIMED_STEPS = 5
@@ -54,10 +55,10 @@ def measure_run_seconds(runner, config: dict, steps: int = TIMED_STEPS) -> RunEs
     device = runner.device
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         teacher = None
-        if method.needs_teacher:
+        if uses_teacher(method, resolved):
             teacher = freeze(create_arch(resolved["teacher"]["arch"], ds.num_classes).to(device))
         ctx = BuildContext(resolved, device, ds.num_classes, teacher)
-        slots, stages = method.build(ctx)
+        slots, stages = build_run(method, ctx)
         train_loader, test_loader = runner._loaders(resolved, ds)
         batches_per_epoch = len(train_loader)
         train_s = eval_s = 0.0
@@ -162,7 +163,7 @@ class RunTimer:
         done = checkpointed_epochs(Path(self.runner.out_dir) / rid / "checkpoint.pt")
         left = max(0.0, 1.0 - done / est.epochs) if done and est.epochs else 1.0
         teacher_s = 0.0
-        if get_method(config["method"]).needs_teacher and not config["teacher"]["checkpoint"]:
+        if uses_teacher(get_method(config["method"]), config) and not config["teacher"]["checkpoint"]:
             tcfg = teacher_config(config)
             if not self.runner.has_weights(tcfg):
                 teacher_s = self.estimate(tcfg).total_s

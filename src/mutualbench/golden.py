@@ -44,6 +44,7 @@ from .errors import UserError
 from .io_utils import atomic_write_json
 from .methods import METHODS, BuildContext, get_method
 from .methods.base import freeze
+from .methods.pretrain import build_run, uses_teacher
 from .run import Runner, resolve, teacher_config
 
 FORMAT = 1
@@ -92,6 +93,8 @@ CASES: dict[str, dict] = {
                           "mutual": {"update_order": "sequential", "peer_weight": "sum"}},
     "fitnets": {"method": "fitnets", "arch": ["seed_vgg_student"], "kd": {"temperature": 2.0}},
     "hint_mutual": {"method": "hint_mutual", "arch": ["seed_vgg_student"], "cohort": 2},
+    # composable hint pretraining: hints, then the student alone
+    "individual_after_hints": {"method": "individual", "arch": ["seed_vgg_student"], "pretrain": "hints"},
 }
 
 # ----------------------------------------------------------------------------- the data
@@ -226,12 +229,12 @@ class GoldenRunner:
         """One run: its trajectory (JSON-able) and its trained models' state_dicts."""
         resolved = resolve(config)
         method = get_method(resolved["method"])
-        teacher = self._teacher(config) if method.needs_teacher else None
+        teacher = self._teacher(config) if uses_teacher(method, config) else None
         with float64(), torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             train, test = self.runner._loaders(resolved, self.ds, dtype=torch.float64)
             ctx = BuildContext(resolved, torch.device("cpu"), self.ds.num_classes, teacher)
-            slots, stages = method.build(ctx)
+            slots, stages = build_run(method, ctx)
             recorder = _Recorder()
             for stage in stages:
                 recorder.attach(stage)

@@ -11,6 +11,7 @@ from pathlib import Path
 from .engine import TrainingDiverged
 from .errors import UserError
 from .methods import get_method
+from .methods.pretrain import uses_teacher
 from .progress import progress
 
 
@@ -69,8 +70,8 @@ def run_slurm(configs: list[dict], out_dir: Path, *, data_root: Path | None, dev
     if partition:
         params["slurm_partition"] = partition
     executor.update_parameters(**params)
-    waves = [[c for c in configs if not get_method(c["method"]).needs_teacher],
-             [c for c in configs if get_method(c["method"]).needs_teacher]]
+    waves = [[c for c in configs if not uses_teacher(get_method(c["method"]), c)],
+             [c for c in configs if uses_teacher(get_method(c["method"]), c)]]
     errors = []
     for w, wave in enumerate(waves, 1):
         if not wave:

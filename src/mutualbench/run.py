@@ -30,6 +30,7 @@ from .errors import UserError, warn
 from .io_utils import atomic_torch_save, move_aside, safe_torch_load
 from .locks import LOCK, FolderLock
 from .methods import METHODS, BuildContext, get_method
+from .methods.pretrain import build_run, check_pretrain, pretrain_sections, uses_teacher
 from .records import (
     complete_record,
     finish_record,
@@ -40,7 +41,7 @@ from .records import (
     write_record,
 )
 
-TOP_LEVEL = ("method", "arch", "cohort", "seed", "init")
+TOP_LEVEL = ("method", "arch", "cohort", "seed", "init", "pretrain")
 EVAL_BATCH_SIZE = 1000
 
 
@@ -56,7 +57,7 @@ def resolve(config: dict) -> dict:
     for arch in config["arch"]:
         if not is_known_arch(arch):
             create_arch(arch)  # raises the helpful unknown-name error
-    if method.needs_teacher:
+    if uses_teacher(method, config):
         if config["teacher"]["arch"] is None:
             raise UserError(f"method {method.name!r} learns from a teacher: name its architecture with --teacher ARCH "
                             "(or --set teacher.arch=ARCH), e.g. seed_vgg_teacher; add --teacher-checkpoint PATH to load "
@@ -64,8 +65,9 @@ def resolve(config: dict) -> dict:
         if not is_known_arch(config["teacher"]["arch"]):
             create_arch(config["teacher"]["arch"])
     method.check(config)
+    check_pretrain(method, config)
     resolved = {k: copy.deepcopy(config[k]) for k in TOP_LEVEL}
-    for section in method.sections:
+    for section in dict.fromkeys(method.sections + pretrain_sections(config)):
         resolved[section] = copy.deepcopy(config[section])
     if "speed" not in method.sections:
         speed = _honoured_speed(method, config["speed"])
@@ -143,7 +145,7 @@ class Runner:
         resolved = resolve(config)
         ckpt = None
         extra = ""
-        if get_method(resolved["method"]).needs_teacher and resolved["teacher"]["checkpoint"]:
+        if uses_teacher(get_method(resolved["method"]), resolved) and resolved["teacher"]["checkpoint"]:
             ckpt = Path(resolved["teacher"]["checkpoint"])
             safe_torch_load(ckpt, "teacher checkpoint")  # fail before any training
             extra = sha256_file(ckpt)
@@ -172,7 +174,7 @@ class Runner:
             self._set_aside_damaged_record(rid)
             teacher, teacher_info = None, {}
             method = get_method(resolved["method"])
-            if method.needs_teacher:
+            if uses_teacher(method, resolved):
                 teacher, teacher_info = self._teacher(resolved, config, ds, ckpt)
             return self._execute(resolved, rid, ds, method, teacher, teacher_info)
 
@@ -237,7 +239,7 @@ class Runner:
         except ValueError as e:
             raise UserError(f"data: {e}") from None
         ctx = BuildContext(resolved, self.device, ds.num_classes, teacher)
-        slots, stages = method.build(ctx)
+        slots, stages = build_run(method, ctx)
         work = self.out_dir / rid
         engine = Engine({n: s.module for n, s in slots.items()}, stages, train_loader, test_loader,
                         device=self.device, checkpoint_path=work / "checkpoint.pt", run_id=rid,
