@@ -59,6 +59,21 @@ def evaluate(model: nn.Module, loader) -> float:
     return 100.0 * correct.item() / loader.num_samples
 
 
+@torch.no_grad()
+def evaluate_ensemble(models: list[nn.Module], loader) -> float:
+    """Top-1 accuracy in percent of the models' ensemble: the mean of their softmaxes."""
+    states = [m.training for m in models]
+    for m in models:
+        m.eval()
+    correct = torch.zeros((), dtype=torch.int64, device=loader.device)
+    for x, y in loader.epoch_batches(0):
+        probs = torch.stack([m(x).float().softmax(-1) for m in models]).mean(0)
+        correct += (probs.argmax(-1) == y).sum()
+    for m, was_training in zip(models, states, strict=True):
+        m.train(was_training)
+    return 100.0 * correct.item() / loader.num_samples
+
+
 class Engine:
     def __init__(self, models: dict[str, nn.Module], stages: list[Stage], train_loader, test_loader, *,
                  device: torch.device, checkpoint_path: Path | None = None, run_id: str = "",

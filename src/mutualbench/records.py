@@ -51,11 +51,14 @@ def model_result(role: str, arch: str, params: int, curves: list[dict], name: st
 
 def finish_record(record: dict, *, status: str, curves: list[dict], timings: dict, models: dict | None = None,
                   stages: list[dict] | None = None, resumed_from_epoch: int | None = None,
-                  error: str | None = None) -> dict:
-    """Complete (or fail) a started record in place; returns it."""
+                  error: str | None = None, ensemble: dict | None = None) -> dict:
+    """Complete (or fail) a started record in place; returns it. ``ensemble``: a cohort's
+    ensemble accuracy at the end (the mean of its members' softmaxes), where there is one."""
     record.update(status=status, models=models or {}, curves=curves, timings=timings, error=error)
     if status == "complete":
         record.update(stages=stages or [], resumed_from_epoch=resumed_from_epoch)
+        if ensemble is not None:
+            record["ensemble"] = ensemble
     record["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     return record
 

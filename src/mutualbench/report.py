@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from .io_utils import atomic_write_bytes
-from .results import MAIN, Study, load_study
+from .results import ENSEMBLE, MAIN, Study, load_study
 
 
 def _f(x, digits: int = 2) -> str:
@@ -24,7 +24,8 @@ def _ci(r) -> str:
 
 
 def markdown(manifest: dict, summary: pd.DataFrame, paired: pd.DataFrame,
-             ablation_paired: pd.DataFrame | None = None, contrasts: pd.DataFrame | None = None) -> str:
+             ablation_paired: pd.DataFrame | None = None, contrasts: pd.DataFrame | None = None,
+             machine_notes: list[str] | None = None) -> str:
     from tabulate import tabulate
 
     spec, prof = manifest["spec"], manifest["profile"]
@@ -49,6 +50,10 @@ def markdown(manifest: dict, summary: pd.DataFrame, paired: pd.DataFrame,
              _f(r["best_mean_test_selected"]), _f(r["published"]), _f(r["diff_vs_published"]),
              _f(r["train_s_mean"], 1)] for _, r in main.iterrows()]
     lines.append(tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True))
+    if not main.empty and (main["member"] == ENSEMBLE).any():
+        lines += ["", f"`{ENSEMBLE}`: the cohort's prediction, the mean of its members' softmaxes, at the final "
+                  "epoch; an extra column of the cohort, not averaged into the cohort's accuracy that the "
+                  "comparisons and contrasts use."]
     if not paired.empty:
         lines += ["", "## Paired comparisons (same seeds; a cohort counts as its members' mean)", ""]
         prow = [[f"{r['a']} vs {r['b']}", r["n"], _f(r["mean_a"]), _f(r["mean_b"]), _f(r["diff_mean"]),
@@ -79,6 +84,11 @@ def markdown(manifest: dict, summary: pd.DataFrame, paired: pd.DataFrame,
             lines.append(tabulate(prow, headers=["arm", "comparison", "n", "mean", "mean (main)", "difference",
                                                  "std of difference", "p (paired t)", "seeds higher"],
                                   tablefmt="github", disable_numparse=True))
+    if machine_notes:
+        lines += ["", "## Runs from different kinds of machine", "",
+                  "float32 rounds differently on each kind of CPU or GPU, so where the runs of a comparison "
+                  "came from more than one kind, their difference carries that noise as well as the seeds':", ""]
+        lines += [f"- {n}" for n in machine_notes]
     return "\n".join(lines) + "\n"
 
 
@@ -143,7 +153,8 @@ def write_report(folder: Path | Study) -> dict[str, Path]:
     study = folder if isinstance(folder, Study) else load_study(folder)
     folder, df = study.folder, study.runs
     manifest = dict(study.manifest, record_devices=sorted(set(df["device"])))
-    md = markdown(manifest, study.summary, study.paired, study.ablations, study.contrasts)
+    md = markdown(manifest, study.summary, study.paired, study.ablations, study.contrasts,
+                  study.mixed_machine_notes())
     atomic_write_bytes(folder / "table.md", md.encode())
     atomic_write_bytes(folder / "table.csv", study.summary.to_csv(index=False, float_format="%.4f").encode())
     atomic_write_bytes(folder / "comparisons.csv", study.paired.to_csv(index=False, float_format="%.6f").encode())

@@ -21,6 +21,9 @@ from .layout import MANIFEST, RUNS
 from .records import read_record
 
 MAIN = "main"  # the ablation label of the main study's runs
+# the member label of a cohort's ensemble row (mean of the members' softmaxes, final epoch only;
+# recorded by runs made since it existed): reported beside the members, never averaged with them
+ENSEMBLE = "ensemble (mean softmax)"
 
 
 def load_manifest(folder: Path) -> dict:
@@ -87,6 +90,10 @@ def runs_frame(manifest: dict, records: dict[str, dict]) -> pd.DataFrame:
                 "device": rec["env"]["device"],
                 "machine": machine_kind(rec["env"]),
             })
+        ens = rec.get("ensemble")
+        if isinstance(ens, dict) and ens.get("final_test_acc") is not None:
+            rows.append(dict(rows[-1], member=ENSEMBLE, arch="+".join(rec["models"][m]["arch"] for m in ens["members"]),
+                             params=ens["params"], final_acc=ens["final_test_acc"], best_acc_test_selected=math.nan))
     cols = ["ablation", "value", "arm", "method", "member", "seed", "run_id", "arch", "params", "final_acc",
             "best_acc_test_selected", "train_s", "device", "machine"]
     return pd.DataFrame(rows, columns=cols)
@@ -126,6 +133,7 @@ def summarize(df: pd.DataFrame, spec: dict) -> pd.DataFrame:
 
 def arm_accuracy(df: pd.DataFrame) -> pd.DataFrame:
     """Per (ablation, value, arm, seed): the final accuracy, averaged over a cohort's members."""
+    df = df[df["member"] != ENSEMBLE]
     return df.groupby(["ablation", "value", "arm", "seed"], sort=False)["final_acc"].mean().reset_index()
 
 
@@ -220,6 +228,33 @@ def ablation_comparisons(df: pd.DataFrame) -> pd.DataFrame:
                                        "diff_mean", "diff_std", "p_value", "value_wins"])
 
 
+def mixed_machine_notes(df: pd.DataFrame, spec: dict) -> list[str]:
+    """One line per comparison, contrast or ablation whose runs came from more than one kind of
+    machine (float32 rounds differently on each: across kinds a difference carries that noise
+    too, on top of the seeds'). Empty when every one ran on one kind."""
+    if df.empty:
+        return []
+    models = df[df["member"] != ENSEMBLE]
+    main = models[models["ablation"] == MAIN]
+    by_arm = {arm: set(g["machine"]) for arm, g in main.groupby("arm")}
+    notes = []
+
+    def note(what: str, arms) -> None:
+        kinds = set().union(*(by_arm.get(a, set()) for a in arms))
+        if len(kinds) > 1:
+            notes.append(f"{what}: runs from {' and '.join(sorted(kinds))}")
+
+    for comp in spec.get("comparisons", []):
+        note(f"{comp['a']} vs {comp['b']}", (comp["a"], comp["b"]))
+    for c in spec.get("contrasts", []):
+        note(f"contrast {c['name']}", c["weights"])
+    for (abl, arm), g in models[models["ablation"] != MAIN].groupby(["ablation", "arm"], sort=False):
+        kinds = set(g["machine"])
+        if len(kinds) > 1:
+            notes.append(f"ablation {abl} on {arm}: runs from {' and '.join(sorted(kinds))}")
+    return notes
+
+
 @dataclass
 class Study:
     """A study folder loaded once: what the table, the plots, ``compare`` and ``publish`` all
@@ -242,6 +277,9 @@ class Study:
     def tolerance(self) -> float:
         """The profile's fixed regression tolerance (``compare_tolerance`` widens it)."""
         return float(self.spec["profiles"][self.manifest["profile"]]["tolerance"])
+
+    def mixed_machine_notes(self) -> list[str]:
+        return mixed_machine_notes(self.runs, self.spec)
 
     def machine_kinds(self) -> list[str]:
         """The kinds of machine (``envinfo.machine_kind``: GPU name, or CPU model and

@@ -24,7 +24,7 @@ from .archs import FeatureModel, count_parameters, create_arch, is_known_arch
 from .config import BASE_DEFAULTS, default_config, run_id, validate
 from .data import DeviceLoader, ImageDataset, load_dataset
 from .data.sources import sha256_file
-from .engine import Engine, TrainingDiverged
+from .engine import Engine, TrainingDiverged, evaluate_ensemble
 from .envinfo import environment, load_average, resolve_device
 from .errors import UserError, warn
 from .io_utils import atomic_torch_save, move_aside, safe_torch_load
@@ -255,6 +255,11 @@ class Runner:
             raise
         models = {name: model_result(slot.role, slot.arch, count_parameters(slot.module), curves, name)
                   for name, slot in slots.items()}
+        members = [name for name, slot in slots.items() if slot.role == "cohort member"]
+        ensemble = None
+        if len(members) >= 2:  # the cohort's ensemble (mean of softmaxes), an extra measurement
+            ensemble = {"members": members, "params": sum(models[n]["params"] for n in members),
+                        "final_test_acc": evaluate_ensemble([slots[n].module for n in members], test_loader)}
         atomic_torch_save(work / "final.pt", {"models": {n: s.module.state_dict() for n, s in slots.items()}})
         epochs = sum(s.epochs for s in stages)
         train_s = engine.timings["train_s"]
@@ -268,7 +273,7 @@ class Runner:
         }
         finish_record(record, status="complete", models=models, curves=curves, timings=timings,
                       stages=[{"name": s.name, "epochs": s.epochs, **s.describe()} for s in stages],
-                      resumed_from_epoch=engine.resumed_from_epoch)
+                      resumed_from_epoch=engine.resumed_from_epoch, ensemble=ensemble)
         path = write_record(self.out_dir, record)
         (work / "checkpoint.pt").unlink(missing_ok=True)
         self.log(f"{rid}: wrote {path}")
