@@ -98,3 +98,39 @@ def test_a_copy_of_the_specs_data_set_runs(tmp_path, capsys, tiny_cifar):
     data, root = tiny_cifar
     assert replicate(write_spec(tmp_path), data, root, tmp_path / "out", "--dry-run") == 0
     assert "to run" in capsys.readouterr().out
+
+
+PROFILED = SPEC.replace("[profiles.smoke]", """[[arms]]
+name = "late"
+method = "individual"
+arch = "seed_vgg_student"
+profiles = {late_profiles}
+
+[profiles.cpu]
+tolerance = 1.0
+
+[profiles.smoke]""")
+
+
+def test_an_arm_runs_in_the_profiles_it_names_with_their_settings(tmp_path):
+    from mutualbench.spec import expand, load_spec
+
+    path = tmp_path / "p.toml"
+    path.write_text(PROFILED.format(data=TINY, arch=ARCH, late_profiles='{ cpu = { "train.epochs" = 7 } }'))
+    spec = load_spec(path)
+    smoke = expand(spec, "smoke", [0], "x")
+    cpu = expand(spec, "cpu", [0], "x")
+    assert [p.arm for p in smoke] == ["student"] and [p.arm for p in cpu] == ["student", "late"]
+    assert cpu[1].config["train"]["epochs"] == 7 and cpu[0].config["train"]["epochs"] == 1
+
+
+@pytest.mark.parametrize("late,message", [
+    ('{ gpu = {} }', "profiles names 'gpu', which is not a profile of the spec (cpu, smoke)"),
+    ('{ cpu = { "train.epochs" = 0 } }', "profiles.cpu: train.epochs = 0 is not allowed"),
+    ('{}', "profiles must name the profiles the arm runs in"),
+])
+def test_arm_profile_errors(tmp_path, capsys, late, message):
+    path = tmp_path / "p.toml"
+    path.write_text(PROFILED.format(data=TINY, arch=ARCH, late_profiles=late))
+    assert replicate(path, "/nonexistent.tar.gz", tmp_path, tmp_path / "out") == 2
+    assert message in one_line_error(capsys)

@@ -1,7 +1,8 @@
 """Study specs (TOML) and their expansion into runs.
 
-A spec names arms (a method on an architecture with config overrides, and the published
-numbers it is compared with), profiles (sizes: ``full``, ``cpu``, ``smoke``, with a
+A spec names arms (a method on an architecture with config overrides, the published
+numbers it is compared with, and optionally ``profiles``: the profiles it runs in, each with
+settings of its own), profiles (sizes: ``full``, ``cpu``, ``smoke``, with a
 regression tolerance each), paired comparisons and ablations (one or more settings varied
 over named values on some arms). Everything is checked before any training: an unknown key,
 method, architecture or profile fails with the file, the key and the fix.
@@ -23,7 +24,7 @@ from .methods import METHODS
 
 TOP_KEYS = {"study", "defaults", "assumptions", "arms", "comparisons", "contrasts", "ablations", "profiles"}
 STUDY_KEYS = {"name", "description", "seeds", "data", "classes"}
-ARM_KEYS = {"name", "method", "arch", "cohort", "set", "published", "description"}
+ARM_KEYS = {"name", "method", "arch", "cohort", "set", "published", "description", "profiles"}
 PROFILE_KEYS = {"description", "tolerance", "set"}
 ABLATION_KEYS = {"name", "arms", "values"}
 COMPARISON_KEYS = {"a", "b"}
@@ -171,6 +172,15 @@ def load_spec(path: str | Path) -> Spec:
             if not is_known_arch(a):
                 raise UserError(f"{path}: {where}: unknown architecture {a!r} (see `mutualbench archs`)")
         _check_settings(f"{where} set", arm.get("set", {}), path)
+        if "profiles" in arm:
+            if not isinstance(arm["profiles"], dict) or not arm["profiles"]:
+                raise UserError(f"{path}: {where}: profiles must name the profiles the arm runs in, each with its "
+                                "own settings, e.g. profiles = { cpu = { \"train.epochs\" = 20 }, full = {} }")
+            for pname, settings in arm["profiles"].items():
+                if pname not in (raw.get("profiles") or {}):
+                    raise UserError(f"{path}: {where}: profiles names {pname!r}, which is not a profile of the spec "
+                                    f"({', '.join(raw.get('profiles') or {})})")
+                _check_settings(f"{where} profiles.{pname}", settings, path)
         if "cohort" in arm:
             check_value("cohort", arm["cohort"], source=f"{path}: {where}")
     profiles = raw.get("profiles") or {}
@@ -207,6 +217,7 @@ def arm_config(spec: Spec, arm: dict, profile: str, seed: int, data: str, extra:
     for where, settings in (("[defaults]", spec.raw.get("defaults", {})),
                             (f"[profiles.{profile}]", spec.profile(profile).get("set", {})),
                             (f"arm {arm['name']}", arm.get("set", {})),
+                            (f"arm {arm['name']} profiles.{profile}", (arm.get("profiles") or {}).get(profile, {})),
                             ("ablation", extra or {})):
         for key, value in settings.items():
             set_key(config, key, copy.deepcopy(value), source=f"{spec.path}: {where}")
@@ -216,17 +227,25 @@ def arm_config(spec: Spec, arm: dict, profile: str, seed: int, data: str, extra:
     return config
 
 
+def in_profile(arm: dict, profile: str) -> bool:
+    """An arm runs in every profile, or, with ``profiles``, in the ones it names."""
+    return "profiles" not in arm or profile in arm["profiles"]
+
+
 def expand(spec: Spec, profile: str, seeds: list[int], data: str, ablations: bool = True) -> list[PlannedRun]:
     """Every run of the study: seeds outermost (so an interrupted study has whole seeds),
     then arms in spec order, then the ablations."""
     spec.profile(profile)
+    arms = [arm for arm in spec.arms if in_profile(arm, profile)]
     plan = [PlannedRun(arm["name"], seed, arm_config(spec, arm, profile, seed, data))
-            for seed in seeds for arm in spec.arms]
+            for seed in seeds for arm in arms]
     if ablations:
         for abl in spec.ablations:
             for vname, settings in abl["values"].items():
                 for seed in seeds:
                     for arm_name in abl["arms"]:
+                        if not in_profile(spec.arm(arm_name), profile):
+                            continue
                         cfg = arm_config(spec, spec.arm(arm_name), profile, seed, data, settings)
                         plan.append(PlannedRun(arm_name, seed, cfg, abl["name"], vname))
     return plan
