@@ -12,6 +12,7 @@ The blog's study (seed_blog) also answers to the unprefixed names (<!-- cpu-tabl
 
 from __future__ import annotations
 
+import math
 import re
 import sys
 from pathlib import Path
@@ -66,6 +67,87 @@ def _embed(text: str, name: str, body: str) -> str:
     return re.sub(re.escape(start) + r".*?" + re.escape(end), lambda _, block=block: block, text, flags=re.S)
 
 
+# The blog study's factorial (hints x learning alone / mutual, all with the DML optimizer)
+# and its cohort sizes, as arm names of replication/seed_blog.toml.
+FACTORIAL = {("no hints", "alone"): "student_dml_optimizer", ("no hints", "mutual"): "dml",
+             ("hints", "alone"): "hint_student", ("hints", "mutual"): "hint_dml"}
+COHORTS = {1: "student_dml_optimizer", 2: "dml", 3: "dml_k3", 4: "dml_k4"}
+
+
+def _cell(acc, arm: str) -> str:
+    a = acc[acc["arm"] == arm]["final_acc"]
+    if a.empty:
+        return "not run yet"
+    if len(a) == 1:
+        return f"{a.iloc[0]:.2f} (n = 1)"
+    return f"{a.mean():.2f} ± {a.std(ddof=1):.2f} (n = {len(a)})"
+
+
+def factorial_table(folder: Path) -> str | None:
+    """The 2x2 table of final accuracy (a cohort as its members' mean), mean ± std over seeds."""
+    sys.path.insert(0, str(ROOT / "src"))
+    from mutualbench.results import MAIN, arm_accuracy, load_study
+
+    if not (folder / "study.json").exists():
+        return None
+    df = load_study(folder).runs
+    acc = arm_accuracy(df[df["ablation"] == MAIN])
+    lines = ["| | alone | mutual (DML, K = 2) |", "|---|---|---|"]
+    for hints in ("no hints", "hints"):
+        lines.append(f"| {hints} | {_cell(acc, FACTORIAL[(hints, 'alone')])} | {_cell(acc, FACTORIAL[(hints, 'mutual')])} |")
+    return "\n".join(lines)
+
+
+def cohort_size_plot(folder: Path) -> str | None:
+    """Accuracy against the cohort size K (K = 1: the student alone with the DML optimizer),
+    members' mean and the ensemble, with 95% t-intervals over seeds: cohort_size.png and a
+    table of the plotted numbers."""
+    sys.path.insert(0, str(ROOT / "src"))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from mutualbench.io_utils import atomic_write_bytes
+    from mutualbench.results import ENSEMBLE, MAIN, arm_accuracy, load_study, t_quantile
+
+    if not (folder / "study.json").exists():
+        return None
+    df = load_study(folder).runs
+    main = df[df["ablation"] == MAIN]
+    members = arm_accuracy(main)
+    ensemble = main[main["member"] == ENSEMBLE]
+    rows, points = [], {"members' mean": [], "ensemble (mean softmax)": []}
+    for k, arm in COHORTS.items():
+        for label, frame in (("members' mean", members), ("ensemble (mean softmax)", ensemble)):
+            a = frame[frame["arm"] == arm]["final_acc"]
+            if a.empty:
+                continue
+            half = t_quantile(len(a)) * a.std(ddof=1) / math.sqrt(len(a)) if len(a) > 1 else float("nan")
+            points[label].append((k, a.mean(), half))
+            ci = f"[{a.mean() - half:.2f}, {a.mean() + half:.2f}]" if len(a) > 1 else ""
+            rows.append(f"| {k} | {arm} | {label} | {len(a)} | {a.mean():.2f} | {ci} |")
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, pts in points.items():
+        if pts:
+            ks, means, halves = zip(*pts, strict=True)
+            ax.errorbar(ks, means, yerr=[0 if h != h else h for h in halves], marker="o", capsize=4, label=label)
+    ax.set(xlabel="cohort size K (1: the student alone)", ylabel="final test accuracy (%)", xticks=list(COHORTS),
+           title="seed_blog: accuracy against cohort size (95% CI over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    import io
+
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=110, metadata={"Software": None})
+    plt.close(fig)
+    atomic_write_bytes(folder / "cohort_size.png", buf.getvalue())
+    return "\n".join(["| K | arm | accuracy of | n | mean | 95% CI |", "|---|---|---|---|---|---|", *rows])
+
+
 def _markers(study: str, name: str) -> list[str]:
     """Marker names of a block: ``<study>/<name>`` for any study; the blog's study also keeps
     its original unprefixed names."""
@@ -89,6 +171,12 @@ def main() -> int:
             if scale is not None and f"<!-- {marker}:start -->" in text:
                 text = _embed(text, marker, scale)
                 print(f"embedded the cpu/full scale comparison of {results.name}")
+    blog = ROOT / "results" / "seed_blog" / "cpu"
+    for name, make in (("factorial", factorial_table), ("cohort-size", cohort_size_plot)):
+        body = make(blog)
+        if body is not None and f"<!-- seed_blog/cpu-{name}:start -->" in text:
+            text = _embed(text, f"seed_blog/cpu-{name}", body)
+            print(f"embedded the {name} block of {blog.relative_to(ROOT)}")
     report.write_text(text)
     return 0
 
