@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from .errors import UserError
-from .layout import MANIFEST, RUNS, default_out, stored_results
+from .layout import RUNS, default_out, stored_results
 
 
 def cmd_archs(args: argparse.Namespace) -> int:
@@ -158,78 +158,46 @@ def _dry_run(args: argparse.Namespace, profile: str, out) -> int:
 
 
 def _replicate(args: argparse.Namespace) -> int:
-    import os
-    import subprocess
     from pathlib import Path
 
     import torch
 
-    from .report import write_report
-    from .results import compare_studies, has_complete_runs
-    from .study import replicate
+    from .report import report_study
+    from .study import run_study
 
     profile = args.profile or ("full" if torch.cuda.is_available() else "cpu")
     out = Path(args.out) if args.out else default_out(args.spec, profile)
     shard = tuple(int(v) for v in args.shard.split("/")) if args.shard else None
     log = _log(args.quiet)
-    common = dict(data=args.data, seeds=args.seeds, data_root=args.data_root, device=args.device,
-                  ablations=not args.no_ablations, log=log)
+    on_record = None
     if args.wandb:
-        from .publish import _wandb, log_run
+        from .publish import run_logger
 
-        _wandb()  # fail before training when wandb or its credentials are missing
-        group = f"{Path(args.spec).stem}-{profile}"
-        common["on_record"] = lambda record: log_run(record, project=args.wandb_project, group=group)
-    gpus = torch.cuda.device_count() if args.device != "cpu" else 0
-    if args.time_budget is not None:
-        if args.time_budget <= 0:
-            raise UserError(f"--time-budget must be a positive number of seconds, not {args.time_budget:g}")
-        if args.launcher != "local" or gpus > 1:
-            raise UserError("--time-budget works with the local launcher on one device: drop it, or set "
-                            "CUDA_VISIBLE_DEVICES to one GPU")
-    if args.launcher == "local" and shard is None and gpus > 1:
-        # One process per GPU, each running the seeds i, i+N, ... of the study.
-        plan = replicate(Path(args.spec), profile, out, plan_only=True, **common)
-        log(f"{plan['pending']} runs to do on {gpus} GPUs, one process each")
-        base = [sys.executable, "-m", "mutualbench.cli", "replicate", args.spec, "--profile", profile,
-                "--out", str(out), "--device", "cuda"]
-        base += ["--data", args.data] if args.data else []
-        base += ["--seeds", str(args.seeds)] if args.seeds is not None else []
-        base += ["--data-root", str(args.data_root)] if args.data_root else []
-        base += ["--no-ablations"] if args.no_ablations else []
-        procs = [subprocess.Popen(base + ["--shard", f"{i}/{gpus}", "--no-report"],
-                                  env={**os.environ, "CUDA_VISIBLE_DEVICES": str(i)}) for i in range(gpus)]
-        failed = [p.wait() for p in procs]
-        result = {"errors": [f"GPU process {i} exited {c}" for i, c in enumerate(failed) if c]}
-    else:
-        slurm = {"partition": args.partition, "gpus": args.gpus, "time_min": args.time_min, "cluster": args.slurm_cluster}
-        result = replicate(Path(args.spec), profile, out, launcher=args.launcher, shard=shard, slurm=slurm,
-                           time_budget_s=args.time_budget, announce_estimate=not args.quiet, **common)
+        on_record = run_logger(args.wandb_project, group=f"{Path(args.spec).stem}-{profile}")
+    slurm = {"partition": args.partition, "gpus": args.gpus, "time_min": args.time_min, "cluster": args.slurm_cluster}
+    result = run_study(Path(args.spec), profile, out, data=args.data, seeds=args.seeds, data_root=args.data_root,
+                       device=args.device, ablations=not args.no_ablations, launcher=args.launcher, shard=shard,
+                       slurm=slurm, time_budget_s=args.time_budget, announce_estimate=not args.quiet,
+                       on_record=on_record, log=log)
     if result.get("left"):
         log(f"study incomplete: {result['left']} runs left after the time budget; the same command continues")
-    if shard is not None or args.no_report:
-        return 1 if result["errors"] else 0
-    if not has_complete_runs(out):
-        log(f"no complete run in {out} yet: no table written")
-        return 1 if result["errors"] else 0
-    written = write_report(out)
-    print(f"wrote {', '.join(str(p) for p in written.values())}")
-    print((out / "table.md").read_text())
     code = 1 if result["errors"] else 0
+    if shard is not None or args.no_report:
+        return code
+    against = Path(args.against) if args.against else stored_results(args.spec, profile)
+    report = report_study(out, against)
+    if report is None:
+        log(f"no complete run in {out} yet: no table written")
+        return code
+    print(f"wrote {', '.join(str(p) for p in report.written.values())}")
+    print(report.table)
     for e in result["errors"]:
         print(f"error: {e}", file=sys.stderr)
-    against = Path(args.against) if args.against else stored_results(args.spec, profile)
-    if (against / MANIFEST).exists() and against.resolve() != out.resolve():
-        from .results import load_study, machine_note
-
-        new, stored = load_study(out), load_study(against)
-        ok, problems, tol = compare_studies(new, stored)
+    if report.comparison is not None:
+        ok, problems, tol, note = report.comparison
         print(f"compared with {against} (tolerance {tol} points): " + ("all within tolerance" if ok else "DIFFERENT"))
-        note = machine_note(new, stored)
-        if note:
-            print(f"  {note}")
-        for p in problems:
-            print(f"  {p}")
+        for line in ([note] if note else []) + problems:
+            print(f"  {line}")
     return code
 
 

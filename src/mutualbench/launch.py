@@ -85,3 +85,23 @@ def run_slurm(configs: list[dict], out_dir: Path, *, data_root: Path | None, dev
                 errors.append(f"job {job.job_id}: {str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__}")
                 log(f"job {job.job_id} failed")
     return errors
+
+
+def run_per_gpu(spec_path: Path, profile: str, out: Path, gpus: int, *, data: str | None, seeds: int | None,
+                data_root: Path | None, ablations: bool) -> list[str]:
+    """One ``replicate`` process per GPU (``CUDA_VISIBLE_DEVICES=i``), each running the seeds
+    i, i+N, ... of the study (``--shard i/N``) under the parent's study lock; the errors."""
+    import os
+    import subprocess
+    import sys
+
+    base = [sys.executable, "-m", "mutualbench.cli", "replicate", str(spec_path), "--profile", profile,
+            "--out", str(out), "--device", "cuda"]
+    base += ["--data", data] if data else []
+    base += ["--seeds", str(seeds)] if seeds is not None else []
+    base += ["--data-root", str(data_root)] if data_root else []
+    base += [] if ablations else ["--no-ablations"]
+    procs = [subprocess.Popen(base + ["--shard", f"{i}/{gpus}", "--no-report"],
+                              env={**os.environ, "CUDA_VISIBLE_DEVICES": str(i)}) for i in range(gpus)]
+    codes = [p.wait() for p in procs]
+    return [f"GPU process {i} exited {c}" for i, c in enumerate(codes) if c]

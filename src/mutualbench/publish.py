@@ -99,6 +99,13 @@ def publish(folder: Path, project: str = "mutualbench", entity: str | None = Non
         run.finish()
 
 
+def run_logger(project: str, group: str | None = None, entity: str | None = None):
+    """A callback logging each finished run to W&B; fails now (before any training) when
+    wandb or its credentials are missing."""
+    _wandb()
+    return lambda record: log_run(record, project=project, entity=entity, group=group)
+
+
 def log_run(record: dict, project: str = "mutualbench", entity: str | None = None, group: str | None = None) -> None:
     """One W&B run for one finished RunRecord: its config and per-epoch curves."""
     wandb = _wandb()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -173,3 +174,29 @@ def write_report(folder: Path | Study) -> dict[str, Path]:
         out["contrasts.csv"] = folder / "contrasts.csv"
     out.update({p.name: p for p in plots})
     return out
+
+
+@dataclass
+class StudyReport:
+    written: dict[str, Path]
+    table: str
+    comparison: tuple[bool, list[str], float, str | None] | None  # ok, problems, tolerance, machine note
+
+
+def report_study(folder: Path, against: Path | None = None) -> StudyReport | None:
+    """After ``replicate``: the tables and plots, and the comparison with the stored study
+    ``against`` when it exists (None: no complete run yet, nothing written)."""
+    from .layout import MANIFEST
+    from .results import compare_studies, has_complete_runs, machine_note
+
+    folder = Path(folder)
+    if not has_complete_runs(folder):
+        return None
+    study = load_study(folder)
+    written = write_report(study)
+    comparison = None
+    if against is not None and (Path(against) / MANIFEST).exists() and Path(against).resolve() != folder.resolve():
+        stored = load_study(against)
+        ok, problems, tol = compare_studies(study, stored)
+        comparison = (ok, problems, tol, machine_note(study, stored))
+    return StudyReport(written, (folder / "table.md").read_text(), comparison)

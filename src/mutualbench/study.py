@@ -17,7 +17,7 @@ from .envinfo import device_name
 from .errors import UserError
 from .estimate import RunTimer, format_duration
 from .io_utils import atomic_write_json
-from .launch import run_local, run_slurm
+from .launch import run_local, run_per_gpu, run_slurm
 from .layout import MANIFEST, RUNS
 from .records import complete_record
 from .run import Runner, resolve
@@ -154,3 +154,26 @@ def replicate(spec_path: Path, profile: str, out: Path, *, data: str | None = No
             errors, left = run_local(pending, runner, log, time_budget_s,
                                      estimate=lambda c: timer.estimate(c).total_s)
     return {"manifest": manifest, "ran": len(pending) - left, "left": left, "total": total, "errors": errors}
+
+
+def run_study(spec_path: Path, profile: str, out: Path, *, launcher: str = "local", device: str = "auto",
+              shard: tuple[int, int] | None = None, time_budget_s: float | None = None,
+              log: Callable[[str], None] = print, **kwargs) -> dict:
+    """``replicate`` on this machine's devices: one process per GPU when there are several
+    (each running every N-th seed), else ``replicate`` itself (local or SLURM)."""
+    import torch
+
+    gpus = torch.cuda.device_count() if device != "cpu" else 0
+    if time_budget_s is not None:
+        if time_budget_s <= 0:
+            raise UserError(f"--time-budget must be a positive number of seconds, not {time_budget_s:g}")
+        if launcher != "local" or gpus > 1:
+            raise UserError("--time-budget works with the local launcher on one device: drop it, or set "
+                            "CUDA_VISIBLE_DEVICES to one GPU")
+    if launcher == "local" and shard is None and gpus > 1:
+        plan = replicate(spec_path, profile, out, plan_only=True, device=device, log=log, **kwargs)
+        log(f"{plan['pending']} runs to do on {gpus} GPUs, one process each")
+        return {"errors": run_per_gpu(spec_path, profile, out, gpus, data=kwargs.get("data"), seeds=kwargs.get("seeds"),
+                                      data_root=kwargs.get("data_root"), ablations=kwargs.get("ablations", True))}
+    return replicate(spec_path, profile, out, launcher=launcher, device=device, shard=shard,
+                     time_budget_s=time_budget_s, log=log, **kwargs)

@@ -1,0 +1,27 @@
+"""One process per GPU: the commands and environments, without a GPU (Popen is faked)."""
+
+from pathlib import Path
+
+from mutualbench import launch
+
+
+def test_one_replicate_process_per_gpu_each_on_its_seeds(monkeypatch):
+    started = []
+
+    class FakeProcess:
+        def __init__(self, cmd, env):
+            self.gpu = env["CUDA_VISIBLE_DEVICES"]
+            started.append((cmd, self.gpu))
+
+        def wait(self):
+            return 3 if self.gpu == "1" else 0  # the second GPU's process fails
+
+    monkeypatch.setattr("subprocess.Popen", FakeProcess)
+    errors = launch.run_per_gpu(Path("s.toml"), "full", Path("out"), 2, data="d.tar.gz", seeds=3, data_root=None,
+                                ablations=False)
+    assert [gpu for _, gpu in started] == ["0", "1"]
+    for i, (cmd, _) in enumerate(started):
+        assert cmd[2:] == ["mutualbench.cli", "replicate", "s.toml", "--profile", "full", "--out", "out", "--device",
+                           "cuda", "--data", "d.tar.gz", "--seeds", "3", "--no-ablations", "--shard", f"{i}/2",
+                           "--no-report"]
+    assert errors == ["GPU process 1 exited 3"]
