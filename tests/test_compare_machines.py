@@ -7,7 +7,7 @@ from pathlib import Path
 
 from mutualbench.cli import main
 from mutualbench.envinfo import machine_kind
-from mutualbench.results import machine_kinds, machine_note
+from mutualbench.results import load_study, machine_note
 
 OLD_ENV = {"device": "CPU: AMD EPYC 7B13 (2 threads)"}  # a record written before env.cpu existed
 EPYC = {"device": "CPU: AMD EPYC 7B13 (2 threads)",
@@ -45,7 +45,7 @@ def test_machine_kind_of_old_and_new_records():
 def test_compare_notes_results_from_another_kind_of_machine(tmp_path, capsys):
     stored = study(tmp_path / "stored", [OLD_ENV, EPYC], [40.0, 41.0])
     new = study(tmp_path / "new", [XEON, XEON], [40.2, 41.1])
-    assert machine_kinds(stored) == ["AMD EPYC 7B13 AVX2", "CPU: AMD EPYC 7B13 (2 threads) (instruction set not recorded)"]
+    assert load_study(stored).machine_kinds() == ["AMD EPYC 7B13 AVX2", "CPU: AMD EPYC 7B13 (2 threads) (instruction set not recorded)"]
     assert main(["compare", str(new), "--against", str(stored)]) == 0
     out = capsys.readouterr().out
     assert ("note: stored results came from AMD EPYC 7B13 AVX2 and CPU: AMD EPYC 7B13 (2 threads) (instruction set "

@@ -26,7 +26,7 @@ ROOT_USER = hasattr(os, "geteuid") and os.geteuid() == 0  # permissions are not 
 
 def run_args(data, root, out, *extra, epochs=2):
     return ["run", "--method", "individual", "--epochs", str(epochs), "--data", str(data), "--data-root", str(root),
-            "--out", str(out), "--device", "cpu", "--set", "data.batch_size=16", *extra]
+            "--out", str(out), "--device", "cpu", "--set", "data.batch_size=16", "--set", "loss.reduction=sum", *extra]
 
 
 def run_id(data, root, **overrides):
