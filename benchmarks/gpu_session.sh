@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# One call on a lent GPU machine (see README "GPU session"): the GPU check of the fused
-# cohort step, then the blog's study (profile `full`, main arms) for as many seeds as fit,
-# packed under $OUT for replication/import_gpu_session.py. Prepared here by `make gpu-prep`
-# (the data archive and the commit go in .gpu/, carried with the call):
+# One command on a GPU machine or cluster node (README, "On a GPU machine or cluster node"):
+# the GPU check of the fused cohort step, then the blog's study (profile `full`, main arms)
+# for as many seeds as fit, packed under $OUT for replication/import_gpu_session.py.
+# Prepared by `make gpu-prep` (the data archive and the commit go in .gpu/, which is copied
+# there with the working tree); run from the tree's root under a 600-s time limit:
 #
-#   device run: bash benchmarks/gpu_session.sh      carry: [".gpu"]     timeout_s: 600
+#   OUT=<folder to bring back> bash benchmarks/gpu_session.sh
 #
 # Sized to end within 570 s of its start. Dry run on the CPU (timings meaningless):
 #   OUT=/tmp/out DEVICE=cpu PROFILE=smoke SEEDS=1 TOTAL_S=300 bash benchmarks/gpu_session.sh
@@ -14,7 +15,7 @@ start=$(date +%s)
 DEVICE=${DEVICE:-cuda}
 PROFILE=${PROFILE:-full}
 SEEDS=${SEEDS:-5}
-TOTAL_S=${TOTAL_S:-570}      # the whole script, within the device's 600-s command limit
+TOTAL_S=${TOTAL_S:-570}      # the whole script, within a 600-s time limit
 CHECK_S=${CHECK_S:-200}      # the GPU check's share
 PACK_S=30                    # left for the table, plots and packing
 DATA=${DATA:-.gpu/cifar10-jpeg75.tar.gz}
@@ -22,7 +23,7 @@ PY=${PYTHON:-python3}
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 export MUTUALBENCH_DATA_ROOT=${MUTUALBENCH_DATA_ROOT:-/tmp/mutualbench-data}
 [ -f .gpu/COMMIT ] && export MUTUALBENCH_SOURCE_COMMIT="$(cat .gpu/COMMIT)"
-[ -f "$DATA" ] || { echo "no data archive at $DATA: run 'make gpu-prep' and carry .gpu"; exit 2; }
+[ -f "$DATA" ] || { echo "no data archive at $DATA: run 'make gpu-prep' and copy .gpu/ with the tree"; exit 2; }
 
 { nvidia-smi || true; "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"; } \
   > "$OUT/machine.txt" 2>&1
