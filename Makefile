@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 EXTRAS ?= dev,wandb,slurm
-# Study data: cifar10 downloads it; offline, point at a local copy (a folder or archive).
-MUTUALBENCH_DATA ?= cifar10
+# Study data: by default the spec's own data set ([study] data: cifar10 downloads it);
+# offline, point at a local copy of it (a folder or archive).
+MUTUALBENCH_DATA ?=
 
 .PHONY: install test replicate smoke-study bench bench-smoke gpu-prep gpu-import lint clean
 
@@ -27,15 +28,19 @@ SPEC ?= replication/seed_blog.toml
 PROFILE ?=
 ARGS ?=
 replicate: $(BIN)/mutualbench
-	$(BIN)/mutualbench replicate $(SPEC) --data "$(MUTUALBENCH_DATA)" $(if $(PROFILE),--profile $(PROFILE)) $(ARGS)
+	$(BIN)/mutualbench replicate $(SPEC) $(if $(MUTUALBENCH_DATA),--data "$(MUTUALBENCH_DATA)") $(if $(PROFILE),--profile $(PROFILE)) $(ARGS)
 
-# The CI regression check: the smoke profile on the shared CIFAR-10 copy against results/seed_blog/smoke.
+# The CI regression check: the smoke profile of every study in SMOKE_STUDIES on the shared
+# CIFAR-10 copy, each against its stored set in results/<study>/smoke.
 SHARED_CIFAR ?= ../shared/data/cifar10-jpeg75.tar.gz
+SMOKE_STUDIES ?= seed_blog dml_cifar10
 smoke-study: $(BIN)/mutualbench
 	@if [ -f "$(SHARED_CIFAR)" ]; then \
-	  rm -rf runs/ci-smoke && mkdir -p runs && \
-	  $(BIN)/mutualbench replicate replication/seed_blog.toml --profile smoke --seeds 2 --data "$(SHARED_CIFAR)" --out runs/ci-smoke --quiet --against results/seed_blog/smoke > runs/ci-smoke.log 2>&1 || { cat runs/ci-smoke.log; exit 1; } ; \
-	  $(BIN)/mutualbench compare runs/ci-smoke --against results/seed_blog/smoke; \
+	  mkdir -p runs && for s in $(SMOKE_STUDIES); do \
+	    rm -rf runs/ci-smoke-$$s && \
+	    $(BIN)/mutualbench replicate replication/$$s.toml --profile smoke --seeds 2 --data "$(SHARED_CIFAR)" --out runs/ci-smoke-$$s --quiet --against results/$$s/smoke > runs/ci-smoke-$$s.log 2>&1 || { cat runs/ci-smoke-$$s.log; exit 1; } ; \
+	    $(BIN)/mutualbench compare runs/ci-smoke-$$s --against results/$$s/smoke || exit 1; \
+	  done; \
 	else echo "smoke-study: $(SHARED_CIFAR) not found, skipped"; fi
 
 # CPU benchmarks; ratios against baselines measured in the same run, with machine info.

@@ -120,6 +120,8 @@ def test_which_cohorts_fuse():
         ([], "fused", None),
         (["mutual.fuse=false"], "plain", "mutual.fuse is off"),
         (["mutual.update_order=sequential"], "plain", "sequential update order"),
+        (["mutual.update_order=sequential", "mutual.fuse=false"], "plain",
+         "mutual.fuse is off; sequential update order"),
     ],
 )
 def test_stage_selection(overrides, path, why):
@@ -128,3 +130,11 @@ def test_stage_selection(overrides, path, why):
     stage.begin()
     info = stage.describe()
     assert info["cohort_path"] == path and info.get("why_plain", None) in (why, "")
+
+
+def test_a_batchnorm_pair_updated_in_turn_names_both_reasons():
+    cfg = apply_overrides(default_config(), ["mutual.update_order=sequential"])
+    members = {"student1": create_arch("resnet20"), "student2": create_arch("resnet20")}
+    info = make_mutual_stage(members, BuildContext(cfg, CPU, 10)).describe()
+    assert info["cohort_path"] == "plain"
+    assert info["why_plain"] == "sequential update order; BatchNorm running statistics"

@@ -184,12 +184,12 @@ def make_mutual_stage(members: dict[str, nn.Module], ctx: BuildContext) -> Stage
     cfg = ctx.config
     mutual = cfg["mutual"]
     ok, why = fusable(members)
-    if not mutual["fuse"]:
-        why = "mutual.fuse is off"
-    elif mutual["update_order"] != "simultaneous":
-        why = "sequential update order"
-    elif ok:
+    if mutual["fuse"] and mutual["update_order"] == "simultaneous" and ok:
         return FusedMutualStage(members, cfg["train"], mutual, ctx.reduction, ctx.device, cfg.get("speed"))
+    # every reason the cohort runs plain, for the record (e.g. a BatchNorm ResNet pair updated in turn)
+    why = "; ".join([r for r, applies in (("mutual.fuse is off", not mutual["fuse"]),
+                                          ("sequential update order", mutual["update_order"] != "simultaneous"),
+                                          (why, not ok)) if applies])
     speed = cfg.get("speed") or {}
     return MutualStage(members, cfg["train"], mutual, ctx.reduction, ctx.device, why_plain=why,
                        channels_last=bool(speed.get("channels_last")), bf16=bool(speed.get("bf16")),
