@@ -208,6 +208,35 @@ def test_teacher_with_missing_weights_is_retrained_identically(tmp_path, tiny_ci
     assert metrics(read_record(tmp_path / f"{t_rid}.json")) == metrics(before)
 
 
+def test_a_teacher_recorded_on_another_kind_of_machine_is_not_replaced_silently(tmp_path, tiny_cifar, monkeypatch):
+    """Its record is here but not its weights, and it was made on another kind of machine:
+    retraining would put a different teacher under the old record's name, so it is a one-line
+    error naming the fixes; with MUTUALBENCH_RETRAIN_TEACHERS=1 it is retrained."""
+    import json
+
+    from mutualbench.errors import UserError
+
+    data, root = tiny_cifar
+    runner = Runner(tmp_path, data_root=root, device="cpu")
+    first = runner.run(run_config("kd", data))
+    t_rid = first["teacher"]["run_id"]
+    path = tmp_path / f"{t_rid}.json"
+    record = json.loads(path.read_text())
+    record["env"]["cpu"]["isa"] = "AVX512"  # as if made on an AVX-512 machine
+    path.write_text(json.dumps(record))
+    before = path.read_bytes()
+    (tmp_path / t_rid / "final.pt").unlink()
+    (tmp_path / f"{first['run_id']}.json").unlink()
+    with pytest.raises(UserError) as e:
+        runner.run(run_config("kd", data))
+    msg = str(e.value)
+    assert f"the teacher run {t_rid}" in msg and "AVX512" in msg and "MUTUALBENCH_RETRAIN_TEACHERS=1" in msg
+    assert "\n" not in msg and path.read_bytes() == before  # the stored record is untouched
+    monkeypatch.setenv("MUTUALBENCH_RETRAIN_TEACHERS", "1")
+    again = runner.run(run_config("kd", data))
+    assert again["teacher"]["source"] == "trained" and metrics(again) == metrics(first)
+
+
 def test_git_commit_of_a_tree_copy_comes_from_the_environment(monkeypatch):
     from mutualbench import envinfo
 

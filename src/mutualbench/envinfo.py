@@ -77,6 +77,12 @@ def machine_kind(env: dict) -> str:
     return str(env.get("device", "?")) + " (instruction set not recorded)"
 
 
+def current_machine_kind(device: torch.device) -> str:
+    """``machine_kind`` of this machine running on ``device``."""
+    return machine_kind({"cuda": torch.version.cuda if device.type == "cuda" else None,
+                         "device": device_name(device), "cpu": cpu_kind()})
+
+
 def load_average() -> float | None:
     try:
         return round(os.getloadavg()[0], 2)

@@ -13,6 +13,7 @@ Output layout for ``out_dir``::
 from __future__ import annotations
 
 import copy
+import os
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -25,7 +26,7 @@ from .config import BASE_DEFAULTS, default_config, run_id, validate
 from .data import DeviceLoader, ImageDataset, load_dataset
 from .data.sources import sha256_file
 from .engine import Engine, TrainingDiverged, evaluate_ensemble
-from .envinfo import environment, load_average, resolve_device
+from .envinfo import current_machine_kind, environment, load_average, machine_kind, resolve_device
 from .errors import UserError, warn
 from .io_utils import atomic_torch_save, move_aside, safe_torch_load
 from .locks import LOCK, FolderLock
@@ -41,6 +42,7 @@ from .records import (
     write_record,
 )
 
+RETRAIN_TEACHERS_ENV = "MUTUALBENCH_RETRAIN_TEACHERS"
 TOP_LEVEL = ("method", "arch", "cohort", "seed", "init", "pretrain")
 EVAL_BATCH_SIZE = 1000
 
@@ -198,8 +200,11 @@ class Runner:
             tcfg = teacher_config(config)
             t_resolved, t_rid, _, _ = self.prepare(tcfg)
             final = self.out_dir / t_rid / "final.pt"
-            recorded = complete_record(self.out_dir, t_rid) is not None
+            stored = complete_record(self.out_dir, t_rid)
+            recorded = stored is not None
             reused = recorded and final.exists()
+            if recorded and not reused:
+                self._check_teacher_retrain(stored, t_rid)
             if not reused:
                 self.log(f"training the teacher ({arch}) as run {t_rid}"
                          + (" again: its record is here but not its weights (results/ stores no weights)"
@@ -215,6 +220,21 @@ class Runner:
         teacher.eval()
         info.update(arch=arch, params=count_parameters(teacher))
         return teacher, info
+
+    def _check_teacher_retrain(self, stored: dict, t_rid: str) -> None:
+        """A teacher whose record is here but not its weights is retrained under the same run
+        id, which replaces the record. On the kind of machine that made the record that gives
+        the same teacher (training is deterministic there); on another kind float32 rounds
+        differently and it would be a different teacher under the old record's name, so that
+        is refused unless MUTUALBENCH_RETRAIN_TEACHERS=1 says to replace it."""
+        made_on = machine_kind(stored.get("env") or {})
+        here = current_machine_kind(self.device)
+        if made_on != here and os.environ.get(RETRAIN_TEACHERS_ENV) != "1":
+            raise UserError(
+                f"the teacher run {t_rid} in {self.out_dir} has a record (made on {made_on}) but not its weights; "
+                f"retraining it on this machine ({here}) would replace that record with a different teacher, since "
+                f"float32 rounds differently on each kind of machine. Put its weights at {self.out_dir / t_rid / 'final.pt'}, "
+                f"run where the record was made, or set {RETRAIN_TEACHERS_ENV}=1 to retrain it here and replace the record")
 
     # ------------------------------------------------------------------ training
     def _loaders(self, resolved: dict, ds: ImageDataset, dtype: torch.dtype = torch.float32):
