@@ -147,7 +147,7 @@ def replicate(spec_path: Path, profile: str, out: Path, *, data: str | None = No
         else:
             timer = RunTimer(runner)
             if announce_estimate:
-                expected = sum(timer.estimate(c).train_s + timer.estimate(c).eval_s for c in pending)
+                expected = sum(e.train_s + e.eval_s for e in map(timer.estimate, pending))
                 log(f"estimated time for the {len(pending)} runs to run: {format_duration(expected)} on this machine "
                     f"({device_name(runner.device)}; from runs of the same kind recorded here on this kind of "
                     "machine, else a few timed training steps of each kind of run)")

@@ -30,7 +30,8 @@ HINT_SECTION = register_section(
 
 def check_hint_taps(config: dict) -> None:
     """Before any training: every student architecture and the teacher have the hint taps
-    (the configured ones, or exactly one each), with maps of the same spatial size."""
+    (the configured ones, or exactly one each). That the two maps have the same spatial size
+    is checked when the hint stage is built."""
     from ..archs import create_arch
 
     hint = config["hint"]

@@ -10,7 +10,6 @@ from ..errors import UserError
 from .base import BuildContext, Method, ModelSlot, Stage
 from .fitnets import check_hint_taps, hint_stage
 
-PRETRAIN = ("none", "hints")
 BUILT_IN_HINTS = ("fitnets", "hint_mutual")
 
 
