@@ -18,10 +18,11 @@ def test_one_replicate_process_per_gpu_each_on_its_seeds(monkeypatch):
 
     monkeypatch.setattr("subprocess.Popen", FakeProcess)
     errors = launch.run_per_gpu(Path("s.toml"), "full", Path("out"), 2, data="d.tar.gz", seeds=3, data_root=None,
-                                ablations=False)
+                                ablations=False, arms=["dml", "kd"])
     assert [gpu for _, gpu in started] == ["0", "1"]
     for i, (cmd, _) in enumerate(started):
         assert cmd[2:] == ["mutualbench.cli", "replicate", "s.toml", "--profile", "full", "--out", "out", "--device",
-                           "cuda", "--data", "d.tar.gz", "--seeds", "3", "--no-ablations", "--shard", f"{i}/2",
+                           "cuda", "--data", "d.tar.gz", "--seeds", "3", "--no-ablations", "--arms", "dml,kd",
+                           "--shard", f"{i}/2",
                            "--no-report"]
     assert errors == ["GPU process 1 exited 3"]

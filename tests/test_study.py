@@ -247,3 +247,27 @@ def test_dry_run_plans_without_training_or_writing(tmp_path, spec, tiny_cifar, c
     assert "3 runs complete, 3 to run" in text
     done = json.loads((out / "study.json").read_text())["runs"]  # seed 0's three runs
     assert len(done) == 3 and all(re.search(rf"{e['run_id']}\s*\|\s*complete", text) for e in done)
+
+
+def test_arms_runs_only_the_named_arms_and_plans_the_rest(tmp_path, spec, tiny_cifar, capsys):
+    data, root = tiny_cifar
+    out = tmp_path / "study"
+    assert replicate(spec, data, root, out, "--arms", "dml", "--seeds", "1", "--quiet") == 0
+    recs = records(out)
+    # dml's main run and its update_order ablation run; no student, no kd, no teacher
+    assert sorted(r["method"] for r in recs.values()) == ["mutual", "mutual"]
+    assert len(json.loads((out / "study.json").read_text())["runs"]) == 5  # the manifest lists every run
+    capsys.readouterr()
+    assert replicate(spec, data, root, out, "--dry-run", "--seeds", "1", "--arms", "student") == 0
+    text = capsys.readouterr().out
+    assert "2 runs complete, 1 to run" in text and text.count("not selected (--arms)") == 1  # kd
+
+
+@pytest.mark.parametrize("arms, message", [
+    ("nope", "has no arm 'nope'; its arms are student, kd, dml"),
+    (",", "--arms names no arm"),
+])
+def test_arms_errors_name_the_fix(tmp_path, spec, tiny_cifar, capsys, arms, message):
+    data, root = tiny_cifar
+    assert replicate(spec, data, root, tmp_path / "study", "--arms", arms, "--dry-run") == 2
+    assert message in capsys.readouterr().err

@@ -109,6 +109,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _arm_list(text: str) -> list[str]:
+    """``--arms a,b``: arm names, in order, without repeats or empty names."""
+    return list(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
+
+
 def _log(quiet: bool):
     return (lambda msg: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
 
@@ -146,7 +151,7 @@ def _dry_run(args: argparse.Namespace, profile: str, out) -> int:
     from .study import dry_run
 
     rows, total = dry_run(args.spec, profile, out, data=args.data, seeds=args.seeds, data_root=args.data_root,
-                          device=args.device, ablations=not args.no_ablations, log=_log(True))
+                          device=args.device, ablations=not args.no_ablations, arms=args.arms, log=_log(True))
     print(f"{args.spec}, profile {profile}, into {out} (dry run: nothing is trained or written)")
     print(tabulate([list(r.values()) for r in rows], headers=list(rows[0]), tablefmt="github"))
     todo = sum(r["status"] == "to run" for r in rows)
@@ -176,7 +181,8 @@ def _replicate(args: argparse.Namespace) -> int:
         on_record = run_logger(args.wandb_project, group=f"{Path(args.spec).stem}-{profile}")
     slurm = {"partition": args.partition, "gpus": args.gpus, "time_min": args.time_min, "cluster": args.slurm_cluster}
     result = run_study(Path(args.spec), profile, out, data=args.data, seeds=args.seeds, data_root=args.data_root,
-                       device=args.device, ablations=not args.no_ablations, launcher=args.launcher, shard=shard,
+                       device=args.device, ablations=not args.no_ablations, arms=args.arms,
+                       launcher=args.launcher, shard=shard,
                        slurm=slurm, time_budget_s=args.time_budget, announce_estimate=not args.quiet,
                        on_record=on_record, log=log)
     if result.get("left"):
@@ -309,6 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time-min", type=int, default=60, help="SLURM time limit per job, minutes")
     p.add_argument("--slurm-cluster", default=None, help=argparse.SUPPRESS)  # submitit cluster: local/debug in tests
     p.add_argument("--no-ablations", action="store_true", help="only the main arms")
+    p.add_argument("--arms", default=None, type=_arm_list, metavar="NAME[,NAME...]",
+                   help="run only these arms of the spec (their main and ablation runs); the table still shows "
+                        "every arm with complete runs")
     p.add_argument("--dry-run", action="store_true",
                    help="print the plan (every run with its run id, which are complete in --out, an estimated time "
                         "for the rest on this machine) and exit: nothing is trained or written")

@@ -21,22 +21,24 @@ from .launch import run_local, run_per_gpu, run_slurm
 from .layout import MANIFEST, RUNS
 from .records import complete_record
 from .run import Runner, resolve
-from .spec import expand, load_spec
+from .spec import expand, in_profile, load_spec
 
 MANIFEST_SCHEMA = 1
 
 
 def plan_study(spec_path: Path, profile: str, out: Path, *, data: str | None = None, seeds: int | None = None,
                data_root: Path | None = None, device: str = "auto", ablations: bool = True,
-               shard: tuple[int, int] | None = None, on_record: Callable[[dict], None] | None = None,
-               log: Callable[[str], None] = print):
+               arms: list[str] | None = None, shard: tuple[int, int] | None = None,
+               on_record: Callable[[dict], None] | None = None, log: Callable[[str], None] = print):
     """The study's runs without running any: the runner, the manifest (every arm x seed x
     ablation value with its run id) and the configs of the runs whose complete record is not
     in ``out``. Every run is validated (types, registries, taps, data) on the way; nothing is
     written. ``data``: where to read the spec's data set from (default: the spec's
-    ``[study] data``); a different data set is an error, not a switch."""
+    ``[study] data``); a different data set is an error, not a switch. ``arms``: run only
+    these arms (their main runs and ablation runs); the manifest still lists every run."""
     spec = load_spec(spec_path)
     spec.profile(profile)
+    _check_selected_arms(spec, profile, arms)
     if data is None and spec.data not in KNOWN_DATASETS:
         raise UserError(f"{spec.path} is a study of {spec.data}, which cannot be downloaded: give --data, a local copy "
                         "of it (a class-per-folder tree or a .tar.gz/.zip of one)")
@@ -61,7 +63,7 @@ def plan_study(spec_path: Path, profile: str, out: Path, *, data: str | None = N
         _, rid, ds, _ = runner.prepare(p.config)
         entries.append({"arm": p.arm, "seed": p.seed, "ablation": p.ablation, "value": p.value, "run_id": rid,
                         "method": p.config["method"]})
-        if rid not in seen:
+        if (arms is None or p.arm in arms) and rid not in seen:
             seen.add(rid)
             if complete_record(runner.out_dir, rid) is None:
                 pending.append(p.config)
@@ -80,6 +82,21 @@ def plan_study(spec_path: Path, profile: str, out: Path, *, data: str | None = N
     return spec, runner, manifest, pending
 
 
+def _check_selected_arms(spec, profile: str, arms: list[str] | None) -> None:
+    """``--arms`` names arms of the spec that run in ``profile``."""
+    if arms is None:
+        return
+    if not arms:
+        raise UserError("--arms names no arm; give a comma-separated list of arm names, or drop it to run every arm")
+    names = [a["name"] for a in spec.arms]
+    for name in arms:
+        if name not in names:
+            raise UserError(f"--arms: {spec.path} has no arm {name!r}; its arms are {', '.join(names)}")
+        if not in_profile(spec.arm(name), profile):
+            raise UserError(f"--arms: arm {name!r} of {spec.path} does not run in profile {profile!r} (it runs in "
+                            f"{', '.join(spec.arm(name)['profiles'])}); choose another arm or profile")
+
+
 def _check_data_is_the_specs(spec, data: str, ds) -> None:
     """The loaded data set ``ds`` (read from ``data``) must be the spec's data set or a copy
     of it: same class count and, where known, the same class names in order."""
@@ -95,7 +112,7 @@ def dry_run(spec_path: Path, profile: str, out: Path, **kwargs) -> tuple[list[di
     """The plan of a study, printed by ``replicate --dry-run``: one row per arm x seed x
     ablation value (its run id; "complete" when its record is in ``out``, "to run", or
     "same run as" an earlier row), each run to do with its estimated time on this machine,
-    and their total. Trains nothing, writes nothing."""
+    and their total; runs left out by ``arms`` are "not selected". Trains nothing, writes nothing."""
     _, runner, manifest, pending = plan_study(spec_path, profile, out, **kwargs)
     timer = RunTimer(runner)
     estimates = {}
@@ -113,6 +130,8 @@ def dry_run(spec_path: Path, profile: str, out: Path, **kwargs) -> tuple[list[di
             est = estimates[rid]
             row["status"] = "to run"
             row["estimate"] = format_duration(est.train_s + est.eval_s)
+        elif complete_record(runner.out_dir, rid) is None:
+            row["status"], row["estimate"] = "not selected (--arms)", ""
         else:
             row["status"], row["estimate"] = "complete", ""
         first_row.setdefault(rid, len(rows) + 1)
@@ -122,13 +141,14 @@ def dry_run(spec_path: Path, profile: str, out: Path, **kwargs) -> tuple[list[di
 
 def replicate(spec_path: Path, profile: str, out: Path, *, data: str | None = None, seeds: int | None = None,
               launcher: str = "local", data_root: Path | None = None, device: str = "auto",
-              ablations: bool = True, shard: tuple[int, int] | None = None, slurm: dict | None = None,
+              ablations: bool = True, arms: list[str] | None = None, shard: tuple[int, int] | None = None,
+              slurm: dict | None = None,
               plan_only: bool = False, time_budget_s: float | None = None, announce_estimate: bool = True,
               on_record: Callable[[dict], None] | None = None,
               log: Callable[[str], None] = print) -> dict:
     spec, runner, manifest, pending = plan_study(spec_path, profile, out, data=data, seeds=seeds,
                                                  data_root=data_root, device=device, ablations=ablations,
-                                                 shard=shard, on_record=on_record, log=log)
+                                                 arms=arms, shard=shard, on_record=on_record, log=log)
     out = Path(out)
     seen = {e["run_id"] for e in manifest["runs"]}
     if shard is None:
@@ -174,6 +194,7 @@ def run_study(spec_path: Path, profile: str, out: Path, *, launcher: str = "loca
         plan = replicate(spec_path, profile, out, plan_only=True, device=device, log=log, **kwargs)
         log(f"{plan['pending']} runs to do on {gpus} GPUs, one process each")
         return {"errors": run_per_gpu(spec_path, profile, out, gpus, data=kwargs.get("data"), seeds=kwargs.get("seeds"),
-                                      data_root=kwargs.get("data_root"), ablations=kwargs.get("ablations", True))}
+                                      data_root=kwargs.get("data_root"), ablations=kwargs.get("ablations", True),
+                                      arms=kwargs.get("arms"))}
     return replicate(spec_path, profile, out, launcher=launcher, device=device, shard=shard,
                      time_budget_s=time_budget_s, log=log, **kwargs)
