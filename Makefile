@@ -18,7 +18,7 @@ $(BIN)/mutualbench: pyproject.toml
 install: $(BIN)/mutualbench
 
 test: $(BIN)/mutualbench
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 # The blog's study: profile `full` on a GPU, `cpu` otherwise (see replication/seed_blog.toml),
 # into runs/seed_blog/<profile>; ends with the table, the plots and a comparison with the
