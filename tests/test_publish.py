@@ -65,10 +65,31 @@ def test_log_run_offline_logs_the_curves(study, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
     record = json.loads(next((study / "runs").glob("mutual-*.json")).read_text())
     log_run(record, project="mutualbench-test")
-    (run_file,) = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
-    data = run_file.read_bytes()  # the offline run's record stream holds the logged keys
-    for key in ("test_acc/student1", "train_loss/student2", "final_test_acc/student1", record["run_id"]):
+    keys = ("test_acc/student1", "train_loss/student2", "final_test_acc/student1", record["run_id"])
+    data = _offline_stream(tmp_path)  # the offline run's record stream holds the logged keys
+    for key in keys:
         assert key.encode() in data
+
+
+def _offline_stream(wandb_dir, wait_s: float = 60.0) -> bytes:
+    """The bytes of the one offline run's record stream under ``wandb_dir``, once written.
+
+    ``run.finish()`` returns when the run's exit is recorded; W&B's service closes (and so
+    flushes) the stream file after that, in its own process. ``wandb.teardown()`` waits for
+    the service to stop; the poll covers a service that stops before its writer is done."""
+    import time
+
+    import wandb
+
+    wandb.teardown()
+    deadline = time.monotonic() + wait_s
+    while True:
+        files = list(wandb_dir.glob("wandb/offline-run-*/run-*.wandb"))
+        assert len(files) <= 1, files
+        data = files[0].read_bytes() if files else b""
+        if len(data) > 64 or time.monotonic() > deadline:  # more than the stream's 7-byte header
+            return data
+        time.sleep(0.2)
 
 
 def _fake_wandb(monkeypatch, init):
