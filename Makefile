@@ -17,8 +17,11 @@ $(BIN)/mutualbench: pyproject.toml
 
 install: $(BIN)/mutualbench
 
+# Tests run in TEST_WORKERS processes (pytest-xdist; `auto`: one per core, `0`: in this one),
+# a test file per worker so that module fixtures are built once.
+TEST_WORKERS ?= auto
 test: $(BIN)/mutualbench
-	$(BIN)/python -m pytest -q --durations=15
+	$(BIN)/python -m pytest -q --durations=15 -n $(TEST_WORKERS) --dist loadfile
 
 # The blog's study: profile `full` on a GPU, `cpu` otherwise (see replication/seed_blog.toml),
 # into runs/seed_blog/<profile>; ends with the table, the plots and a comparison with the
@@ -54,7 +57,7 @@ bench: $(BIN)/mutualbench
 
 # CI: every benchmark once on small data, no timing claims.
 bench-smoke: $(BIN)/mutualbench
-	MUTUALBENCH_BENCH_SMOKE=1 $(BIN)/python -m pytest benchmarks -q -p no:cacheprovider --benchmark-disable
+	MUTUALBENCH_BENCH_SMOKE=1 $(BIN)/python -m pytest benchmarks -q -p no:cacheprovider --benchmark-disable -n $(TEST_WORKERS) --dist loadfile
 
 # A remote GPU machine (README, "On a GPU machine or cluster node"): `make gpu-prep` puts the
 # data archive and the commit in .gpu/ (ignored), to be copied there with the tree; there,

@@ -14,6 +14,20 @@ SHARED_CIFAR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / 
 SHARED_CIFAR_SHA256 = "c39db14690feee235e4f88817d1caff0707fb1d9ac3ad6f76efe99d56eafb5a2"
 
 
+def pytest_configure(config):
+    """Under pytest-xdist (``make test`` runs ``-n auto``), share the cores among the workers:
+    each worker, and every CLI subprocess it starts, gets cores / workers intra-op threads
+    instead of all of them (N workers x N threads on N cores spend their time waiting)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 0)
+    if not os.environ.get("PYTEST_XDIST_WORKER") or workers < 1:
+        return
+    import torch
+
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    torch.set_num_threads(threads)
+
+
 def png_bytes(array: np.ndarray) -> bytes:
     from PIL import Image
 
@@ -64,13 +78,25 @@ def tiny_files():
 
 @pytest.fixture(scope="session")
 def shared_cifar(tmp_path_factory):
-    """The shared CIFAR-10 JPEG copy, decoded once per test session into a temporary root."""
+    """The shared CIFAR-10 JPEG copy, decoded once per test session into a temporary root
+    ($MUTUALBENCH_TEST_DATA_ROOT when set). Under pytest-xdist the workers share one root:
+    the first to take its lock decodes, the others read the cache it wrote."""
     if not SHARED_CIFAR.exists():
         pytest.skip(f"shared CIFAR-10 copy not found at {SHARED_CIFAR}")
+    import fcntl
+
     from mutualbench.data import load_dataset
 
-    root = Path(os.environ.get("MUTUALBENCH_TEST_DATA_ROOT") or tmp_path_factory.mktemp("cifar-root"))
-    return load_dataset(SHARED_CIFAR, root=root)
+    root = os.environ.get("MUTUALBENCH_TEST_DATA_ROOT")
+    if root:
+        root = Path(root)
+    else:  # a worker's base temp lies in the session's own folder, which every worker shares
+        base = tmp_path_factory.getbasetemp()
+        root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "cifar-root"
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".decode-lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return load_dataset(SHARED_CIFAR, root=root)
 
 
 @pytest.fixture(scope="session")
