@@ -57,7 +57,7 @@ bench: $(BIN)/mutualbench
 
 # CI: every benchmark once on small data, no timing claims.
 bench-smoke: $(BIN)/mutualbench
-	MUTUALBENCH_BENCH_SMOKE=1 $(BIN)/python -m pytest benchmarks -q -p no:cacheprovider --benchmark-disable -n $(TEST_WORKERS) --dist loadfile
+	MUTUALBENCH_BENCH_SMOKE=1 $(BIN)/python -m pytest benchmarks -q -p no:cacheprovider --benchmark-disable
 
 # A remote GPU machine (README, "On a GPU machine or cluster node"): `make gpu-prep` puts the
 # data archive and the commit in .gpu/ (ignored), to be copied there with the tree; there,
