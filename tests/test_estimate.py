@@ -6,7 +6,7 @@ import torch
 
 from mutualbench import launch
 from mutualbench.config import default_config
-from mutualbench.estimate import RunTimer, format_duration, measure_run_seconds
+from mutualbench.estimate import RunTimer, format_duration, measure_run_seconds, recorded_estimate
 from mutualbench.run import Runner
 
 
@@ -74,9 +74,11 @@ def test_a_recorded_run_of_the_same_kind_on_this_machine_is_the_estimate(tmp_pat
     second = config(data, method="individual")
     second["seed"] = 1
     est = RunTimer(runner).estimate(second)
-    t = first["timings"]
-    assert est.train_s == pytest.approx(t["train_s"] * RunTimer.SAFETY)
-    assert est.eval_s == pytest.approx(t["eval_s"] * RunTimer.SAFETY)
+    epochs = first["curves"]  # two epochs: their median times two is their sum
+    assert len(epochs) == 2
+    assert est.train_s == pytest.approx(sum(e["train_s"] for e in epochs) * RunTimer.SAFETY)
+    assert est.eval_s == pytest.approx(sum(e["eval_s"] for e in epochs) * RunTimer.SAFETY)
+    assert est.train_s == pytest.approx(first["timings"]["train_s"] * RunTimer.SAFETY, rel=1e-2)
 
 
 def test_an_interrupted_run_is_estimated_for_the_epochs_it_has_left(tmp_path, tiny_cifar):
@@ -96,3 +98,15 @@ def test_an_interrupted_run_is_estimated_for_the_epochs_it_has_left(tmp_path, ti
     (tmp_path / "runs" / rid / "checkpoint.pt").write_bytes(b"garbage")  # unreadable: the run starts over
     assert timer.estimate(second).train_s == pytest.approx(whole.train_s)
     assert first["timings"]["train_s"] > 0
+
+
+def test_a_recorded_run_counts_its_median_epoch_not_epochs_slowed_by_other_work():
+    rows = [{"stage": "hint", "epoch": 1, "train_s": 10.0, "eval_s": 1.0}]
+    rows += [{"stage": "train", "epoch": 1 + e, "train_s": s, "eval_s": 2.0} for e, s in enumerate((20.0, 21.0, 95.0))]
+    rec = {"timings": {"train_s": 146.0, "eval_s": 7.0}, "curves": rows,
+           "stages": [{"name": "hint", "epochs": 1}, {"name": "train", "epochs": 3}]}
+    est = recorded_estimate(rec)
+    # hint: 1 x 10; train: 3 x median(20, 21, 95) = 63; the 95 s epoch shared the machine
+    assert (est.train_s, est.eval_s, est.epochs) == (73.0, 7.0, 4)
+    rec["curves"] = rows[:3]  # an epoch's time missing: the record's totals
+    assert (recorded_estimate(rec).train_s, recorded_estimate(rec).eval_s) == (146.0, 7.0)

@@ -7,7 +7,8 @@ after two warm-up steps, and one test batch of every evaluated model, then scale
 run's steps and epochs. It costs seconds, touches no output file and leaves the global
 RNG state as it found it. The time budget of ``replicate`` and its plan use it, preferring the time a complete run of
 the same kind (another seed) took on the same kind of machine when the output folder holds
-one: a measurement of a few steps is thrown off by anything else the machine is doing."""
+one (its median epoch, see ``recorded_estimate``): a measurement of a few steps is thrown
+off by anything else the machine is doing."""
 
 from __future__ import annotations
 
@@ -24,8 +25,8 @@ from .methods import BuildContext, get_method
 from .methods.base import freeze
 from .methods.pretrain import build_run, uses_teacher
 
-WARMUP_STEPS = 3  # the first steps pay for allocation and kernel selection
-TIMED_STEPS = 5
+WARMUP_STEPS = 5  # the first steps pay for allocation and kernel selection
+TIMED_STEPS = 10  # 5 left the estimate of two runs of equal cost up to 20% apart
 
 
 @dataclass
@@ -103,6 +104,25 @@ def checkpointed_epochs(path: Path) -> int:
         return 0
 
 
+def recorded_estimate(rec: dict) -> RunEstimate:
+    """What a complete run of this kind takes, from its record: per stage, the median of its
+    epochs' training (and test) times times the stage's epochs, so that epochs slowed by other
+    work on the machine do not inflate the estimate of the next seed; the record's totals when
+    it lacks a time for every epoch."""
+    t = rec["timings"]
+    stages = [s for s in rec.get("stages") or [] if int(s.get("epochs", 0)) > 0]
+    epochs = sum(int(s["epochs"]) for s in stages)
+    rows: dict[str, list[dict]] = {}
+    for row in rec.get("curves") or []:
+        if isinstance(row, dict) and {"stage", "train_s", "eval_s"} <= row.keys():
+            rows.setdefault(row["stage"], []).append(row)
+    if not stages or any(len(rows.get(s["name"], [])) != int(s["epochs"]) for s in stages):
+        return RunEstimate(float(t["train_s"]), float(t["eval_s"]), epochs=epochs)
+    train_s = sum(statistics.median(float(r["train_s"]) for r in rows[s["name"]]) * int(s["epochs"]) for s in stages)
+    eval_s = sum(statistics.median(float(r["eval_s"]) for r in rows[s["name"]]) * int(s["epochs"]) for s in stages)
+    return RunEstimate(train_s, eval_s, epochs=epochs)
+
+
 class RunTimer:
     """Estimates per run for one runner, measured once per kind of run (the config without
     its seed), plus the teacher's training when a run would have to train its teacher."""
@@ -145,10 +165,7 @@ class RunTimer:
                     and cpu.get("model") == here_cpu["model"]
                 if rec["status"] != "complete" or not same:
                     continue
-                t = rec["timings"]
-                epochs = sum(int(s.get("epochs", 0)) for s in rec.get("stages") or [])
-                self._recorded[self._kind(rec["config"])] = RunEstimate(float(t["train_s"]), float(t["eval_s"]),
-                                                                        epochs=epochs)
+                self._recorded[self._kind(rec["config"])] = recorded_estimate(rec)
         return self._recorded
 
     def estimate(self, config: dict) -> RunEstimate:
