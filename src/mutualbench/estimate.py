@@ -3,7 +3,7 @@
 ``measure_run_seconds`` builds the run's models and stages exactly as training would (a
 teacher, if the method needs one, is a freshly initialised model of the teacher's
 architecture: same cost, no training), times a few real training steps of every stage
-after two warm-up steps, and one test batch of every evaluated model, then scales by the
+after a few warm-up steps, and one test batch of every evaluated model, then scales by the
 run's steps and epochs. It costs seconds, touches no output file and leaves the global
 RNG state as it found it. The time budget of ``replicate`` and its plan use it, preferring the time a complete run of
 the same kind (another seed) took on the same kind of machine when the output folder holds
