@@ -44,6 +44,13 @@ def test_an_arm_with_fewer_seeds_is_named_and_the_common_seeds_used():
     assert "b has 2 seeds" in row["note"] and "computed on the 2 seeds all share" in row["note"]
 
 
+def test_a_contrast_whose_arms_share_no_seed_says_it_is_not_computed():
+    df = frame({("a", "model"): [10.0]})
+    row = linear_contrasts(df, [{"name": "a-b", "weights": {"a": 1, "b": -1}}]).iloc[0]
+    assert row["n"] == 0 and math.isnan(row["mean"]) and row["seeds_positive"] == 0
+    assert row["note"] == "not computed: its arms share no seed (b has 0 seeds)"
+
+
 SPEC = """
 [study]
 name = "c"

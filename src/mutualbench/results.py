@@ -173,7 +173,7 @@ def linear_contrasts(df: pd.DataFrame, contrasts: list[dict]) -> pd.DataFrame:
     cohort as its members' mean), over the seeds every arm of it has: mean, std, 95%
     t-interval, the one-sample t-test of mean 0 (two-sided) and the seeds where it is > 0.
     An arm with fewer seeds than the others is named in ``note`` (the contrast then uses the
-    seeds all its arms share)."""
+    seeds all its arms share, and says it is not computed when they share none)."""
     from scipy import stats
 
     acc = arm_accuracy(df[df["ablation"] == MAIN]) if not df.empty else pd.DataFrame(columns=["arm", "seed",
@@ -187,8 +187,12 @@ def linear_contrasts(df: pd.DataFrame, contrasts: list[dict]) -> pd.DataFrame:
         widest = max((len(v) for v in seed_sets.values()), default=0)
         short = [f"{arm} has {len(v)} seed{'s' if len(v) != 1 else ''}" for arm, v in seed_sets.items()
                  if len(v) < widest]
-        note = ("arms with fewer seeds: " + ", ".join(short) + f"; computed on the {len(common)} seeds all share"
-                if short else "")
+        if short and common:
+            note = "arms with fewer seeds: " + ", ".join(short) + f"; computed on the {len(common)} seeds all share"
+        elif short:
+            note = "not computed: its arms share no seed (" + ", ".join(short) + ")"
+        else:
+            note = ""
         values = pd.Series({s: sum(w * per_arm[a].loc[s] for a, w in weights.items()) for s in common}, dtype=float)
         n = len(values)
         mean = values.mean() if n else math.nan
