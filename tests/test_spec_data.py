@@ -134,3 +134,49 @@ def test_arm_profile_errors(tmp_path, capsys, late, message):
     path.write_text(PROFILED.format(data=TINY, arch=ARCH, late_profiles=late))
     assert replicate(path, "/nonexistent.tar.gz", tmp_path, tmp_path / "out") == 2
     assert message in one_line_error(capsys)
+
+
+OPT_IN = SPEC.replace("[profiles.smoke]", """[[ablations]]
+name = "augmentation"
+arms = ["student"]
+values = {{ on = {{}}, off = {{ "data.flip" = false }} }}
+
+[[ablations]]
+name = "precision"
+arms = ["student"]
+opt_in = {opt_in}
+values = {{ float32 = {{}}, bf16 = {{ "speed.bf16" = true }} }}
+
+[profiles.smoke]""")
+
+
+def test_an_opt_in_ablation_runs_only_when_named(tmp_path):
+    from mutualbench.spec import expand, load_spec
+
+    path = tmp_path / "o.toml"
+    path.write_text(OPT_IN.format(data=TINY, arch=ARCH, opt_in="true"))
+    spec = load_spec(path)
+
+    def ablations(selection):
+        return sorted({(p.ablation, p.value) for p in expand(spec, "smoke", [0], "x", selection) if p.ablation})
+
+    assert ablations(True) == [("augmentation", "off"), ("augmentation", "on")]
+    assert ablations(["precision"]) == [("precision", "bf16"), ("precision", "float32")]
+    assert ablations(False) == []
+    bf16 = [p for p in expand(spec, "smoke", [0], "x", ["precision"]) if p.value == "bf16"]
+    assert [p.config["speed"]["bf16"] for p in bf16] == [True]
+
+
+@pytest.mark.parametrize("opt_in,extra,message", [
+    ("true", ["--ablations", "nope"], "--ablations: "),
+    ("true", ["--ablations", "precision", "--no-ablations"], "--no-ablations and --ablations contradict each other"),
+    ('"yes"', [], "opt_in = 'yes' is not allowed; it must be true"),
+])
+def test_opt_in_ablation_errors(tmp_path, capsys, opt_in, extra, message):
+    path = tmp_path / "o.toml"
+    path.write_text(OPT_IN.format(data=TINY, arch=ARCH, opt_in=opt_in))
+    assert replicate(path, "/nonexistent.tar.gz", tmp_path, tmp_path / "out", *extra) == 2
+    error = one_line_error(capsys)
+    assert message in error
+    if extra[:2] == ["--ablations", "nope"]:
+        assert "has no ablation 'nope'; its ablations are augmentation, precision" in error

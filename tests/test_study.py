@@ -258,6 +258,8 @@ def test_arms_runs_only_the_named_arms_and_plans_the_rest(tmp_path, spec, tiny_c
     assert sorted(r["method"] for r in recs.values()) == ["mutual", "mutual"]
     assert len(json.loads((out / "study.json").read_text())["runs"]) == 5  # the manifest lists every run
     capsys.readouterr()
+    assert replicate(spec, data, root, out, "--arms", "dml", "--seeds", "1") == 0
+    assert "all 2 runs of the selected arms (dml) of " in capsys.readouterr().err  # not "all 5 runs"
     assert replicate(spec, data, root, out, "--dry-run", "--seeds", "1", "--arms", "student") == 0
     text = capsys.readouterr().out
     assert "2 runs complete, 1 to run" in text and text.count("not selected (--arms)") == 1  # kd

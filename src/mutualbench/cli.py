@@ -143,6 +143,13 @@ def cmd_replicate(args: argparse.Namespace) -> int:
         return _replicate(args)
 
 
+def _ablations(args: argparse.Namespace) -> bool | list[str]:
+    """``--no-ablations`` (none), ``--ablations NAMES`` (those) or the spec's default ones."""
+    if args.no_ablations and args.ablations is not None:
+        raise UserError("--no-ablations and --ablations contradict each other: give one of them")
+    return False if args.no_ablations else (args.ablations if args.ablations is not None else True)
+
+
 def _dry_run(args: argparse.Namespace, profile: str, out) -> int:
     from tabulate import tabulate
 
@@ -151,7 +158,7 @@ def _dry_run(args: argparse.Namespace, profile: str, out) -> int:
     from .study import dry_run
 
     rows, total = dry_run(args.spec, profile, out, data=args.data, seeds=args.seeds, data_root=args.data_root,
-                          device=args.device, ablations=not args.no_ablations, arms=args.arms, log=_log(True))
+                          device=args.device, ablations=_ablations(args), arms=args.arms, log=_log(True))
     print(f"{args.spec}, profile {profile}, into {out} (dry run: nothing is trained or written)")
     print(tabulate([list(r.values()) for r in rows], headers=list(rows[0]), tablefmt="github"))
     todo = sum(r["status"] == "to run" for r in rows)
@@ -181,7 +188,7 @@ def _replicate(args: argparse.Namespace) -> int:
         on_record = run_logger(args.wandb_project, group=f"{Path(args.spec).stem}-{profile}")
     slurm = {"partition": args.partition, "gpus": args.gpus, "time_min": args.time_min, "cluster": args.slurm_cluster}
     result = run_study(Path(args.spec), profile, out, data=args.data, seeds=args.seeds, data_root=args.data_root,
-                       device=args.device, ablations=not args.no_ablations, arms=args.arms,
+                       device=args.device, ablations=_ablations(args), arms=args.arms,
                        launcher=args.launcher, shard=shard,
                        slurm=slurm, time_budget_s=args.time_budget, announce_estimate=not args.quiet,
                        on_record=on_record, log=log)
@@ -315,6 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time-min", type=int, default=60, help="SLURM time limit per job, minutes")
     p.add_argument("--slurm-cluster", default=None, help=argparse.SUPPRESS)  # submitit cluster: local/debug in tests
     p.add_argument("--no-ablations", action="store_true", help="only the main arms")
+    p.add_argument("--ablations", default=None, type=_arm_list, metavar="NAME[,NAME...]",
+                   help="run only these ablations of the spec (with the main arms), opt-in ones (opt_in = true) "
+                        "included; default: every ablation that is not opt-in")
     p.add_argument("--arms", default=None, type=_arm_list, metavar="NAME[,NAME...]",
                    help="run only these arms of the spec (their main and ablation runs); the table still shows "
                         "every arm with complete runs")

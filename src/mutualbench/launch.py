@@ -88,7 +88,7 @@ def run_slurm(configs: list[dict], out_dir: Path, *, data_root: Path | None, dev
 
 
 def run_per_gpu(spec_path: Path, profile: str, out: Path, gpus: int, *, data: str | None, seeds: int | None,
-                data_root: Path | None, ablations: bool, arms: list[str] | None = None) -> list[str]:
+                data_root: Path | None, ablations: bool | list[str], arms: list[str] | None = None) -> list[str]:
     """One ``replicate`` process per GPU (``CUDA_VISIBLE_DEVICES=i``), each running the seeds
     i, i+N, ... of the study (``--shard i/N``) under the parent's study lock; the errors."""
     import os
@@ -100,7 +100,10 @@ def run_per_gpu(spec_path: Path, profile: str, out: Path, gpus: int, *, data: st
     base += ["--data", data] if data else []
     base += ["--seeds", str(seeds)] if seeds is not None else []
     base += ["--data-root", str(data_root)] if data_root else []
-    base += [] if ablations else ["--no-ablations"]
+    if ablations is False:
+        base += ["--no-ablations"]
+    elif ablations is not True:
+        base += ["--ablations", ",".join(ablations)]
     base += ["--arms", ",".join(arms)] if arms else []
     procs = [subprocess.Popen(base + ["--shard", f"{i}/{gpus}", "--no-report"],
                               env={**os.environ, "CUDA_VISIBLE_DEVICES": str(i)}) for i in range(gpus)]

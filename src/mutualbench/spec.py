@@ -4,7 +4,8 @@ A spec names arms (a method on an architecture with config overrides, the publis
 numbers it is compared with, and optionally ``profiles``: the profiles it runs in, each with
 settings of its own), profiles (sizes: ``full``, ``cpu``, ``smoke``, with a
 regression tolerance each), paired comparisons and ablations (one or more settings varied
-over named values on some arms). Everything is checked before any training: an unknown key,
+over named values on some arms; one with ``opt_in = true`` runs only when ``replicate
+--ablations`` names it). Everything is checked before any training: an unknown key,
 method, architecture or profile fails with the file, the key and the fix.
 """
 
@@ -26,7 +27,7 @@ TOP_KEYS = {"study", "defaults", "assumptions", "arms", "comparisons", "contrast
 STUDY_KEYS = {"name", "description", "seeds", "data", "classes"}
 ARM_KEYS = {"name", "method", "arch", "cohort", "set", "published", "description", "profiles"}
 PROFILE_KEYS = {"description", "tolerance", "set"}
-ABLATION_KEYS = {"name", "arms", "values"}
+ABLATION_KEYS = {"name", "arms", "values", "description", "opt_in"}
 COMPARISON_KEYS = {"a", "b"}
 CONTRAST_KEYS = {"name", "weights", "description"}
 
@@ -208,6 +209,9 @@ def load_spec(path: str | Path) -> Spec:
             raise UserError(f"{path}: {where} needs values = {{ name = {{ key = value }}, ... }}")
         for vname, settings in abl["values"].items():
             _check_settings(f"{where} value {vname!r}", settings, path)
+        if not isinstance(abl.get("opt_in", False), bool):
+            raise UserError(f"{path}: {where}: opt_in = {abl['opt_in']!r} is not allowed; it must be true (the "
+                            "ablation runs only when replicate --ablations names it) or false")
     return Spec(path=path, raw=raw, sha256=hashlib.sha256(data).hexdigest(), name=study["name"], data=data_name, arms=arms,
                 profiles=profiles, comparisons=raw.get("comparisons", []), ablations=raw.get("ablations", []))
 
@@ -232,15 +236,33 @@ def in_profile(arm: dict, profile: str) -> bool:
     return "profiles" not in arm or profile in arm["profiles"]
 
 
-def expand(spec: Spec, profile: str, seeds: list[int], data: str, ablations: bool = True) -> list[PlannedRun]:
+def selected_ablations(spec: Spec, ablations: bool | list[str]) -> list[dict]:
+    """The ablations a study runs: ``True``: every one that is not ``opt_in``; ``False``:
+    none; a list of names: those (opt-in or not), each checked to exist."""
+    if ablations is True:
+        return [a for a in spec.ablations if not a.get("opt_in", False)]
+    if ablations is False:
+        return []
+    names = [a["name"] for a in spec.ablations]
+    if not ablations:
+        raise UserError("--ablations names no ablation; give a comma-separated list of ablation names, or drop it")
+    for name in ablations:
+        if name not in names:
+            raise UserError(f"--ablations: {spec.path} has no ablation {name!r}; its ablations are "
+                            f"{', '.join(names) or '(none)'}")
+    return [a for a in spec.ablations if a["name"] in ablations]
+
+
+def expand(spec: Spec, profile: str, seeds: list[int], data: str,
+           ablations: bool | list[str] = True) -> list[PlannedRun]:
     """Every run of the study: seeds outermost (so an interrupted study has whole seeds),
-    then arms in spec order, then the ablations."""
+    then arms in spec order, then the ablations (``selected_ablations``)."""
     spec.profile(profile)
     arms = [arm for arm in spec.arms if in_profile(arm, profile)]
     plan = [PlannedRun(arm["name"], seed, arm_config(spec, arm, profile, seed, data))
             for seed in seeds for arm in arms]
-    if ablations:
-        for abl in spec.ablations:
+    if ablations is not False:
+        for abl in selected_ablations(spec, ablations):
             for vname, settings in abl["values"].items():
                 for seed in seeds:
                     for arm_name in abl["arms"]:

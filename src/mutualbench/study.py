@@ -27,7 +27,7 @@ MANIFEST_SCHEMA = 1
 
 
 def plan_study(spec_path: Path, profile: str, out: Path, *, data: str | None = None, seeds: int | None = None,
-               data_root: Path | None = None, device: str = "auto", ablations: bool = True,
+               data_root: Path | None = None, device: str = "auto", ablations: bool | list[str] = True,
                arms: list[str] | None = None, shard: tuple[int, int] | None = None,
                on_record: Callable[[dict], None] | None = None, log: Callable[[str], None] = print):
     """The study's runs without running any: the runner, the manifest (every arm x seed x
@@ -141,7 +141,7 @@ def dry_run(spec_path: Path, profile: str, out: Path, **kwargs) -> tuple[list[di
 
 def replicate(spec_path: Path, profile: str, out: Path, *, data: str | None = None, seeds: int | None = None,
               launcher: str = "local", data_root: Path | None = None, device: str = "auto",
-              ablations: bool = True, arms: list[str] | None = None, shard: tuple[int, int] | None = None,
+              ablations: bool | list[str] = True, arms: list[str] | None = None, shard: tuple[int, int] | None = None,
               slurm: dict | None = None,
               plan_only: bool = False, time_budget_s: float | None = None, announce_estimate: bool = True,
               on_record: Callable[[dict], None] | None = None,
@@ -157,11 +157,14 @@ def replicate(spec_path: Path, profile: str, out: Path, *, data: str | None = No
     if plan_only:
         return {"manifest": manifest, "ran": 0, "total": total, "pending": len(pending), "errors": []}
     left = 0
+    # with --arms, the counts are of the selected arms' runs, not of the whole study's
+    selected = len(seen) if arms is None else len({e["run_id"] for e in manifest["runs"] if e["arm"] in arms})
+    which = "runs" if arms is None else f"runs of the selected arms ({', '.join(arms)})"
     if not pending:
-        log(f"all {total} runs of {spec.name}/{profile} are complete in {out}: nothing to run")
+        log(f"all {selected} {which} of {spec.name}/{profile} are complete in {out}: nothing to run")
         errors = []
     else:
-        log(f"{spec.name}/{profile}: {total - len(pending)} of {total} runs complete, {len(pending)} to run")
+        log(f"{spec.name}/{profile}: {selected - len(pending)} of {selected} {which} complete, {len(pending)} to run")
         if launcher == "slurm":
             errors = run_slurm(pending, runner.out_dir, data_root=data_root, device=device, log=log, **(slurm or {}))
         else:
