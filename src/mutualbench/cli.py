@@ -109,8 +109,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _arm_list(text: str) -> list[str]:
-    """``--arms a,b``: arm names, in order, without repeats or empty names."""
+def _name_list(text: str) -> list[str]:
+    """``--arms a,b`` or ``--ablations a,b``: names, in order, without repeats or empty names."""
     return list(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
 
 
@@ -322,10 +322,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time-min", type=int, default=60, help="SLURM time limit per job, minutes")
     p.add_argument("--slurm-cluster", default=None, help=argparse.SUPPRESS)  # submitit cluster: local/debug in tests
     p.add_argument("--no-ablations", action="store_true", help="only the main arms")
-    p.add_argument("--ablations", default=None, type=_arm_list, metavar="NAME[,NAME...]",
+    p.add_argument("--ablations", default=None, type=_name_list, metavar="NAME[,NAME...]",
                    help="run only these ablations of the spec (with the main arms), opt-in ones (opt_in = true) "
                         "included; default: every ablation that is not opt-in")
-    p.add_argument("--arms", default=None, type=_arm_list, metavar="NAME[,NAME...]",
+    p.add_argument("--arms", default=None, type=_name_list, metavar="NAME[,NAME...]",
                    help="run only these arms of the spec (their main and ablation runs); the table still shows "
                         "every arm with complete runs")
     p.add_argument("--dry-run", action="store_true",

@@ -261,13 +261,12 @@ def expand(spec: Spec, profile: str, seeds: list[int], data: str,
     arms = [arm for arm in spec.arms if in_profile(arm, profile)]
     plan = [PlannedRun(arm["name"], seed, arm_config(spec, arm, profile, seed, data))
             for seed in seeds for arm in arms]
-    if ablations is not False:
-        for abl in selected_ablations(spec, ablations):
-            for vname, settings in abl["values"].items():
-                for seed in seeds:
-                    for arm_name in abl["arms"]:
-                        if not in_profile(spec.arm(arm_name), profile):
-                            continue
-                        cfg = arm_config(spec, spec.arm(arm_name), profile, seed, data, settings)
-                        plan.append(PlannedRun(arm_name, seed, cfg, abl["name"], vname))
+    for abl in selected_ablations(spec, ablations):
+        for vname, settings in abl["values"].items():
+            for seed in seeds:
+                for arm_name in abl["arms"]:
+                    if not in_profile(spec.arm(arm_name), profile):
+                        continue
+                    cfg = arm_config(spec, spec.arm(arm_name), profile, seed, data, settings)
+                    plan.append(PlannedRun(arm_name, seed, cfg, abl["name"], vname))
     return plan
