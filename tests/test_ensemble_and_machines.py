@@ -72,3 +72,13 @@ def test_comparisons_and_contrasts_across_machine_kinds_are_named():
                                              "contrast k: runs from X avx512 and Y avx2"]
     assert mixed_machine_notes(frame({"a": ["X"] * 2, "b": ["X"] * 2}), {"comparisons": [{"a": "a", "b": "b"}]}) == []
     assert linear_contrasts(df, spec["contrasts"]).iloc[0]["n"] == 3
+
+
+def test_machine_kinds_count_only_the_seeds_a_comparison_pairs():
+    # "a" ran seeds 0-1 on X and seed 2 on Y; "b" only seed 0 (on X); "c" no seed at all
+    df = frame({"a": ["X", "X", "Y"], "b": ["X"]})
+    spec = {"comparisons": [{"a": "a", "b": "b"}, {"a": "c", "b": "a"}],
+            "contrasts": [{"name": "k", "weights": {"a": 1, "c": -1}}]}
+    assert mixed_machine_notes(df, spec) == []  # a vs b pairs seed 0 only, on X; c vs a and k are not computed
+    df = frame({"a": ["X", "X", "Y"], "b": ["X", "X", "X"]})
+    assert mixed_machine_notes(df, spec) == ["a vs b: runs from X and Y"]

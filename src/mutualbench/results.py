@@ -235,16 +235,21 @@ def ablation_comparisons(df: pd.DataFrame) -> pd.DataFrame:
 def mixed_machine_notes(df: pd.DataFrame, spec: dict) -> list[str]:
     """One line per comparison, contrast or ablation whose runs came from more than one kind of
     machine (float32 rounds differently on each: across kinds a difference carries that noise
-    too, on top of the seeds'). Empty when every one ran on one kind."""
+    too, on top of the seeds'). A comparison or contrast counts only the runs of the seeds all its
+    arms share, the ones its statistics use, so one not computed yet has no line. Empty when
+    every one ran on one kind."""
     if df.empty:
         return []
     models = df[df["member"] != ENSEMBLE]
     main = models[models["ablation"] == MAIN]
-    by_arm = {arm: set(g["machine"]) for arm, g in main.groupby("arm")}
+    by_arm_seed = {arm: {seed: set(gs["machine"]) for seed, gs in g.groupby("seed")}
+                   for arm, g in main.groupby("arm")}
     notes = []
 
     def note(what: str, arms) -> None:
-        kinds = set().union(*(by_arm.get(a, set()) for a in arms))
+        per_arm = [by_arm_seed.get(a, {}) for a in arms]
+        shared = set.intersection(*(set(seeds) for seeds in per_arm))
+        kinds = set().union(*(seeds[s] for seeds in per_arm for s in shared))
         if len(kinds) > 1:
             notes.append(f"{what}: runs from {' and '.join(sorted(kinds))}")
 
