@@ -158,7 +158,7 @@ def replicate(spec_path: Path, profile: str, out: Path, *, data: str | None = No
         return {"manifest": manifest, "ran": 0, "total": total, "pending": len(pending), "errors": []}
     left = 0
     # with --arms, the counts are of the selected arms' runs, not of the whole study's
-    selected = len(seen) if arms is None else len({e["run_id"] for e in manifest["runs"] if e["arm"] in arms})
+    selected = total if arms is None else len({e["run_id"] for e in manifest["runs"] if e["arm"] in arms})
     which = "runs" if arms is None else f"runs of the selected arms ({', '.join(arms)})"
     if not pending:
         log(f"all {selected} {which} of {spec.name}/{profile} are complete in {out}: nothing to run")
