@@ -209,6 +209,11 @@ def test_time_budget_stops_before_a_run_that_would_not_fit(monkeypatch):
     assert ran == [("individual", 0), ("mutual", 0)]
     assert (errors, left) == ([], 4)
     assert "4 runs left" in messages[-1] and "again to continue" in messages[-1]
+    # a single run left is named as one run
+    clock["t"] = 0.0
+    ran.clear()
+    assert launch.run_local(configs, FakeRunner(), messages.append, time_budget_s=200.0) == ([], 1)
+    assert "; 1 run left (run the same command" in messages[-1]
     clock["t"] = 0.0
     ran.clear()
     assert launch.run_local(configs, FakeRunner(), messages.append) == ([], 0)

@@ -174,6 +174,7 @@ def _replicate(args: argparse.Namespace) -> int:
 
     import torch
 
+    from .progress import count_runs
     from .report import report_study
     from .study import run_study
 
@@ -193,7 +194,7 @@ def _replicate(args: argparse.Namespace) -> int:
                        slurm=slurm, time_budget_s=args.time_budget, announce_estimate=not args.quiet,
                        on_record=on_record, log=log)
     if result.get("left"):
-        log(f"study incomplete: {result['left']} runs left after the time budget; the same command continues")
+        log(f"study incomplete: {count_runs(result['left'])} left after the time budget; the same command continues")
     code = 1 if result["errors"] else 0
     if shard is not None or args.no_report:
         return code

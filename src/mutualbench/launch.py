@@ -12,7 +12,7 @@ from .engine import TrainingDiverged
 from .errors import UserError
 from .methods import get_method
 from .methods.pretrain import uses_teacher
-from .progress import progress
+from .progress import count_runs, progress
 
 
 def run_local(configs: list[dict], runner, log: Callable[[str], None],
@@ -37,7 +37,7 @@ def run_local(configs: list[dict], runner, log: Callable[[str], None],
             if time_budget_s is not None and elapsed + need > time_budget_s:
                 left = len(configs) - i + 1
                 log(f"time budget of {time_budget_s:.0f} s: {elapsed:.0f} s spent, the next run needs about "
-                    f"{need:.0f} s; {left} runs left (run the same command again to continue)")
+                    f"{need:.0f} s; {count_runs(left)} left (run the same command again to continue)")
                 return errors, left
             log(f"[{i}/{len(configs)}] {cfg['method']} {','.join(cfg['arch'])} seed {cfg['seed']}")
             t0 = time.monotonic()

@@ -18,3 +18,8 @@ def progress(*args, **kwargs) -> tqdm:
     kwargs.setdefault("leave", False)
     kwargs.setdefault("dynamic_ncols", True)
     return tqdm(*args, **kwargs)
+
+
+def count_runs(n: int) -> str:
+    """``"1 run"``, ``"3 runs"``: a number of runs as a message names it."""
+    return "1 run" if n == 1 else f"{n} runs"

@@ -19,6 +19,7 @@ from .estimate import RunTimer, format_duration
 from .io_utils import atomic_write_json
 from .launch import run_local, run_per_gpu, run_slurm
 from .layout import MANIFEST, RUNS
+from .progress import count_runs
 from .records import complete_record
 from .run import Runner, resolve
 from .spec import expand, in_profile, load_spec
@@ -171,7 +172,7 @@ def replicate(spec_path: Path, profile: str, out: Path, *, data: str | None = No
             timer = RunTimer(runner)
             if announce_estimate:
                 expected = sum(e.train_s + e.eval_s for e in map(timer.estimate, pending))
-                log(f"estimated time for the {len(pending)} runs to run: {format_duration(expected)} on this machine "
+                log(f"estimated time for the {count_runs(len(pending))} to run: {format_duration(expected)} on this machine "
                     f"({device_name(runner.device)}; from runs of the same kind recorded here on this kind of "
                     "machine, else a few timed training steps of each kind of run)")
             errors, left = run_local(pending, runner, log, time_budget_s,
