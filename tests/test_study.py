@@ -268,6 +268,13 @@ def test_arms_runs_only_the_named_arms_and_plans_the_rest(tmp_path, spec, tiny_c
     assert replicate(spec, data, root, out, "--dry-run", "--seeds", "1", "--arms", "student") == 0
     text = capsys.readouterr().out
     assert "2 runs complete, 1 to run" in text and text.count("not selected (--arms)") == 1  # kd
+    # a selection of one run is named as one run
+    assert replicate(spec, data, root, out, "--arms", "student", "--seeds", "1") == 0
+    assert "0 of 1 run of the selected arms (student) complete, 1 to run" in capsys.readouterr().err
+    assert replicate(spec, data, root, out, "--arms", "student", "--seeds", "1") == 0
+    assert "the 1 run of the selected arms (student) of " in capsys.readouterr().err
+    assert replicate(spec, data, root, out, "--dry-run", "--seeds", "1", "--arms", "student") == 0
+    assert "3 runs complete, 0 to run" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("arms, message", [

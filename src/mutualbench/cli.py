@@ -155,6 +155,7 @@ def _dry_run(args: argparse.Namespace, profile: str, out) -> int:
 
     from .envinfo import device_name, resolve_device
     from .estimate import format_duration
+    from .progress import count_runs
     from .study import dry_run
 
     rows, total = dry_run(args.spec, profile, out, data=args.data, seeds=args.seeds, data_root=args.data_root,
@@ -163,7 +164,7 @@ def _dry_run(args: argparse.Namespace, profile: str, out) -> int:
     print(tabulate([list(r.values()) for r in rows], headers=list(rows[0]), tablefmt="github"))
     todo = sum(r["status"] == "to run" for r in rows)
     done = sum(r["status"] == "complete" for r in rows)
-    print(f"\n{done} runs complete, {todo} to run: about {format_duration(total)} on this machine "
+    print(f"\n{count_runs(done)} complete, {todo} to run: about {format_duration(total)} on this machine "
           f"({device_name(resolve_device(args.device))}; from runs of the same kind recorded there on this kind of "
           "machine, else a few timed training steps of each kind of run)")
     return 0

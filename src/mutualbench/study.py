@@ -160,12 +160,13 @@ def replicate(spec_path: Path, profile: str, out: Path, *, data: str | None = No
     left = 0
     # with --arms, the counts are of the selected arms' runs, not of the whole study's
     selected = total if arms is None else len({e["run_id"] for e in manifest["runs"] if e["arm"] in arms})
-    which = "runs" if arms is None else f"runs of the selected arms ({', '.join(arms)})"
+    which = count_runs(selected) + ("" if arms is None else f" of the selected arms ({', '.join(arms)})")
     if not pending:
-        log(f"all {selected} {which} of {spec.name}/{profile} are complete in {out}: nothing to run")
+        every, are = ("the", "is") if selected == 1 else ("all", "are")
+        log(f"{every} {which} of {spec.name}/{profile} {are} complete in {out}: nothing to run")
         errors = []
     else:
-        log(f"{spec.name}/{profile}: {selected - len(pending)} of {selected} {which} complete, {len(pending)} to run")
+        log(f"{spec.name}/{profile}: {selected - len(pending)} of {which} complete, {len(pending)} to run")
         if launcher == "slurm":
             errors = run_slurm(pending, runner.out_dir, data_root=data_root, device=device, log=log, **(slurm or {}))
         else:
