@@ -34,6 +34,10 @@ def test_publish_offline_writes_a_run_whose_table_matches_table_csv(study, tmp_p
     assert len(logged["data"]) == len(csv)
     col = logged["columns"].index("final_mean")
     assert [round(r[col], 4) for r in logged["data"]] == [round(v, 4) for v in csv["final_mean"]]
+    assert "last5_mean" in logged["columns"]  # the second statistic reaches W&B too
+    (paired_json,) = (tmp_path / "wb").glob("wandb/offline-run-*/files/media/table/paired_comparisons_*.table.json")
+    columns = json.loads(paired_json.read_text())["columns"]
+    assert {"p_holm", "last5_diff_mean", "last5_p_holm", "statistics"} <= set(columns)
     assert list((tmp_path / "wb").glob("wandb/offline-run-*/run-*.wandb"))
 
 

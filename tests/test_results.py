@@ -43,18 +43,3 @@ def test_identical_values_have_no_p_value_and_an_ablation_without_the_main_runs_
     out = ablation_comparisons(frame(rows))
     assert list(out["ablation"]) == ["peer_weight"]
     assert out["diff_mean"].iloc[0] == 0 and math.isnan(out["p_value"].iloc[0])
-
-
-def test_compare_tolerance_from_the_stored_seeds_spread():
-    import math
-
-    import pandas as pd
-
-    from mutualbench.results import SPREAD_SIGMAS, compare_tolerance
-
-    s_sum = pd.DataFrame({"n": [2, 2, 1], "final_std": [3.0, 4.0, float("nan")]})
-    tol, how = compare_tolerance(s_sum, 0.5)
-    pooled = math.sqrt((9 + 16) / 2)
-    assert tol == round(SPREAD_SIGMAS * pooled * math.sqrt(2 / 2), 2) and "pooled std 3.54" in how
-    tight = pd.DataFrame({"n": [3, 3], "final_std": [0.1, 0.1]})
-    assert compare_tolerance(tight, 2.0)[0] == 2.0  # never below the profile's own tolerance

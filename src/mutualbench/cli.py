@@ -209,10 +209,8 @@ def _replicate(args: argparse.Namespace) -> int:
     for e in result["errors"]:
         print(f"error: {e}", file=sys.stderr)
     if report.comparison is not None:
-        ok, problems, tol, note = report.comparison
-        print(f"compared with {against} (tolerance {tol} points): " + ("all within tolerance" if ok else "DIFFERENT"))
-        for line in ([note] if note else []) + problems:
-            print(f"  {line}")
+        for line in report.comparison.lines():
+            print(line)
     return code
 
 
@@ -230,29 +228,14 @@ def cmd_table(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .results import (
-        compare_studies,
-        load_study,
-        machine_note,
-        new_only_notes,
-        tolerance_explained,
-    )
+    from .compare import compare_studies
+    from .results import load_study
 
     new, stored = load_study(Path(args.folder)), load_study(Path(args.against))
-    ok, problems, tol = compare_studies(new, stored)
-    for note in new_only_notes(new, stored):  # rows the stored study lacks: not a failure
-        print(note)
-    note = machine_note(new, stored)
-    if note:
-        print(note)
-    print(f"tolerance {tol} points: {tolerance_explained(stored)}")
-    if ok:
-        print(f"{args.folder} matches {args.against}: every metric within {tol} accuracy points")
-        return 0
-    print(f"{args.folder} differs from {args.against} (tolerance {tol} points):")
-    for p in problems:
-        print(f"  - {p}")
-    return 1
+    result = compare_studies(new, stored)
+    for line in result.lines():
+        print(line)
+    return 0 if result.ok else 1
 
 
 def cmd_publish(args: argparse.Namespace) -> int:

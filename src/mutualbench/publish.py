@@ -82,9 +82,13 @@ def publish(folder: Path, project: str = "mutualbench", entity: str | None = Non
                   "runs_table": wandb.Table(dataframe=df.astype(object).where(df.notna(), None))}
         if not paired.empty:
             logged["paired_comparisons"] = wandb.Table(dataframe=paired.astype(object).where(paired.notna(), None))
-        contrasts = study.contrasts
-        if not contrasts.empty:
-            logged["contrasts"] = wandb.Table(dataframe=contrasts.astype(object).where(contrasts.notna(), None))
+        from .claims import evaluate
+
+        # every table carries both statistics (final epoch, last-5 mean) and Holm-adjusted p
+        for key, frame in (("contrasts", study.contrasts), ("ablation_comparisons", study.ablations),
+                           ("claims", evaluate(study))):
+            if not frame.empty:
+                logged[key] = wandb.Table(dataframe=frame.astype(object).where(frame.notna(), None))
         for key, path in written.items():
             if key.endswith(".png"):
                 logged[key[:-4]] = wandb.Image(str(path))

@@ -9,7 +9,8 @@ from pathlib import Path
 import pandas as pd
 
 from .io_utils import atomic_write_bytes
-from .results import ENSEMBLE, MAIN, Study, load_study
+from .results import ENSEMBLE, LAST_K, LAST_LABEL, MAIN, Study, load_study
+from .stats import ALPHA
 
 
 def _f(x, digits: int = 2) -> str:
@@ -24,9 +25,42 @@ def _ci(r) -> str:
     return f"[{r['ci95_low']:.2f}, {r['ci95_high']:.2f}]" if r["n"] > 1 else ""
 
 
+def _last5(r) -> str:
+    if not r.get("last5_n"):
+        return ""
+    return f"{r['last5_mean']:.2f} ± {_f(r['last5_std'])}" if r["last5_n"] > 1 else f"{r['last5_mean']:.2f}"
+
+
+def _diff_ci(r, pre: str = "", diff: str = "diff_mean") -> str:
+    if not r[f"{pre}n"]:
+        return ""
+    d = f"{r[f'{pre}{diff}']:+.2f}"
+    return f"{d} [{r[f'{pre}ci95_low']:+.2f}, {r[f'{pre}ci95_high']:+.2f}]" if r[f"{pre}n"] > 1 else d
+
+
+def _pp(r, pre: str = "") -> str:
+    """raw p / Holm-adjusted p"""
+    if math.isnan(r[f"{pre}p_value"]):
+        return ""
+    return f"{_f(r[f'{pre}p_value'], 4)} / {_f(r[f'{pre}p_holm'], 4)}"
+
+
+def _pending(frame: pd.DataFrame, name) -> list[str]:
+    """One line naming the comparisons or contrasts with no runs yet (rather than empty rows)."""
+    todo = [name(r) for _, r in frame.iterrows() if not r["n"]]
+    return [f"\nNot computed yet (an arm has no complete run in this profile): {', '.join(todo)}."] if todo else []
+
+
+STATS_NOTE = (f"Each statistic is tested on its own: the final-epoch accuracy (primary) and the {LAST_LABEL} "
+              f"(the mean test accuracy of each run's last {LAST_K} epochs, which averages out most of the "
+              "epoch-to-epoch noise of a constant learning rate). p: two-sided t-test over seeds, raw / "
+              "Holm-adjusted within the family; `statistics` says where the two disagree in sign or in "
+              f"significance (Holm p < {ALPHA:g}).")
+
+
 def markdown(manifest: dict, summary: pd.DataFrame, paired: pd.DataFrame,
              ablation_paired: pd.DataFrame | None = None, contrasts: pd.DataFrame | None = None,
-             machine_notes: list[str] | None = None) -> str:
+             machine_notes: list[str] | None = None, claims: str = "") -> str:
     from tabulate import tabulate
 
     spec, prof = manifest["spec"], manifest["profile"]
@@ -39,15 +73,17 @@ def markdown(manifest: dict, summary: pd.DataFrame, paired: pd.DataFrame,
         "",
         f"Data: `{data['name']}` (sha256 `{data['sha256'][:16]}…`); seeds {manifest['seeds']}; device(s): {devices}.",
         "Accuracy is top-1 test accuracy (%) at the final epoch, mean ± std over seeds with a 95% t-interval;",
+        f"the {LAST_LABEL} is each run's mean test accuracy over its last {LAST_K} epochs (a secondary statistic);",
         "\"best (test-selected)\" picks each run's best epoch on the test set and is optimistic by construction.",
         "",
-        "## Main arms",
-        "",
     ]
+    if claims:
+        lines += ["## Claims", "", claims, ""]
+    lines += ["## Main arms", ""]
     main = summary[summary["ablation"] == MAIN] if not summary.empty else summary
-    headers = ["arm", "method", "member", "params", "n", "final acc", "95% CI", "best (test-selected)",
+    headers = ["arm", "method", "member", "params", "n", "final acc", "95% CI", LAST_LABEL, "best (test-selected)",
                "published", "diff", "train s"]
-    rows = [[r["arm"], r["method"], r["member"], f"{r['params']:,}", r["n"], _pm(r), _ci(r),
+    rows = [[r["arm"], r["method"], r["member"], f"{r['params']:,}", r["n"], _pm(r), _ci(r), _last5(r),
              _f(r["best_mean_test_selected"]), _f(r["published"]), _f(r["diff_vs_published"]),
              _f(r["train_s_mean"], 1)] for _, r in main.iterrows()]
     lines.append(tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True))
@@ -55,35 +91,51 @@ def markdown(manifest: dict, summary: pd.DataFrame, paired: pd.DataFrame,
         lines += ["", f"`{ENSEMBLE}`: the cohort's prediction, the mean of its members' softmaxes, at the final "
                   "epoch; an extra column of the cohort, not averaged into the cohort's accuracy that the "
                   "comparisons and contrasts use."]
+    done = paired[paired["n"] > 0] if not paired.empty else paired
     if not paired.empty:
         lines += ["", "## Paired comparisons (same seeds; a cohort counts as its members' mean)", ""]
-        prow = [[f"{r['a']} vs {r['b']}", r["n"], _f(r["mean_a"]), _f(r["mean_b"]), _f(r["diff_mean"]),
-                 _f(r["diff_std"]), _f(r["p_value"], 4), f"{r['a_wins']}/{r['n']}"] for _, r in paired.iterrows()]
-        lines.append(tabulate(prow, headers=["comparison", "n", "mean a", "mean b", "a − b", "std of a − b",
-                                             "p (paired t)", "seeds a > b"], tablefmt="github", disable_numparse=True))
+        prow = [[r["family"], f"{r['a']} vs {r['b']}", r["n"], _f(r["mean_a"]), _f(r["mean_b"]), _diff_ci(r),
+                 _pp(r), f"{r['a_wins']}/{r['n']}", _diff_ci(r, "last5_"), _pp(r, "last5_"),
+                 f"{r['last5_a_wins']}/{r['last5_n']}" if r["last5_n"] else "", r["statistics"]]
+                for _, r in done.iterrows()]
+        if prow:
+            lines.append(tabulate(prow, headers=["family", "comparison", "n", "mean a", "mean b", "a − b [95% CI]",
+                                                 "p / Holm p", "seeds a > b", f"{LAST_LABEL}: a − b [95% CI]",
+                                                 "p / Holm p", "seeds a > b", "statistics"],
+                                  tablefmt="github", disable_numparse=True))
+        lines += _pending(paired, lambda r: f"{r['a']} vs {r['b']}")
     if contrasts is not None and not contrasts.empty:
         lines += ["", "## Contrasts (per seed, a cohort as its members' mean; t-test of mean 0)", ""]
-        crow = [[r["contrast"], r["weights"], r["n"], _f(r["mean"]), _f(r["std"]),
-                 f"[{r['ci95_low']:.2f}, {r['ci95_high']:.2f}]" if r["n"] > 1 else "", _f(r["p_value"], 4),
-                 f"{r['seeds_positive']}/{r['n']}"] for _, r in contrasts.iterrows()]
-        lines.append(tabulate(crow, headers=["contrast", "weights", "n", "mean", "std", "95% CI", "p (t)",
-                                             "seeds > 0"], tablefmt="github", disable_numparse=True))
-        lines += [f"\n{r['contrast']}: {r['note']}" for _, r in contrasts.iterrows() if r["note"]]
+        crow = [[r["family"], r["contrast"], r["weights"], r["n"], _diff_ci(r, diff="mean"), _pp(r),
+                 f"{r['seeds_positive']}/{r['n']}", _diff_ci(r, "last5_", "mean"), _pp(r, "last5_"),
+                 f"{r['last5_seeds_positive']}/{r['last5_n']}" if r["last5_n"] else "", r["statistics"]]
+                for _, r in contrasts.iterrows() if r["n"]]
+        if crow:
+            lines.append(tabulate(crow, headers=["family", "contrast", "weights", "n", "mean [95% CI]", "p / Holm p",
+                                                 "seeds > 0", f"{LAST_LABEL}: mean [95% CI]", "p / Holm p",
+                                                 "seeds > 0", "statistics"], tablefmt="github", disable_numparse=True))
+        lines += [f"\n{r['contrast']}: {r['note']}" for _, r in contrasts.iterrows() if r["note"] and r["n"]]
+        lines += _pending(contrasts, lambda r: r["contrast"])
+    if not done.empty or (contrasts is not None and not contrasts.empty):
+        lines += ["", STATS_NOTE]
     abl = summary[summary["ablation"] != MAIN] if not summary.empty else summary
     for name, g in abl.groupby("ablation", sort=False):
         lines += ["", f"## Ablation: {name}", ""]
-        rows = [[r["value"], r["arm"], r["member"], r["n"], _pm(r), _ci(r), _f(r["best_mean_test_selected"])]
+        rows = [[r["value"], r["arm"], r["member"], r["n"], _pm(r), _ci(r), _last5(r), _f(r["best_mean_test_selected"])]
                 for _, r in g.iterrows()]
-        lines.append(tabulate(rows, headers=["value", "arm", "member", "n", "final acc", "95% CI",
+        lines.append(tabulate(rows, headers=["value", "arm", "member", "n", "final acc", "95% CI", LAST_LABEL,
                                              "best (test-selected)"], tablefmt="github", disable_numparse=True))
         ap = ablation_paired[ablation_paired["ablation"] == name] if ablation_paired is not None else None
         if ap is not None and not ap.empty:
             prow = [[r["arm"], f"{r['value']} vs {r['reference']}", r["n"], _f(r["mean_value"]), _f(r["mean_reference"]),
-                     _f(r["diff_mean"]), _f(r["diff_std"]), _f(r["p_value"], 4), f"{r['value_wins']}/{r['n']}"]
+                     _f(r["diff_mean"]), _f(r["diff_std"]), _pp(r), f"{r['value_wins']}/{r['n']}",
+                     _f(r["last5_diff_mean"]), _pp(r, "last5_"), r["statistics"]]
                     for _, r in ap.iterrows()]
-            lines += ["", "Paired over seeds against the main settings (a cohort counts as its members' mean):", ""]
+            lines += ["", "Paired over seeds against the main settings (a cohort counts as its members' mean; "
+                      "Holm over all of the profile's ablation comparisons):", ""]
             lines.append(tabulate(prow, headers=["arm", "comparison", "n", "mean", "mean (main)", "difference",
-                                                 "std of difference", "p (paired t)", "seeds higher"],
+                                                 "std of difference", "p / Holm p", "seeds higher",
+                                                 f"{LAST_LABEL}: difference", "p / Holm p", "statistics"],
                                   tablefmt="github", disable_numparse=True))
     if machine_notes:
         lines += ["", "## Runs from different kinds of machine", "",
@@ -154,8 +206,12 @@ def write_report(folder: Path | Study) -> dict[str, Path]:
     study = folder if isinstance(folder, Study) else load_study(folder)
     folder, df = study.folder, study.runs
     manifest = dict(study.manifest, record_devices=sorted(set(df["device"])))
+    from .claims import evaluate
+    from .claims import markdown as claims_markdown
+
+    claims = evaluate(study)
     md = markdown(manifest, study.summary, study.paired, study.ablations, study.contrasts,
-                  study.mixed_machine_notes())
+                  study.mixed_machine_notes(), claims_markdown({manifest["profile"]: claims}))
     atomic_write_bytes(folder / "table.md", md.encode())
     atomic_write_bytes(folder / "table.csv", study.summary.to_csv(index=False, float_format="%.4f").encode())
     atomic_write_bytes(folder / "comparisons.csv", study.paired.to_csv(index=False, float_format="%.6f").encode())
@@ -163,6 +219,8 @@ def write_report(folder: Path | Study) -> dict[str, Path]:
                        study.ablations.to_csv(index=False, float_format="%.6f").encode())
     if not study.contrasts.empty:
         atomic_write_bytes(folder / "contrasts.csv", study.contrasts.to_csv(index=False, float_format="%.6f").encode())
+    if not claims.empty:
+        atomic_write_bytes(folder / "claims.csv", claims.to_csv(index=False, float_format="%.6f").encode())
     # every table row's runs: (ablation, value, arm, member) -> seed, run id, the record's numbers
     runs = df.drop(columns=["device"]).sort_values(["ablation", "value", "arm", "member", "seed"], kind="stable")
     atomic_write_bytes(folder / "runs.csv", runs.to_csv(index=False, float_format="%.4f").encode())
@@ -172,6 +230,8 @@ def write_report(folder: Path | Study) -> dict[str, Path]:
                                             "runs.csv")}
     if not study.contrasts.empty:
         out["contrasts.csv"] = folder / "contrasts.csv"
+    if not claims.empty:
+        out["claims.csv"] = folder / "claims.csv"
     out.update({p.name: p for p in plots})
     return out
 
@@ -180,14 +240,15 @@ def write_report(folder: Path | Study) -> dict[str, Path]:
 class StudyReport:
     written: dict[str, Path]
     table: str
-    comparison: tuple[bool, list[str], float, str | None] | None  # ok, problems, tolerance, machine note
+    comparison: object | None  # compare.StudyComparison, or None when there was nothing to compare with
 
 
 def report_study(folder: Path, against: Path | None = None) -> StudyReport | None:
     """After ``replicate``: the tables and plots, and the comparison with the stored study
     ``against`` when it exists (None: no complete run yet, nothing written)."""
+    from .compare import compare_studies
     from .layout import MANIFEST
-    from .results import compare_studies, has_complete_runs, machine_note
+    from .results import has_complete_runs
 
     folder = Path(folder)
     if not has_complete_runs(folder):
@@ -196,7 +257,5 @@ def report_study(folder: Path, against: Path | None = None) -> StudyReport | Non
     written = write_report(study)
     comparison = None
     if against is not None and (Path(against) / MANIFEST).exists() and Path(against).resolve() != folder.resolve():
-        stored = load_study(against)
-        ok, problems, tol = compare_studies(study, stored)
-        comparison = (ok, problems, tol, machine_note(study, stored))
+        comparison = compare_studies(study, load_study(against))
     return StudyReport(written, (folder / "table.md").read_text(), comparison)

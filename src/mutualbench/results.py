@@ -19,6 +19,7 @@ from .envinfo import machine_kind
 from .errors import UserError
 from .layout import MANIFEST, RUNS
 from .records import read_record
+from .stats import holm_by_family, one_sample, paired, significant, t_quantile
 
 MAIN = "main"  # the ablation label of the main study's runs
 # the member label of a cohort's ensemble row (mean of the members' softmaxes, final epoch only;
@@ -66,6 +67,27 @@ def has_complete_runs(folder: Path) -> bool:
     return any(r["status"] == "complete" for r in load_records(folder, manifest).values())
 
 
+LAST_K = 5  # the secondary statistic: the mean test accuracy of a run's last LAST_K epochs
+LAST_LABEL = f"last-{LAST_K} mean"
+# the two statistics every table, comparison and contrast reports: (column prefix, label)
+STATISTICS = (("final", "final epoch"), ("last5", LAST_LABEL))
+_ACC = {"final": "final_acc", "last5": "last5_acc"}
+
+
+def last_epochs_mean(curves: list[dict], member: str, k: int = LAST_K) -> float:
+    """The mean test accuracy of ``member`` over the last ``k`` epochs of the run's last stage
+    (its final training stage), from the record's curves; NaN when that stage has fewer than
+    ``k`` epochs (the statistic is then not defined, rather than a mean of fewer epochs)."""
+    if not curves:
+        return math.nan
+    last_stage = curves[-1].get("stage")
+    accs = [e["test_acc"].get(member) for e in curves if e.get("stage") == last_stage]
+    accs = [a for a in accs if a is not None]
+    if len(accs) < k:
+        return math.nan
+    return float(sum(accs[-k:]) / k)
+
+
 def runs_frame(manifest: dict, records: dict[str, dict]) -> pd.DataFrame:
     """One row per (planned run, model) of a complete record."""
     rows = []
@@ -73,6 +95,7 @@ def runs_frame(manifest: dict, records: dict[str, dict]) -> pd.DataFrame:
         rec = records.get(entry["run_id"])
         if rec is None or rec["status"] != "complete":
             continue
+        curves = rec.get("curves") or []
         for member, m in rec["models"].items():
             rows.append({
                 "ablation": entry.get("ablation") or MAIN,
@@ -85,6 +108,7 @@ def runs_frame(manifest: dict, records: dict[str, dict]) -> pd.DataFrame:
                 "arch": m["arch"],
                 "params": m["params"],
                 "final_acc": m["final_test_acc"],
+                "last5_acc": last_epochs_mean(curves, member),
                 "best_acc_test_selected": m["best_test_acc_test_selected"],
                 "train_s": rec["timings"]["train_s"],
                 "device": rec["env"]["device"],
@@ -93,21 +117,17 @@ def runs_frame(manifest: dict, records: dict[str, dict]) -> pd.DataFrame:
         ens = rec.get("ensemble")
         if isinstance(ens, dict) and ens.get("final_test_acc") is not None:
             rows.append(dict(rows[-1], member=ENSEMBLE, arch="+".join(rec["models"][m]["arch"] for m in ens["members"]),
-                             params=ens["params"], final_acc=ens["final_test_acc"], best_acc_test_selected=math.nan))
+                             params=ens["params"], final_acc=ens["final_test_acc"], last5_acc=math.nan,
+                             best_acc_test_selected=math.nan))
     cols = ["ablation", "value", "arm", "method", "member", "seed", "run_id", "arch", "params", "final_acc",
-            "best_acc_test_selected", "train_s", "device", "machine"]
+            "last5_acc", "best_acc_test_selected", "train_s", "device", "machine"]
     return pd.DataFrame(rows, columns=cols)
 
 
-def t_quantile(n: int) -> float:
-    from scipy import stats
-
-    return float(stats.t.ppf(0.975, n - 1)) if n > 1 else math.nan
-
-
 def summarize(df: pd.DataFrame, spec: dict) -> pd.DataFrame:
-    """Per (ablation, value, arm, member): n, final accuracy mean/std/95% CI, best-epoch accuracy
-    (selected on the test set), parameters, training time, published number and difference."""
+    """Per (ablation, value, arm, member): n, final accuracy mean/std/95% CI, the last-5 mean's
+    mean and std (over the seeds where it is defined), best-epoch accuracy (selected on the
+    test set), parameters, training time, published number and difference."""
     published = {a["name"]: a.get("published", {}) for a in spec.get("arms", [])}
     order = {a["name"]: i for i, a in enumerate(spec.get("arms", []))}
     rows = []
@@ -115,11 +135,14 @@ def summarize(df: pd.DataFrame, spec: dict) -> pd.DataFrame:
         n = len(g)
         mean, std = g["final_acc"].mean(), g["final_acc"].std(ddof=1) if n > 1 else math.nan
         half = t_quantile(n) * std / math.sqrt(n) if n > 1 else math.nan
+        last5 = g["last5_acc"].dropna()
         pub = published.get(arm, {}).get(member) if abl == MAIN else None
         rows.append({
             "ablation": abl, "value": val, "arm": arm, "method": g["method"].iloc[0], "member": member,
             "arch": g["arch"].iloc[0], "params": int(g["params"].iloc[0]), "n": n,
             "final_mean": mean, "final_std": std, "ci95_low": mean - half, "ci95_high": mean + half,
+            "last5_n": len(last5), "last5_mean": last5.mean() if len(last5) else math.nan,
+            "last5_std": last5.std(ddof=1) if len(last5) > 1 else math.nan,
             "best_mean_test_selected": g["best_acc_test_selected"].mean(),
             "train_s_mean": g["train_s"].mean(),
             "published": pub, "diff_vs_published": (mean - pub) if pub is not None else None,
@@ -131,57 +154,111 @@ def summarize(df: pd.DataFrame, spec: dict) -> pd.DataFrame:
     return out.sort_values("_order", kind="stable").drop(columns="_order").reset_index(drop=True)
 
 
-def arm_accuracy(df: pd.DataFrame) -> pd.DataFrame:
-    """Per (ablation, value, arm, seed): the final accuracy, averaged over a cohort's members."""
-    df = df[df["member"] != ENSEMBLE]
-    return df.groupby(["ablation", "value", "arm", "seed"], sort=False)["final_acc"].mean().reset_index()
+def arm_accuracy(df: pd.DataFrame, statistic: str = "final") -> pd.DataFrame:
+    """Per (ablation, value, arm, seed): the accuracy at ``statistic`` (``final``: final epoch,
+    ``last5``: the last-5 mean), averaged over a cohort's members, in column ``final_acc`` /
+    ``last5_acc``; seeds where the statistic is undefined are left out."""
+    col = _ACC[statistic]
+    if col not in df:  # a frame built without the statistic: undefined on every seed
+        df = df.assign(**{col: math.nan})
+    df = df[(df["member"] != ENSEMBLE) & df[col].notna()]
+    return df.groupby(["ablation", "value", "arm", "seed"], sort=False)[col].mean().reset_index()
 
 
-def _paired(a: pd.Series, b: pd.Series) -> dict:
-    """Accuracies ``a`` and ``b`` indexed by seed, over the seeds both have: n, means, the
-    mean and std of a - b, the paired t-test p-value (none when every difference is equal),
-    and on how many seeds a is higher."""
-    from scipy import stats
-
-    seeds = sorted(set(a.index) & set(b.index))
-    n = len(seeds)
-    a, b = a.loc[seeds], b.loc[seeds]
-    d = a - b
-    p = float(stats.ttest_rel(a, b).pvalue) if n > 1 and d.std(ddof=1) > 0 else math.nan
-    return {"n": n, "mean_a": a.mean() if n else math.nan, "mean_b": b.mean() if n else math.nan,
-            "diff_mean": d.mean() if n else math.nan, "diff_std": d.std(ddof=1) if n > 1 else math.nan,
-            "p_value": p, "a_wins": int((d > 0).sum())}
+def profile_arms(spec: dict, profile: str | None) -> set[str]:
+    """The arms that run in ``profile`` (every arm without ``profiles``, and those naming it)."""
+    return {a["name"] for a in spec.get("arms", []) if profile is None or "profiles" not in a
+            or profile in (a.get("profiles") or {})}
 
 
-def paired_comparisons(df: pd.DataFrame, comparisons: list[dict]) -> pd.DataFrame:
-    """a vs b over the seeds both have (main study): mean difference, its std, paired t-test."""
-    acc = arm_accuracy(df[df["ablation"] == MAIN])
-    rows = []
-    for comp in comparisons:
-        a = acc[acc["arm"] == comp["a"]].set_index("seed")["final_acc"]
-        b = acc[acc["arm"] == comp["b"]].set_index("seed")["final_acc"]
-        rows.append({"a": comp["a"], "b": comp["b"], **_paired(a, b)})
-    return pd.DataFrame(rows)
+def agreement(row: dict | pd.Series) -> str:
+    """Whether the two statistics of a comparison or contrast agree: ``agree``, ``sign differs``
+    or ``significance differs`` (Holm-adjusted p below ALPHA at one statistic only); empty when
+    either statistic is not computed."""
+    d1, d2 = row["diff_mean"], row["last5_diff_mean"]
+    p1, p2 = row["p_holm"], row["last5_p_holm"]
+    if any(isinstance(x, float) and math.isnan(x) for x in (d1, d2)):
+        return ""
+    if (d1 > 0) != (d2 > 0) and d1 != 0 and d2 != 0:
+        return "sign differs"
+    if significant(p1) != significant(p2):
+        return "significance differs"
+    return "agree"
 
 
-CONTRAST_COLUMNS = ["contrast", "weights", "n", "mean", "std", "ci95_low", "ci95_high", "p_value", "seeds_positive",
-                    "note"]
+def _with_both(rows: list[dict], per_stat) -> None:
+    """Fill each row's statistics at both STATISTICS (``per_stat(row, statistic)`` returns a
+    ``paired``-shaped dict), the last-5 ones prefixed ``last5_``."""
+    for row in rows:
+        for stat, _ in STATISTICS:
+            pre = "" if stat == "final" else f"{stat}_"
+            for k, v in per_stat(row, stat).items():
+                row[pre + k] = v
 
 
-def linear_contrasts(df: pd.DataFrame, contrasts: list[dict]) -> pd.DataFrame:
-    """Each contrast sum_a w_a * acc_a evaluated per seed on the main arms' final accuracy (a
-    cohort as its members' mean), over the seeds every arm of it has: mean, std, 95%
-    t-interval, the one-sample t-test of mean 0 (two-sided) and the seeds where it is > 0.
-    An arm with fewer seeds than the others is named in ``note`` (the contrast then uses the
-    seeds all its arms share, and says it is not computed when they share none)."""
-    from scipy import stats
+COMPARISON_COLUMNS = ["family", "a", "b", "n", "mean_a", "mean_b", "diff_mean", "diff_std", "ci95_low", "ci95_high",
+                      "p_value", "p_holm", "a_wins", "b_wins", "last5_n", "last5_mean_a", "last5_mean_b", "last5_diff_mean",
+                      "last5_diff_std", "last5_ci95_low", "last5_ci95_high", "last5_p_value", "last5_p_holm",
+                      "last5_a_wins", "last5_b_wins", "statistics"]
+DEFAULT_COMPARISON_FAMILY = "comparisons"
+DEFAULT_CONTRAST_FAMILY = "contrasts"
 
-    acc = arm_accuracy(df[df["ablation"] == MAIN]) if not df.empty else pd.DataFrame(columns=["arm", "seed",
-                                                                                               "final_acc"])
+
+def _adjust(out: pd.DataFrame) -> pd.DataFrame:
+    """Holm-adjusted p-values within each family, at both statistics, and their agreement."""
+    if out.empty:
+        return out
+    for stat, _ in STATISTICS:
+        pre = "" if stat == "final" else f"{stat}_"
+        out[f"{pre}p_holm"] = holm_by_family(out, f"{pre}p_value")
+    out["statistics"] = [agreement(r) for _, r in out.iterrows()]
+    return out
+
+
+def paired_comparisons(df: pd.DataFrame, comparisons: list[dict], arms: set[str] | None = None) -> pd.DataFrame:
+    """a vs b over the seeds both have (main study), at both statistics: mean difference, its
+    std and 95% t-interval, the paired t-test, and its Holm adjustment within the comparison's
+    ``family`` (default ``comparisons``). ``arms``: the arms of the profile; a comparison
+    naming another arm is not part of this profile and is left out (it is not a test made)."""
+    main = df[df["ablation"] == MAIN] if not df.empty else df
+    acc = {stat: arm_accuracy(main, stat) for stat, _ in STATISTICS} if not df.empty else {}
+    rows = [{"family": c.get("family", DEFAULT_COMPARISON_FAMILY), "a": c["a"], "b": c["b"]}
+            for c in comparisons if arms is None or {c["a"], c["b"]} <= arms]
+
+    def per_stat(row, stat):
+        if not acc:
+            return paired(pd.Series(dtype=float), pd.Series(dtype=float))
+        a_ = acc[stat][acc[stat]["arm"] == row["a"]].set_index("seed")[_ACC[stat]]
+        b_ = acc[stat][acc[stat]["arm"] == row["b"]].set_index("seed")[_ACC[stat]]
+        return paired(a_, b_)
+
+    _with_both(rows, per_stat)
+    return _adjust(pd.DataFrame(rows, columns=COMPARISON_COLUMNS))
+
+
+CONTRAST_COLUMNS = ["family", "contrast", "weights", "n", "mean", "std", "ci95_low", "ci95_high", "p_value", "p_holm",
+                    "seeds_positive", "seeds_negative", "last5_n", "last5_mean", "last5_std", "last5_ci95_low",
+                    "last5_ci95_high", "last5_p_value", "last5_p_holm", "last5_seeds_positive", "last5_seeds_negative",
+                    "statistics", "note"]
+
+
+def linear_contrasts(df: pd.DataFrame, contrasts: list[dict], arms: set[str] | None = None) -> pd.DataFrame:
+    """Each contrast sum_a w_a * acc_a evaluated per seed on the main arms (a cohort as its
+    members' mean), at both statistics, over the seeds every arm of it has: mean, std, 95%
+    t-interval, the one-sample t-test of mean 0 (two-sided), its Holm adjustment within the
+    contrast's ``family`` (default ``contrasts``) and the seeds where it is > 0. An arm with
+    fewer seeds than the others is named in ``note`` (the contrast then uses the seeds all its
+    arms share, and says it is not computed when they share none). ``arms``: as for
+    ``paired_comparisons``."""
+    empty = pd.DataFrame(columns=["arm", "seed", "final_acc", "last5_acc"])
+    main = df[df["ablation"] == MAIN] if not df.empty else df
+    acc = {stat: (arm_accuracy(main, stat) if not df.empty else empty) for stat, _ in STATISTICS}
     rows = []
     for c in contrasts:
         weights = c["weights"]
-        per_arm = {arm: acc[acc["arm"] == arm].set_index("seed")["final_acc"] for arm in weights}
+        if arms is not None and not set(weights) <= arms:
+            continue
+        per_arm = {arm: acc["final"][acc["final"]["arm"] == arm].set_index("seed")["final_acc"] for arm in weights}
         seed_sets = {arm: set(s.index) for arm, s in per_arm.items()}
         common = sorted(set.intersection(*seed_sets.values())) if seed_sets else []
         widest = max((len(v) for v in seed_sets.values()), default=0)
@@ -189,27 +266,52 @@ def linear_contrasts(df: pd.DataFrame, contrasts: list[dict]) -> pd.DataFrame:
                  if len(v) < widest]
         if short and common:
             note = "arms with fewer seeds: " + ", ".join(short) + f"; computed on the {len(common)} seeds all share"
-        elif short:
-            note = "not computed: its arms share no seed (" + ", ".join(short) + ")"
+        elif short or not common:
+            note = "not computed: its arms share no seed" + (" (" + ", ".join(short) + ")" if short else "")
         else:
             note = ""
-        values = pd.Series({s: sum(w * per_arm[a].loc[s] for a, w in weights.items()) for s in common}, dtype=float)
-        n = len(values)
-        mean = values.mean() if n else math.nan
-        std = values.std(ddof=1) if n > 1 else math.nan
-        half = t_quantile(n) * std / math.sqrt(n) if n > 1 else math.nan
-        p = float(stats.ttest_1samp(values, 0.0).pvalue) if n > 1 and std > 0 else math.nan
         text = " ".join(f"{'+' if w > 0 else '−'} {abs(w):g}·{a}" for a, w in weights.items()).lstrip("+ ")
-        rows.append({"contrast": c["name"], "weights": text, "n": n, "mean": mean, "std": std,
-                     "ci95_low": mean - half, "ci95_high": mean + half, "p_value": p,
-                     "seeds_positive": int((values > 0).sum()), "note": note})
-    return pd.DataFrame(rows, columns=CONTRAST_COLUMNS)
+        rows.append({"family": c.get("family", DEFAULT_CONTRAST_FAMILY), "contrast": c["name"], "weights": text,
+                     "_weights": weights, "note": note})
+
+    def per_stat(row, stat):
+        col = _ACC[stat]
+        per_arm = {arm: acc[stat][acc[stat]["arm"] == arm].set_index("seed")[col] for arm in row["_weights"]}
+        common = sorted(set.intersection(*(set(s.index) for s in per_arm.values())))
+        values = pd.Series({s: sum(w * per_arm[a].loc[s] for a, w in row["_weights"].items()) for s in common},
+                           dtype=float)
+        r = one_sample(values)
+        return {"n": r["n"], "mean": r["mean"], "std": r["std"], "ci95_low": r["ci95_low"],
+                "ci95_high": r["ci95_high"], "p_value": r["p_value"], "seeds_positive": r["positive"],
+                "seeds_negative": r["negative"]}
+
+    _with_both(rows, per_stat)
+    for r in rows:
+        del r["_weights"]
+    out = pd.DataFrame(rows, columns=CONTRAST_COLUMNS)
+    if out.empty:
+        return out
+    # agreement() reads the comparison's column names
+    for stat, _ in STATISTICS:
+        pre = "" if stat == "final" else f"{stat}_"
+        out[f"{pre}p_holm"] = holm_by_family(out, f"{pre}p_value")
+    out["statistics"] = [agreement({"diff_mean": r["mean"], "last5_diff_mean": r["last5_mean"],
+                                    "p_holm": r["p_holm"], "last5_p_holm": r["last5_p_holm"]})
+                         for _, r in out.iterrows()]
+    return out
+
+
+ABLATION_COLUMNS = ["ablation", "arm", "value", "reference", "n", "mean_value", "mean_reference", "diff_mean",
+                    "diff_std", "p_value", "p_holm", "value_wins", "last5_n", "last5_mean_value",
+                    "last5_mean_reference", "last5_diff_mean", "last5_diff_std", "last5_p_value", "last5_p_holm",
+                    "last5_value_wins", "statistics"]
 
 
 def ablation_comparisons(df: pd.DataFrame) -> pd.DataFrame:
     """Per ablation and arm: each value against the value that reproduces the main settings
-    (the one whose runs are the main arm's runs), paired over the seeds both have."""
-    acc = arm_accuracy(df)
+    (the one whose runs are the main arm's runs), paired over the seeds both have, at both
+    statistics; Holm-adjusted over all of the profile's ablation comparisons (one family)."""
+    acc = {stat: arm_accuracy(df, stat) for stat, _ in STATISTICS}
     main_runs = {arm: set(g["run_id"]) for arm, g in df[df["ablation"] == MAIN].groupby("arm")}
     rows = []
     for (abl, arm), g in df[df["ablation"] != MAIN].groupby(["ablation", "arm"], sort=False):
@@ -217,19 +319,23 @@ def ablation_comparisons(df: pd.DataFrame) -> pd.DataFrame:
         reference = next((v for v in values if set(g.loc[g["value"] == v, "run_id"]) <= main_runs.get(arm, set())), None)
         if reference is None:
             continue
-        sel = acc[(acc["ablation"] == abl) & (acc["arm"] == arm)]
-        b = sel[sel["value"] == reference].set_index("seed")["final_acc"]
-        for value in values:
-            if value == reference:
-                continue
-            a = sel[sel["value"] == value].set_index("seed")["final_acc"]
-            stats = _paired(a, b)
-            rows.append({"ablation": abl, "arm": arm, "value": value, "reference": reference, "n": stats["n"],
-                         "mean_value": stats["mean_a"], "mean_reference": stats["mean_b"],
-                         "diff_mean": stats["diff_mean"], "diff_std": stats["diff_std"], "p_value": stats["p_value"],
-                         "value_wins": stats["a_wins"]})
-    return pd.DataFrame(rows, columns=["ablation", "arm", "value", "reference", "n", "mean_value", "mean_reference",
-                                       "diff_mean", "diff_std", "p_value", "value_wins"])
+        rows += [{"ablation": abl, "arm": arm, "value": v, "reference": reference} for v in values if v != reference]
+
+    def per_stat(row, stat):
+        col = _ACC[stat]
+        sel = acc[stat][(acc[stat]["ablation"] == row["ablation"]) & (acc[stat]["arm"] == row["arm"])]
+        r = paired(sel[sel["value"] == row["value"]].set_index("seed")[col],
+                   sel[sel["value"] == row["reference"]].set_index("seed")[col])
+        return {"n": r["n"], "mean_value": r["mean_a"], "mean_reference": r["mean_b"], "diff_mean": r["diff_mean"],
+                "diff_std": r["diff_std"], "p_value": r["p_value"], "value_wins": r["a_wins"]}
+
+    _with_both(rows, per_stat)
+    out = pd.DataFrame(rows, columns=ABLATION_COLUMNS)
+    if out.empty:
+        return out
+    out["family"] = "ablations"
+    out = _adjust(out).drop(columns="family")
+    return out
 
 
 def mixed_machine_notes(df: pd.DataFrame, spec: dict) -> list[str]:
@@ -316,81 +422,14 @@ def load_study(folder: Path) -> Study:
     records = load_records(folder, manifest)
     df = runs_frame(manifest, records)
     spec = manifest["spec"]
-    return Study(folder, manifest, records, df, summarize(df, spec), paired_comparisons(df, spec.get("comparisons", [])),
-                 ablation_comparisons(df), linear_contrasts(df, spec.get("contrasts", [])))
-
-
-SPREAD_SIGMAS = 3.0  # how many standard errors of a difference of means the compare tolerance allows
-
-
-def compare_tolerance(s_sum: pd.DataFrame, fixed: float) -> tuple[float, str]:
-    """The tolerance a rerun can honestly meet on any machine. float32 kernels round
-    differently on each kind of CPU or GPU, and in a chaotic regime (few steps, a network
-    near its plateau) those differences act like another seed: so the tolerance is the larger
-    of the profile's fixed one and SPREAD_SIGMAS standard errors of the difference of two
-    n-seed means, s * sqrt(2 / n), with s the stored study's seed std pooled over every row
-    with n > 1. Exact regressions are the golden-trajectory check's job (tests/test_golden.py)."""
-    multi = s_sum[s_sum["n"] > 1]
-    if multi.empty:
-        return fixed, f"the profile's {fixed:g} points"
-    pooled = math.sqrt(float((multi["final_std"] ** 2).mean()))
-    n = int(multi["n"].mode().iloc[0])
-    spread = SPREAD_SIGMAS * pooled * math.sqrt(2 / n)
-    how = (f"the larger of the profile's {fixed:g} and {SPREAD_SIGMAS:g} x the stored seeds' pooled std "
-           f"{pooled:.2f} x sqrt(2/{n}) = {spread:.2f}")
-    return round(max(fixed, spread), 2), how
-
-
-def compare_studies(new: Path | Study, stored: Path | Study) -> tuple[bool, list[str], float]:
-    """Every (ablation, value, arm, member) of the stored study must be present in the new one
-    with the same n and a mean final accuracy within ``compare_tolerance``."""
-    stored, new = _study(stored), _study(new)
-    s_sum, n_sum = stored.summary, new.summary
-    if s_sum.empty:
-        raise UserError(f"{stored.folder}: no complete runs to compare against")
-    tol, _ = compare_tolerance(s_sum, stored.tolerance)
-    key = ["ablation", "value", "arm", "member"]
-    merged = s_sum.merge(n_sum, on=key, how="left", suffixes=("_stored", "_new"), indicator=True)
-    problems = []
-    for _, r in merged.iterrows():
-        name = f"{r['arm']}/{r['member']}" + ("" if r["ablation"] == MAIN else f" [{r['ablation']}={r['value']}]")
-        if r["_merge"] != "both":
-            problems.append(f"{name}: missing from {new.folder}")
-            continue
-        if r["n_stored"] != r["n_new"]:
-            problems.append(f"{name}: n = {int(r['n_new'])} seeds, stored {int(r['n_stored'])}")
-        delta = r["final_mean_new"] - r["final_mean_stored"]
-        if not abs(delta) <= tol:
-            problems.append(f"{name}: final accuracy {r['final_mean_new']:.2f}% vs stored {r['final_mean_stored']:.2f}% "
-                            f"({delta:+.2f} points, tolerance {tol})")
-    return not problems, problems, tol
+    arms = profile_arms(spec, manifest.get("profile"))
+    return Study(folder, manifest, records, df, summarize(df, spec),
+                 paired_comparisons(df, spec.get("comparisons", []), arms), ablation_comparisons(df),
+                 linear_contrasts(df, spec.get("contrasts", []), arms))
 
 
 def _study(s: Path | Study) -> Study:
     return s if isinstance(s, Study) else load_study(s)
-
-
-def tolerance_explained(stored: Path | Study) -> str:
-    stored = _study(stored)
-    return compare_tolerance(stored.summary, stored.tolerance)[1]
-
-
-def new_only_notes(new: Path | Study, stored: Path | Study) -> list[str]:
-    """One note per (ablation, value, arm, member) of the new study that the stored study lacks:
-    not a failure (there is nothing to compare it with), but worth saying."""
-    new, stored = _study(new), _study(stored)
-    s_sum, n_sum = stored.summary, new.summary
-    if n_sum.empty:
-        return []
-    key = ["ablation", "value", "arm", "member"]
-    stored_keys = set() if s_sum.empty else set(map(tuple, s_sum[key].astype(str).itertuples(index=False)))
-    notes = []
-    for _, r in n_sum.iterrows():
-        if tuple(str(r[k]) for k in key) in stored_keys:
-            continue
-        name = f"{r['arm']}/{r['member']}" + ("" if r["ablation"] == MAIN else f" [{r['ablation']}={r['value']}]")
-        notes.append(f"note: {name} is in {new.folder} but not in the stored results")
-    return notes
 
 
 def machine_note(new: Path | Study, stored: Path | Study) -> str | None:
@@ -400,4 +439,4 @@ def machine_note(new: Path | Study, stored: Path | Study) -> str | None:
     if not s_kinds or not n_kinds or s_kinds == n_kinds:
         return None
     return (f"note: stored results came from {' and '.join(s_kinds)}, these from {' and '.join(n_kinds)}; "
-            "float32 results differ between kinds of machine, the tolerance covers that")
+            "float32 results differ between kinds of machine, as between seeds")

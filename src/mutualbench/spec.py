@@ -23,13 +23,13 @@ from .data.sources import KNOWN_DATASETS
 from .errors import UserError
 from .methods import METHODS
 
-TOP_KEYS = {"study", "defaults", "assumptions", "arms", "comparisons", "contrasts", "ablations", "profiles"}
+TOP_KEYS = {"study", "defaults", "assumptions", "arms", "comparisons", "contrasts", "ablations", "profiles", "claims"}
 STUDY_KEYS = {"name", "description", "seeds", "data", "classes"}
 ARM_KEYS = {"name", "method", "arch", "cohort", "set", "published", "description", "profiles"}
 PROFILE_KEYS = {"description", "tolerance", "set"}
 ABLATION_KEYS = {"name", "arms", "values", "description", "opt_in"}
-COMPARISON_KEYS = {"a", "b"}
-CONTRAST_KEYS = {"name", "weights", "description"}
+COMPARISON_KEYS = {"a", "b", "family"}
+CONTRAST_KEYS = {"name", "weights", "description", "family"}
 
 
 @dataclass
@@ -199,6 +199,14 @@ def load_spec(path: str | Path) -> Spec:
             if comp.get(side) not in names:
                 raise UserError(f"{path}: [[comparisons]] #{i + 1}: {side} = {comp.get(side)!r} is not an arm ({', '.join(sorted(names))})")
     _check_contrasts(raw.get("contrasts", []), names, path)
+    for kind in ("comparisons", "contrasts"):
+        for i, t in enumerate(raw.get(kind, [])):
+            if "family" in t and (not isinstance(t["family"], str) or not t["family"]):
+                raise UserError(f"{path}: [[{kind}]] #{i + 1}: family = {t['family']!r} is not allowed; it must be a "
+                                "name (Holm's adjustment runs within each family), e.g. family = \"blog\"")
+    from .claims import check_claims
+
+    check_claims(raw, path)
     for i, abl in enumerate(raw.get("ablations", [])):
         where = f"[[ablations]] #{i + 1} ({abl.get('name', '?')})"
         _check_keys(where, abl, ABLATION_KEYS, path)
