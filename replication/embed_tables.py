@@ -6,7 +6,9 @@ quotes the tables exactly as `mutualbench table` wrote them (nothing typed by ha
 Markers, for every study in results/: <!-- <study>/<profile>-table:start --> ...
 <!-- <study>/<profile>-table:end --> for each results/<study>/<profile>/table.md, and
 <!-- <study>/scale-comparison:start --> ... :end --> for the spec's paired comparisons at the
-`cpu` and the `full` scale side by side (computed from the stored records, like the tables).
+`cpu` and the `full` scale side by side, <!-- <study>/claims:start --> for the spec's claims
+at both scales, and <!-- seed_blog/<profile>-factorial:start --> for the 2x2 factorial
+(all computed from the stored records, like the tables).
 The blog's study (seed_blog) also answers to the unprefixed names (<!-- cpu-table:start -->).
 """
 
@@ -74,13 +76,16 @@ FACTORIAL = {("no hints", "alone"): "student_dml_optimizer", ("no hints", "mutua
 COHORTS = {1: "student_dml_optimizer", 2: "dml", 3: "dml_k3", 4: "dml_k4"}
 
 
-def _cell(acc, arm: str) -> str:
+def _cell(acc, arm: str, last5=None) -> str:
     a = acc[acc["arm"] == arm]["final_acc"]
     if a.empty:
         return "not run yet"
-    if len(a) == 1:
-        return f"{a.iloc[0]:.2f} (n = 1)"
-    return f"{a.mean():.2f} ± {a.std(ddof=1):.2f} (n = {len(a)})"
+    text = f"{a.iloc[0]:.2f} (n = 1)" if len(a) == 1 else f"{a.mean():.2f} ± {a.std(ddof=1):.2f} (n = {len(a)})"
+    if last5 is not None:
+        b = last5[last5["arm"] == arm]["last5_acc"]
+        if len(b):
+            text += f"; last-5 mean {b.mean():.2f}" + (f" ± {b.std(ddof=1):.2f}" if len(b) > 1 else "")
+    return text
 
 
 def factorial_table(folder: Path) -> str | None:
@@ -91,10 +96,12 @@ def factorial_table(folder: Path) -> str | None:
     if not (folder / "study.json").exists():
         return None
     df = load_study(folder).runs
-    acc = arm_accuracy(df[df["ablation"] == MAIN])
+    main = df[df["ablation"] == MAIN]
+    acc, last5 = arm_accuracy(main), arm_accuracy(main, "last5")
     lines = ["| | alone | mutual (DML, K = 2) |", "|---|---|---|"]
     for hints in ("no hints", "hints"):
-        lines.append(f"| {hints} | {_cell(acc, FACTORIAL[(hints, 'alone')])} | {_cell(acc, FACTORIAL[(hints, 'mutual')])} |")
+        lines.append(f"| {hints} | {_cell(acc, FACTORIAL[(hints, 'alone')], last5)} | "
+                     f"{_cell(acc, FACTORIAL[(hints, 'mutual')], last5)} |")
     return "\n".join(lines)
 
 
@@ -109,7 +116,8 @@ def cohort_size_plot(folder: Path) -> str | None:
     import matplotlib.pyplot as plt
 
     from mutualbench.io_utils import atomic_write_bytes
-    from mutualbench.results import ENSEMBLE, MAIN, arm_accuracy, load_study, t_quantile
+    from mutualbench.results import ENSEMBLE, MAIN, arm_accuracy, load_study
+    from mutualbench.stats import t_quantile
 
     if not (folder / "study.json").exists():
         return None
@@ -148,6 +156,19 @@ def cohort_size_plot(folder: Path) -> str | None:
     return "\n".join(["| K | arm | accuracy of | n | mean | 95% CI |", "|---|---|---|---|---|---|", *rows])
 
 
+CLAIM_PROFILES = ("full", "cpu")  # the primary profile (the source's scale) first
+
+
+def claims_table(results: Path) -> str | None:
+    """The spec's claims at every stored profile of CLAIM_PROFILES (mutualbench.claims)."""
+    sys.path.insert(0, str(ROOT / "src"))
+    from mutualbench.claims import evaluate, markdown
+    from mutualbench.results import load_study
+
+    frames = {p: evaluate(load_study(results / p)) for p in CLAIM_PROFILES if (results / p / "study.json").exists()}
+    return markdown(frames) or None
+
+
 def _markers(study: str, name: str) -> list[str]:
     """Marker names of a block: ``<study>/<name>`` for any study; the blog's study also keeps
     its original unprefixed names."""
@@ -171,12 +192,19 @@ def main() -> int:
             if scale is not None and f"<!-- {marker}:start -->" in text:
                 text = _embed(text, marker, scale)
                 print(f"embedded the cpu/full scale comparison of {results.name}")
-    blog = ROOT / "results" / "seed_blog" / "cpu"
-    for name, make in (("factorial", factorial_table), ("cohort-size", cohort_size_plot)):
-        body = make(blog)
-        if body is not None and f"<!-- seed_blog/cpu-{name}:start -->" in text:
-            text = _embed(text, f"seed_blog/cpu-{name}", body)
-            print(f"embedded the {name} block of {blog.relative_to(ROOT)}")
+        claims = claims_table(results)
+        if claims and f"<!-- {results.name}/claims:start -->" in text:
+            text = _embed(text, f"{results.name}/claims", claims)
+            print(f"embedded the claims table of {results.name}")
+    for profile in ("cpu", "full"):
+        blog = ROOT / "results" / "seed_blog" / profile
+        for name, make in (("factorial", factorial_table), ("cohort-size", cohort_size_plot)):
+            if f"<!-- seed_blog/{profile}-{name}:start -->" not in text:
+                continue
+            body = make(blog)
+            if body is not None:
+                text = _embed(text, f"seed_blog/{profile}-{name}", body)
+                print(f"embedded the {name} block of {blog.relative_to(ROOT)}")
     report.write_text(text)
     return 0
 

@@ -225,6 +225,26 @@ def cmd_table(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_claims(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .claims import evaluate, markdown
+    from .errors import UserError
+    from .results import load_study
+
+    studies = [load_study(Path(f)) for f in args.folders]
+    names = {s.spec["study"]["name"] for s in studies}
+    if len(names) > 1:
+        raise UserError(f"claims: the folders hold different studies ({', '.join(sorted(names))}); "
+                        "give the profiles of one study")
+    profiles = [s.manifest["profile"] for s in studies]
+    if len(set(profiles)) < len(profiles):
+        raise UserError(f"claims: a profile is given twice ({', '.join(profiles)}); give each profile's folder once")
+    text = markdown({s.manifest["profile"]: evaluate(s) for s in studies})
+    print(text or f"{args.folders[0]}: the spec states no [[claims]]")
+    return 0
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -339,6 +359,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("table", help="aggregate a study folder's records into table.md/.csv and curve plots")
     p.add_argument("folder")
     p.set_defaults(func=cmd_table)
+
+    p = sub.add_parser("claims", help="the spec's claims tested on one or more profiles' study folders "
+                       "(the first folder's verdict leads)")
+    p.add_argument("folders", nargs="+", help="study folders of one study, e.g. results/seed_blog/full results/seed_blog/cpu")
+    p.set_defaults(func=cmd_claims)
 
     p = sub.add_parser("compare", help="check a study against stored results (exit 0 same, 1 different, 2 bad input)")
     p.add_argument("folder")
