@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .io_utils import atomic_write_bytes
+from .io_utils import atomic_write_bytes, safe_child
 from .results import ENSEMBLE, MAIN, Study, load_study
 
 
@@ -131,7 +131,7 @@ def plot_curves(curves: pd.DataFrame, out: Path, title: str) -> list[Path]:
         ax.set(xlabel="epoch (all stages)", ylabel="test accuracy (%)", title=f"{title}: {arm}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-        written.append(_save(fig, out / f"curves_{arm}.png"))
+        written.append(_save(fig, safe_child(out, f"curves_{arm}.png", f"arm {arm!r}: plot")))
     return written
 
 
@@ -186,6 +186,7 @@ class StudyReport:
 def report_study(folder: Path, against: Path | None = None) -> StudyReport | None:
     """After ``replicate``: the tables and plots, and the comparison with the stored study
     ``against`` when it exists (None: no complete run yet, nothing written)."""
+    from .comparable import check_comparable
     from .layout import MANIFEST
     from .results import compare_studies, has_complete_runs, machine_note
 
@@ -197,6 +198,7 @@ def report_study(folder: Path, against: Path | None = None) -> StudyReport | Non
     comparison = None
     if against is not None and (Path(against) / MANIFEST).exists() and Path(against).resolve() != folder.resolve():
         stored = load_study(against)
+        check_comparable(study, stored)
         ok, problems, tol = compare_studies(study, stored)
         comparison = (ok, problems, tol, machine_note(study, stored))
     return StudyReport(written, (folder / "table.md").read_text(), comparison)
