@@ -188,8 +188,8 @@ def load_spec(path: str | Path) -> Spec:
         members = arm_members(arm)
         for member in arm.get("published", {}):
             if members is not None and member not in members:
-                raise UserError(f"{path}: {where} published.{member}: the arm has no member {member!r} (a "
-                                f"{arm['method']} run records {', '.join(members)}); publish numbers for those")
+                raise UserError(f"{path}: {where} published.{member}: the arm has no member {member!r} (runs of "
+                                f"method {arm['method']!r} record {', '.join(members)}); give the numbers of those")
     for pname, prof in profiles.items():
         _check_settings(f"[profiles.{pname}] set", prof.get("set", {}), path)
     pairs = set()

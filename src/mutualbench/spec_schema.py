@@ -31,8 +31,15 @@ def name_problem(name: object) -> str | None:
         return f"a {type(name).__name__}, not a string"
     if not name:
         return "empty"
-    if ".." in name or not NAME_RE.match(name):
-        return "it has characters outside letters, digits, _ . - , starts with . or -, has '..' or is too long"
+    bad = "".join(sorted({c for c in name if not (c.isascii() and (c.isalnum() or c in "_.-"))}))
+    if bad:
+        return f"it has {bad!r}"
+    if ".." in name:
+        return "it has '..'"
+    if name[0] in ".-":
+        return f"it starts with {name[0]!r}"
+    if not NAME_RE.match(name):
+        return "it is longer than 64 characters"
     return None
 
 
@@ -234,7 +241,7 @@ def _where(loc: tuple, raw: dict) -> tuple[str, tuple]:
     if head in ARRAYS and len(loc) >= 3 and isinstance(loc[1], int):
         item = (raw.get(head) or [None] * (loc[1] + 1))[loc[1]]
         name = item.get("name") if isinstance(item, dict) else None
-        return f"[[{head}]] #{loc[1] + 1}" + (f" ({name})" if isinstance(name, str) else ""), loc[2:]
+        return f"[[{head}]] #{loc[1] + 1}" + (f" ({name})" if isinstance(name, str) and name else ""), loc[2:]
     if head == "profiles" and len(loc) >= 3 and loc[2] != "[key]":
         return f"[profiles.{loc[1]}]", loc[2:]
     if head in ("study", "defaults", "assumptions") and len(loc) >= 2:
@@ -278,6 +285,8 @@ def _message(error: dict, raw: dict, path: Path) -> str:
         return (f"{path}: {at}{key}: the name {rest[-2]!r} is not allowed ({reason}); it must be {NAME_RULE}"
                 + (f", e.g. {example}" if example else ""))
     value = _value_at(raw, loc)
+    if len(loc) == 2 and loc[0] in ARRAYS and isinstance(loc[1], int):  # an entry that is not a table
+        rest = (f"[[{loc[0]}]] #{loc[1] + 1}",)
     key = ".".join(str(p + 1) if isinstance(p, int) else str(p) for p in rest)
     if not key:  # the table itself has the wrong shape, e.g. an [[arms]] entry that is a number
         key = where or str(loc[0])
