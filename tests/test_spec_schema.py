@@ -145,7 +145,7 @@ def test_duplicates_and_self_comparisons_are_spec_errors(tmp_path, capsys, edit,
 
 
 @pytest.mark.parametrize("edit,message", [
-    (('"data.batch_size" = 16', f'"train.optimizer" = {{ name = "adam", lr = 0.01 }}'),
+    (('"data.batch_size" = 16', '"train.optimizer" = { name = "adam", lr = 0.01 }'),
      "[defaults]: train.optimizer: the table leaves out betas, weight_decay, momentum, nesterov; a table replaces "
      "the whole section"),
     (('"data.batch_size" = 16', f'"train.optimizer" = {FULL_ADAM}, bogus = 1 }}'),
