@@ -427,3 +427,23 @@ def test_a_symlinked_image_in_a_folder_tree_is_reported(tmp_path, capsys):
     line = one_line_error(capsys.readouterr().err)
     assert line.startswith(f"error: {tree}: train/cat/9999.png is a symbolic link; links in a data folder are not "
                            "followed")
+
+
+def test_a_publish_that_gets_no_answer_stops_at_the_net_timeout_overall(tmp_path, monkeypatch):
+    """wandb's init_timeout bounds only its wait for its backend: a start that hangs elsewhere
+    (a login, retries) is still cut off at $MUTUALBENCH_NET_TIMEOUT in all."""
+    import time
+
+    from mutualbench.publish import publish
+    from test_publish import _fake_wandb
+
+    def hangs(settings, **kwargs):
+        time.sleep(30)  # ignores its own timeout
+
+    _fake_wandb(monkeypatch, hangs)  # MUTUALBENCH_NET_TIMEOUT=0.3
+    study = fake_study(tmp_path / "study")
+    before = files_under(study)
+    start = time.monotonic()
+    with pytest.raises(UserError, match=r"could not start the W&B run 's-smoke' .*\(no answer within 0.3 s;"):
+        publish(study)
+    assert time.monotonic() - start < 15 and files_under(study) == before  # not 30 s
