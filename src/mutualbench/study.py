@@ -97,9 +97,7 @@ def check_folder_owner(out: Path, spec, profile: str) -> None:
     try:
         manifest = json.loads(path.read_bytes().decode("utf-8"))
         name, held = manifest["spec"]["study"]["name"], manifest["profile"]
-    except FileNotFoundError:
-        return
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):  # none yet, or the folder's own damaged one
         return
     if (name, held) != (spec.name, profile):
         raise UserError(f"{out} holds the study {name}/{held} (from {manifest.get('spec_path', '?')}), not "
