@@ -145,7 +145,9 @@ def test_table_regenerates_identically_and_compare(tmp_path, spec, tiny_cifar, c
         if rec["models"]["model"]["arch"] != "seed_vgg_student":
             continue
         assert rec["models"]["model"]["final_test_acc"] <= 93.0
-        rec["models"]["model"]["final_test_acc"] += 7.0
+        m = rec["models"]["model"]  # a record stays possible: its final accuracy at most its best
+        m["final_test_acc"] += 7.0
+        m["best_test_acc_test_selected"] = max(m["best_test_acc_test_selected"], m["final_test_acc"])
         path.write_text(json.dumps(rec))
     code = main(["compare", str(out), "--against", str(stored)])
     text = capsys.readouterr().out

@@ -73,8 +73,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .engine import TrainingDiverged
     from .io_utils import check_output_folder
     from .locks import clean_temporaries
-    from .run import Runner
+    from .run import Runner, check_fault_env
 
+    check_fault_env()
     config = default_config()
     config.update(method=args.method, seed=args.seed, arch=[a for a in args.arch.split(",") if a])
     config["cohort"] = args.cohort if args.cohort is not None else len(config["arch"])
@@ -93,6 +94,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.no_fuse:
         config["mutual"]["fuse"] = False
     config = apply_overrides(config, args.set or [])
+    _check_teacher_flags(args, config)
     log = _log(args.quiet)
     check_output_folder(Path(args.out))  # before any data is loaded or teacher trained
     clean_temporaries(Path(args.out), log)
@@ -107,6 +109,47 @@ def cmd_run(args: argparse.Namespace) -> int:
               f"final {m['final_test_acc']:.2f}%  (best {m['best_test_acc_test_selected']:.2f}% at epoch "
               f"{m['best_epoch_test_selected']}, selected on the test set)")
     return 0
+
+
+def _check_teacher_flags(args: argparse.Namespace, config: dict) -> None:
+    """``--teacher`` and ``--teacher-checkpoint`` only on a run that learns from a teacher."""
+    from .methods import METHODS, get_method
+    from .methods.pretrain import uses_teacher
+
+    given = [flag for flag, value in (("--teacher", args.teacher), ("--teacher-checkpoint", args.teacher_checkpoint))
+             if value]
+    if given and config["method"] in METHODS and not uses_teacher(get_method(config["method"]), config):
+        raise UserError(f"{' and '.join(given)}: method {config['method']!r} learns from no teacher, so "
+                        f"{'they' if len(given) > 1 else 'it'} would be ignored; drop {' and '.join(given)}, or choose "
+                        "a method with a teacher (kd, fitnets, hint_mutual) or --set pretrain=hints")
+
+
+def _check_replicate_args(args: argparse.Namespace, out) -> None:
+    """Every count and limit of ``replicate`` in range, and ``--against`` a study, before any work."""
+    import math
+    from pathlib import Path
+
+    from .io_utils import check_not_a_file
+    from .layout import MANIFEST
+    from .run import check_fault_env
+    from .spec_schema import MAX_SEEDS
+
+    check_fault_env()
+    if args.seeds is not None and not 1 <= args.seeds <= MAX_SEEDS:
+        raise UserError(f"--seeds {args.seeds} is not allowed; give a positive number of seeds, at most {MAX_SEEDS} "
+                        "(0..N-1 are run)")
+    if args.time_budget is not None and not (math.isfinite(args.time_budget) and args.time_budget > 0):
+        raise UserError(f"--time-budget must be a positive number of seconds, not {args.time_budget:g}")
+    if args.time_min < 1:
+        raise UserError(f"--time-min {args.time_min} is not allowed; give the SLURM time limit per job in whole "
+                        "minutes, at least 1")
+    # (--against the study folder itself compares with nothing: the folder may not exist yet)
+    if (args.against is not None and Path(args.against).resolve() != Path(out).resolve()
+            and not (Path(args.against) / MANIFEST).is_file()):
+        what = "does not exist" if not Path(args.against).exists() else f"has no {MANIFEST}"
+        raise UserError(f"--against {args.against} {what}; give a study folder written by `mutualbench replicate` "
+                        "(e.g. results/<spec>/<profile>), or drop --against to compare with the stored one")
+    check_not_a_file(Path(out), "--out" if args.out else "the study folder")
 
 
 def _name_list(text: str) -> list[str]:
@@ -131,6 +174,7 @@ def cmd_replicate(args: argparse.Namespace) -> int:
 
     profile = args.profile or ("full" if torch.cuda.is_available() else "cpu")
     out = Path(args.out) if args.out else default_out(args.spec, profile)
+    _check_replicate_args(args, out)
     if args.dry_run:
         return _dry_run(args, profile, out)
     check_output_folder(out, "--out" if args.out else "the study folder")
@@ -248,10 +292,12 @@ def cmd_claims(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from .comparable import check_comparable
     from .compare import compare_studies
     from .results import load_study
 
     new, stored = load_study(Path(args.folder)), load_study(Path(args.against))
+    check_comparable(new, stored)
     result = compare_studies(new, stored)
     for line in result.lines():
         print(line)

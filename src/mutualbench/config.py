@@ -268,9 +268,31 @@ def set_key(config: dict, dotted: str, value: Any, source: str = "--set") -> Non
         if i == len(parts) - 1:
             if isinstance(node[part], dict) and not isinstance(value, dict):
                 raise UserError(f"{source}: {dotted!r} is a section; set one of its keys: {', '.join(sorted(node[part]))}")
+            if isinstance(node[part], dict):
+                _check_table(dotted, node[part], value, source)
             node[part] = value
         else:
             node = node[part]
+
+
+def _check_table(dotted: str, section: dict, value: dict, source: str) -> None:
+    """A whole section given as a table replaces it, so it must give exactly the section's keys:
+    an unknown key would be hashed into the run id and never used, a missing one would be lost."""
+    unknown = sorted(set(value) - set(section))
+    if unknown:
+        raise UserError(f"{source}: {dotted}: unknown key(s) {', '.join(map(repr, unknown))} in the table (known: "
+                        f"{', '.join(sorted(section))}); remove them")
+    missing = [k for k in section if k not in value]
+    if missing:
+        raise UserError(f"{source}: {dotted}: the table leaves out {', '.join(missing)}; a table replaces the whole "
+                        f"section, so give every key of it ({', '.join(section)}), or set single keys such as "
+                        f"{dotted}.{missing[0]}")
+    for key, sub in section.items():
+        if isinstance(sub, dict):
+            if not isinstance(value[key], dict):
+                raise UserError(f"{source}: {dotted}.{key} is a section; give it as a table of its keys: "
+                                f"{', '.join(sorted(sub))}")
+            _check_table(f"{dotted}.{key}", sub, value[key], source)
 
 
 def get_key(config: dict, dotted: str) -> Any:

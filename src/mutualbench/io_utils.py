@@ -109,23 +109,32 @@ def atomic_torch_save(path: Path, obj: Any) -> None:
         raise
 
 
-def safe_torch_load(path: Path, what: str = "checkpoint") -> Any:
-    """``torch.load`` with ``weights_only=True`` (no code runs); any failure is a UserError."""
+WEIGHTS_ONLY_REFUSAL = re.compile(r"Unsupported global: GLOBAL (?P<name>[\w.]+)|Unsupported operand (?P<op>\S+)")
+
+
+def safe_torch_load(path: Path, what: str = "checkpoint", fix: str | None = None) -> Any:
+    """``torch.load`` with ``weights_only=True`` (no code runs); any failure is a UserError.
+    ``fix``: what to do about an unusable file (default: give a state_dict saved with torch.save)."""
+    fix = fix or "give a state_dict saved with torch.save (loaded with weights_only=True)"
     try:
         if Path(path).is_file() and Path(path).stat().st_size == 0:
-            raise UserError(f"{what} {path} is empty (0 bytes; an interrupted copy or write?); "
-                            "give a state_dict saved with torch.save")
+            raise UserError(f"{what} {path} is empty (0 bytes; an interrupted copy or write?); {fix}")
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise UserError(f"{what} {path} not found; check the path") from None
     except UserError:
         raise
     except Exception as e:
-        first = (str(e).splitlines() or [""])[0][:200]
-        raise UserError(
-            f"{what} {path} is unreadable ({type(e).__name__}: {first}); "
-            "give a state_dict saved with torch.save (loaded with weights_only=True)"
-        ) from None
+        text = str(e)
+        refused = WEIGHTS_ONLY_REFUSAL.search(text) if "Weights only load failed" in text else None
+        if refused or "Weights only load failed" in text:
+            # torch's own text goes on to suggest weights_only=False, i.e. running the file's code
+            found = refused["name"] or refused["op"] if refused else None
+            why = ("it holds Python objects besides tensors" + (f" ({found})" if found else "")
+                   + ", which are refused since loading them could run code")
+        else:
+            why = f"{type(e).__name__}: {(text.splitlines() or [''])[0][:200]}"
+        raise UserError(f"{what} {path} is unreadable ({why}); {fix}") from None
 
 
 def move_aside(path: Path, why: str = "unreadable") -> Path:
@@ -146,10 +155,8 @@ def move_aside(path: Path, why: str = "unreadable") -> Path:
     return target
 
 
-def check_output_folder(folder: Path, option: str = "--out") -> None:
-    """Fail at once, before any data is loaded or anything trained, when ``folder`` cannot
-    hold a run's output: it is a file, lies under a file, cannot be written, or its disk is
-    (nearly) full. Probes with a real write of a small temporary file; creates nothing."""
+def check_not_a_file(folder: Path, option: str = "--out") -> Path:
+    """Fail when ``folder`` is a file or lies under one; returns the nearest existing folder."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise UserError(f"{option} {folder} is an existing file, not a folder; give a folder path "
@@ -160,6 +167,27 @@ def check_output_folder(folder: Path, option: str = "--out") -> None:
     if not probe.is_dir():
         raise UserError(f"{option} {folder} cannot be created: {probe} is a file, not a folder; "
                         "give another folder path")
+    return probe
+
+
+def safe_child(folder: Path, name: str, what: str = "file") -> Path:
+    """``folder / name`` for a file name built from a user's name (an arm's, a study's), checked to
+    stay a direct child of ``folder``: no separator, no ``..``, nothing that resolves elsewhere."""
+    folder = Path(folder)
+    path = folder / name
+    if (not name or "/" in name or "\\" in name or name in (".", "..") or ".." in name or "\0" in name
+            or path.resolve().parent != folder.resolve()):
+        raise UserError(f"{what} name {name!r} would be written outside {folder}; names must be letters, digits, "
+                        "_, . and - (fix the spec's name)")
+    return path
+
+
+def check_output_folder(folder: Path, option: str = "--out") -> None:
+    """Fail at once, before any data is loaded or anything trained, when ``folder`` cannot
+    hold a run's output: it is a file, lies under a file, cannot be written, or its disk is
+    (nearly) full. Probes with a real write of a small temporary file; creates nothing."""
+    folder = Path(folder)
+    probe = check_not_a_file(folder, option)
     try:
         free = shutil.disk_usage(probe).free
     except OSError:

@@ -6,14 +6,15 @@ manifest, records and tables as an artifact. ``log_run(record)`` logs one finish
 per-epoch curves (``replicate --wandb``). Without wandb, or without credentials outside
 offline mode, it says so and changes nothing.
 
-Starting a W&B run waits at most ``$MUTUALBENCH_NET_TIMEOUT`` seconds (default 60) for an
-answer; past that, or on any other failure to start, it is a one-line error. ``publish``
+Starting a W&B run (logins and retries included) waits at most ``$MUTUALBENCH_NET_TIMEOUT``
+seconds (default 60) in all; past that, or on any other failure to start, it is a one-line error. ``publish``
 writes the study's table files only once its W&B run has started, so a failed publish
 changes nothing in the folder."""
 
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 from .errors import UserError
@@ -49,9 +50,24 @@ def _run_dir() -> str | None:
 def _init(wandb, what: str, after: str, **kwargs):
     """``wandb.init`` bounded by the network timeout; a failure to start is a ``UserError``."""
     timeout = net_timeout()
+    outcome: dict = {}
+
+    def start() -> None:
+        try:
+            outcome["run"] = wandb.init(settings=wandb.Settings(init_timeout=timeout), **kwargs)
+        except Exception as e:  # wandb.errors.CommError on a timeout, a refused connection, a bad project...
+            outcome["error"] = e
+
+    # wandb's init_timeout covers only its wait for its backend (logins and retries come on top):
+    # the whole start is given the timeout, in a thread left behind (a daemon) when it runs over
+    thread = threading.Thread(target=start, name="wandb-init", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if "run" in outcome:
+        return outcome["run"]
     try:
-        return wandb.init(settings=wandb.Settings(init_timeout=timeout), **kwargs)
-    except Exception as e:  # wandb.errors.CommError on a timeout, a refused connection, a bad project...
+        raise outcome.get("error") or TimeoutError(f"no answer within {timeout:g} s")
+    except Exception as e:
         text = " ".join(str(e).split())
         if is_timeout(e) or "timed out" in text.lower():
             why = (f"no answer within {timeout:g} s; set {NET_TIMEOUT_ENV}=<seconds> to wait longer, or "

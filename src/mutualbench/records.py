@@ -4,6 +4,8 @@ read one back safely."""
 from __future__ import annotations
 
 import json
+import math
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -12,6 +14,7 @@ from .io_utils import atomic_write_json
 
 SCHEMA_VERSION = 1
 REQUIRED = ("schema", "run_id", "status", "config", "seed", "data", "models", "curves", "timings", "env")
+RUN_ID = re.compile(r"^(?!.*\.\.)[A-Za-z0-9_][A-Za-z0-9_.-]*$")  # a run id names files: no separators
 MODEL_FIELDS = ("arch", "params", "final_test_acc", "best_test_acc_test_selected")
 
 
@@ -99,7 +102,56 @@ def validate_record(record: object, where: str = "record") -> dict:
                 wrong.append(f"models.{name}")
     if wrong:
         raise UserError(f"{where}: malformed run record (wrong or missing {', '.join(wrong)})")
+    problem = _field_problem(record)
+    if problem:
+        raise UserError(f"{where}: impossible run record ({problem})")
     return record
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _accuracy_problem(field: str, value: object, nullable: bool = False) -> str | None:
+    if value is None and nullable:
+        return None
+    if not _is_number(value):
+        return f"{field} = {json.dumps(value, default=str)} is not a number"
+    if not 0 <= value <= 100:
+        return f"{field} = {value} is not an accuracy in percent (0 to 100)"
+    return None
+
+
+def _field_problem(record: dict) -> str | None:
+    """The first field of a record that cannot be true (types, ranges, consistency), or None."""
+    if not RUN_ID.match(record["run_id"]):
+        return f"run_id = {record['run_id']!r} is not a run id (<method>-<12 hex digits>; letters, digits, _ . - only)"
+    seed = record["seed"]
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        return f"seed = {json.dumps(seed, default=str)} is not a seed (an integer >= 0)"
+    if record["status"] != "complete":
+        return None
+    if record["config"].get("seed", seed) != seed:
+        return f"seed = {seed} but config.seed = {record['config'].get('seed')!r}"
+    if not _is_number(record["timings"]["train_s"]) or record["timings"]["train_s"] < 0:
+        return f"timings.train_s = {json.dumps(record['timings']['train_s'], default=str)} is not a duration in seconds"
+    for name, m in record["models"].items():
+        final, best = m["final_test_acc"], m["best_test_acc_test_selected"]
+        problem = (_accuracy_problem(f"models.{name}.final_test_acc", final)
+                   or _accuracy_problem(f"models.{name}.best_test_acc_test_selected", best))
+        if problem:
+            return problem
+        if final > best + 1e-9:
+            return (f"models.{name}.final_test_acc = {final} is above the run's best epoch, "
+                    f"models.{name}.best_test_acc_test_selected = {best}")
+        if not isinstance(m["params"], int) or isinstance(m["params"], bool) or m["params"] < 0:
+            return f"models.{name}.params = {json.dumps(m['params'], default=str)} is not a parameter count"
+    ens = record.get("ensemble")
+    if isinstance(ens, dict):
+        problem = _accuracy_problem("ensemble.final_test_acc", ens.get("final_test_acc"), nullable=True)
+        if problem:
+            return problem
+    return None
 
 
 def read_record(path: Path) -> dict:
@@ -114,7 +166,11 @@ def read_record(path: Path) -> dict:
                         f"{e.start})") from None
     except json.JSONDecodeError as e:
         raise UserError(f"{path}: unreadable run record (not JSON: {e})") from None
-    return validate_record(data, str(path))
+    record = validate_record(data, str(path))
+    if Path(path).name != f"{record['run_id']}.json":
+        raise UserError(f"{path}: impossible run record (run_id = {record['run_id']!r} is not the run its file name "
+                        f"says, {Path(path).stem!r})")
+    return record
 
 
 def record_problem(out_dir: Path, run_id: str) -> str | None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .io_utils import atomic_write_bytes
+from .io_utils import atomic_write_bytes, safe_child
 from .results import ENSEMBLE, LAST_K, LAST_LABEL, MAIN, Study, load_study
 from .stats import ALPHA
 
@@ -183,7 +183,7 @@ def plot_curves(curves: pd.DataFrame, out: Path, title: str) -> list[Path]:
         ax.set(xlabel="epoch (all stages)", ylabel="test accuracy (%)", title=f"{title}: {arm}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-        written.append(_save(fig, out / f"curves_{arm}.png"))
+        written.append(_save(fig, safe_child(out, f"curves_{arm}.png", f"arm {arm!r}: plot")))
     return written
 
 
@@ -246,6 +246,7 @@ class StudyReport:
 def report_study(folder: Path, against: Path | None = None) -> StudyReport | None:
     """After ``replicate``: the tables and plots, and the comparison with the stored study
     ``against`` when it exists (None: no complete run yet, nothing written)."""
+    from .comparable import check_comparable
     from .compare import compare_studies
     from .layout import MANIFEST
     from .results import has_complete_runs
@@ -257,5 +258,7 @@ def report_study(folder: Path, against: Path | None = None) -> StudyReport | Non
     written = write_report(study)
     comparison = None
     if against is not None and (Path(against) / MANIFEST).exists() and Path(against).resolve() != folder.resolve():
-        comparison = compare_studies(study, load_study(against))
+        stored = load_study(against)
+        check_comparable(study, stored)
+        comparison = compare_studies(study, stored)
     return StudyReport(written, (folder / "table.md").read_text(), comparison)

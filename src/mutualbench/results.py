@@ -18,7 +18,8 @@ import pandas as pd
 from .envinfo import machine_kind
 from .errors import UserError
 from .layout import MANIFEST, RUNS
-from .records import read_record
+from .records import RUN_ID, read_record
+from .spec_schema import name_problem
 from .stats import holm_by_family, one_sample, paired, significant, t_quantile
 
 MAIN = "main"  # the ablation label of the main study's runs
@@ -40,6 +41,12 @@ def load_manifest(folder: Path) -> dict:
         raise UserError(f"{path}: unreadable study manifest ({e.strerror or type(e).__name__})") from None
     except (UnicodeDecodeError, json.JSONDecodeError, AssertionError) as e:
         raise UserError(f"{path}: malformed study manifest ({type(e).__name__}); rerun `mutualbench replicate`") from None
+    for i, e in enumerate(manifest["runs"]):
+        for field in ("run_id", "arm", "ablation", "value"):
+            if e.get(field) is not None and name_problem(e[field]) and not (field == "run_id"
+                                                                           and RUN_ID.match(e[field])):
+                raise UserError(f"{path}: runs[{i}].{field} = {e[field]!r} cannot name a file ({name_problem(e[field])}); "
+                                "restore the manifest (e.g. from version control) or rerun `mutualbench replicate`")
     return manifest
 
 

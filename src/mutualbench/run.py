@@ -109,18 +109,48 @@ def teacher_config(config: dict) -> dict:
     return cfg
 
 
-def load_state_dict_file(path: Path, model: FeatureModel, what: str) -> None:
-    state = safe_torch_load(path, what)
+def load_state_dict_file(path: Path, model: FeatureModel, what: str, fix: str | None = None) -> None:
+    """Load a model's weights from ``path`` (weights only); ``fix``: what to do about a file
+    that cannot be used (default: give the right state_dict)."""
+    state = safe_torch_load(path, what, fix)
     if isinstance(state, dict) and "models" in state and isinstance(state["models"], dict):
         if len(state["models"]) != 1:
-            raise UserError(f"{what} {path} holds {len(state['models'])} models ({', '.join(state['models'])}); give a single model's weights")
+            raise UserError(f"{what} {path} holds {len(state['models'])} models ({', '.join(state['models'])}); "
+                            + (fix or "give a single model's weights"))
         state = next(iter(state["models"].values()))
     if not isinstance(state, dict):
-        raise UserError(f"{what} {path} is not a state_dict")
+        raise UserError(f"{what} {path} is not a state_dict; " + (fix or "give one saved with torch.save"))
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
-        raise UserError(f"{what} {path} does not fit architecture {model.arch_name!r}: {str(e).splitlines()[0]}") from None
+        raise UserError(f"{what} {path} does not fit architecture {model.arch_name!r}: {str(e).splitlines()[0]}"
+                        + (f"; {fix}" if fix else "")) from None
+
+
+def check_fault_env() -> None:
+    """The fault-injection hook ``$MUTUALBENCH_FAULT_KILL_AFTER_EPOCHS`` (tests: kill the process
+    after N checkpoints) is a positive integer when set; anything else is an error before any work."""
+    from .engine import FAULT_ENV
+
+    raw = os.environ.get(FAULT_ENV)
+    if not raw:
+        return
+    try:
+        ok = int(raw) >= 1
+    except ValueError:
+        ok = False
+    if not ok:
+        raise UserError(f"{FAULT_ENV}={raw!r} is not a positive integer; unset it (it is a test hook that kills the "
+                        "process after N checkpoints), or set it to e.g. 2")
+
+
+def check_subsets(resolved: dict, ds: ImageDataset) -> None:
+    """``data.train_subset`` and ``data.test_subset`` fit in the data set's splits."""
+    for key, split in (("train_subset", "train"), ("test_subset", "test")):
+        size, have = resolved["data"][key], len(ds.split(split)[1])
+        if size is not None and size > have:
+            raise UserError(f"{ds.source}: data.{key} = {size} is more than the {have} {split} images of {ds.name}; "
+                            f"give data.{key} at most {have} (or null for all), or a larger copy of the data set")
 
 
 class Runner:
@@ -152,6 +182,7 @@ class Runner:
             safe_torch_load(ckpt, "teacher checkpoint")  # fail before any training
             extra = sha256_file(ckpt)
         ds = self.dataset(resolved["data"]["source"])
+        check_subsets(resolved, ds)
         return resolved, run_id(resolved, ds.sha256 + extra), ds, ckpt
 
     def has_weights(self, config: dict) -> bool:
@@ -210,7 +241,9 @@ class Runner:
                          + (" again: its record is here but not its weights (results/ stores no weights)"
                             if recorded else ""))
             record = self.run(tcfg, force=not reused)
-            load_state_dict_file(final, teacher, "teacher weights")
+            load_state_dict_file(final, teacher, "teacher weights",
+                                 fix=f"it is damaged: delete it and run the same command again, which trains the "
+                                     f"teacher (run {t_rid}) anew")
             info = {"source": "reused" if reused else "trained", "run_id": t_rid,
                     "final_test_acc": record["models"]["model"]["final_test_acc"],
                     "weights_sha256": sha256_file(final)}

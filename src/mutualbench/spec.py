@@ -22,14 +22,34 @@ from .config import check_value, default_config, get_key, leaf_keys, set_key
 from .data.sources import KNOWN_DATASETS
 from .errors import UserError
 from .methods import METHODS
+from .spec_schema import check_shape
 
-TOP_KEYS = {"study", "defaults", "assumptions", "arms", "comparisons", "contrasts", "ablations", "profiles", "claims"}
-STUDY_KEYS = {"name", "description", "seeds", "data", "classes"}
-ARM_KEYS = {"name", "method", "arch", "cohort", "set", "published", "description", "profiles"}
-PROFILE_KEYS = {"description", "tolerance", "set"}
-ABLATION_KEYS = {"name", "arms", "values", "description", "opt_in"}
-COMPARISON_KEYS = {"a", "b", "family"}
-CONTRAST_KEYS = {"name", "weights", "description", "family"}
+# Config keys a spec cannot set through [defaults], a profile, an arm's set or an ablation:
+# each arm's own keys (and the seed, data and device) say them, and would silently win.
+RESERVED = {
+    "method": "give it as the arm's method = \"...\"",
+    "arch": "give it as the arm's arch = \"...\"",
+    "cohort": "give it as the arm's cohort = N",
+    "seed": "the seeds are 0..N-1, N from [study] seeds or replicate --seeds",
+    "data.source": "the data set is [study] data, read from replicate --data",
+    "device": "the device is replicate --device",
+}
+# The members a run of each built-in method records (a cohort: student1..studentK and the
+# ensemble), for checking the published numbers; a method not listed is not checked.
+SINGLE_MEMBER = {"individual": "model", "kd": "student", "fitnets": "student"}
+COHORT_METHODS = {"mutual", "hint_mutual"}
+
+
+def arm_members(arm: dict) -> list[str] | None:
+    """The member names the arm's runs record, or None when its method is not a built-in one."""
+    if arm["method"] in SINGLE_MEMBER:
+        return [SINGLE_MEMBER[arm["method"]]]
+    if arm["method"] in COHORT_METHODS:
+        from .results import ENSEMBLE
+
+        k = int(arm.get("cohort", len([a for a in str(arm["arch"]).split(",") if a])))
+        return [f"student{i + 1}" for i in range(k)] + [ENSEMBLE]
+    return None
 
 
 @dataclass
@@ -71,46 +91,40 @@ class PlannedRun:
     value: str | None = None
 
 
-def _check_keys(where: str, table: dict, allowed: set[str], path: Path) -> None:
-    unknown = set(table) - allowed
-    if unknown:
-        raise UserError(f"{path}: unknown key(s) {', '.join(sorted(unknown))} in {where}; allowed: {', '.join(sorted(allowed))}")
-
-
 def _check_settings(where: str, settings: object, path: Path) -> dict:
     if not isinstance(settings, dict):
         raise UserError(f"{path}: {where} must be a table of config keys, e.g. {{ \"train.epochs\" = 30 }}")
     probe = default_config()
     for key, value in settings.items():
+        for reserved, fix in RESERVED.items():
+            if key == reserved or reserved.startswith(key + "."):
+                raise UserError(f"{path}: {where}: {key!r} cannot be set here (it would be ignored: {fix}); "
+                                "remove it")
         set_key(probe, key, value, source=f"{path}: {where}")
         for leaf in ([key] if not isinstance(value, dict) else [f"{key}.{k}" for k in leaf_keys(value)]):
             check_value(leaf, get_key(probe, leaf), source=f"{path}: {where}")
     return settings
 
 
-def _check_contrasts(contrasts: object, arms: set[str], path: Path) -> None:
+def _check_contrasts(contrasts: list[dict], arms: set[str], path: Path) -> None:
     """A contrast is a named weighted sum of arms whose weights sum to zero, e.g.
-    ``{ name = "interaction", weights = { hint_dml = 1, hint_student = -1, dml = -1, student = 1 } }``."""
-    if not isinstance(contrasts, list):
-        raise UserError(f"{path}: contrasts must be [[contrasts]] tables")
+    ``{ name = "interaction", weights = { hint_dml = 1, hint_student = -1, dml = -1, student = 1 } }``.
+    (Its shape, finite numbers included, is checked by the schema.)"""
     seen = set()
     for i, c in enumerate(contrasts):
-        where = f"[[contrasts]] #{i + 1} ({c.get('name', '?') if isinstance(c, dict) else '?'})"
-        if not isinstance(c, dict):
-            raise UserError(f"{path}: {where} must be a table with name and weights")
-        _check_keys(where, c, CONTRAST_KEYS, path)
-        name, weights = c.get("name"), c.get("weights")
-        if not isinstance(name, str) or not name:
+        where = f"[[contrasts]] #{i + 1} ({c['name']})"
+        name, weights = c["name"], c["weights"]
+        if not name:
             raise UserError(f"{path}: {where} needs name = \"...\"")
         if name in seen:
-            raise UserError(f"{path}: contrast name {name!r} is used twice")
+            raise UserError(f"{path}: {where}: contrast name {name!r} is used twice; give each contrast its own name")
         seen.add(name)
-        if not isinstance(weights, dict) or len(weights) < 2:
+        if len(weights) < 2:
             raise UserError(f"{path}: {where} needs weights = {{ arm = weight, ... }} over at least two arms")
         for arm, w in weights.items():
             if arm not in arms:
                 raise UserError(f"{path}: {where}: {arm!r} is not an arm ({', '.join(sorted(arms))})")
-            if not isinstance(w, (int, float)) or isinstance(w, bool) or w != w or w == 0:
+            if w == 0:
                 raise UserError(f"{path}: {where}: the weight of {arm!r} must be a non-zero number, got {w!r}")
         total = sum(weights.values())
         if abs(total) > 1e-9:
@@ -128,11 +142,8 @@ def load_spec(path: str | Path) -> Spec:
         raw = tomllib.loads(data.decode())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: not valid TOML ({e})") from None
-    _check_keys("the top level", raw, TOP_KEYS, path)
-    study = raw.get("study") or {}
-    _check_keys("[study]", study, STUDY_KEYS, path)
-    if "name" not in study:
-        raise UserError(f"{path}: [study] needs a name")
+    check_shape(raw, path)  # every table and key of the right type, names safe for file names
+    study = raw["study"]
     data_name = study.get("data")
     if not isinstance(data_name, str) or not data_name.strip():
         raise UserError(f"{path}: [study] needs data = \"cifar10\" (the data set the study is about: cifar10, cifar100 "
@@ -146,26 +157,16 @@ def load_spec(path: str | Path) -> Spec:
     elif classes is not None:
         raise UserError(f"{path}: [study] classes is only for data sets other than {', '.join(KNOWN_DATASETS)} "
                         f"(the classes of {data_name} are known); remove it")
-    seeds = study.get("seeds", 3)
-    if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
-        raise UserError(f"{path}: [study] seeds = {seeds!r} is not allowed; it must be a positive integer (the number of seeds)")
     _check_settings("[defaults]", raw.get("defaults", {}), path)
     for key in raw.get("assumptions", {}):
         set_key(default_config(), key, None, source=f"{path}: [assumptions]")
-    arms = raw.get("arms") or []
-    if not arms:
-        raise UserError(f"{path}: no [[arms]]; a study needs at least one")
+    arms = raw["arms"]
+    profiles = raw["profiles"]
     names = set()
     for i, arm in enumerate(arms):
-        where = f"[[arms]] #{i + 1} ({arm.get('name', '?')})"
-        _check_keys(where, arm, ARM_KEYS, path)
-        for required in ("name", "method", "arch"):
-            if required not in arm:
-                example = {"name": 'name = "student"', "method": 'method = "individual"',
-                           "arch": 'arch = "resnet32" (see `mutualbench archs`)'}[required]
-                raise UserError(f"{path}: {where} needs {required!r}, e.g. {example}")
+        where = f"[[arms]] #{i + 1} ({arm['name']})"
         if arm["name"] in names:
-            raise UserError(f"{path}: arm name {arm['name']!r} is used twice")
+            raise UserError(f"{path}: {where}: arm name {arm['name']!r} is used twice; give each arm its own name")
         names.add(arm["name"])
         if arm["method"] not in METHODS:
             raise UserError(f"{path}: {where}: {METHODS.unknown_message(arm['method'])}")
@@ -174,30 +175,34 @@ def load_spec(path: str | Path) -> Spec:
                 raise UserError(f"{path}: {where}: unknown architecture {a!r} (see `mutualbench archs`)")
         _check_settings(f"{where} set", arm.get("set", {}), path)
         if "profiles" in arm:
-            if not isinstance(arm["profiles"], dict) or not arm["profiles"]:
+            if not arm["profiles"]:
                 raise UserError(f"{path}: {where}: profiles must name the profiles the arm runs in, each with its "
                                 "own settings, e.g. profiles = { cpu = { \"train.epochs\" = 20 }, full = {} }")
             for pname, settings in arm["profiles"].items():
-                if pname not in (raw.get("profiles") or {}):
+                if pname not in profiles:
                     raise UserError(f"{path}: {where}: profiles names {pname!r}, which is not a profile of the spec "
-                                    f"({', '.join(raw.get('profiles') or {})})")
+                                    f"({', '.join(profiles)})")
                 _check_settings(f"{where} profiles.{pname}", settings, path)
         if "cohort" in arm:
             check_value("cohort", arm["cohort"], source=f"{path}: {where}")
-    profiles = raw.get("profiles") or {}
-    if not profiles:
-        raise UserError(f"{path}: no [profiles.*]; define at least one (e.g. [profiles.smoke])")
+        members = arm_members(arm)
+        for member in arm.get("published", {}):
+            if members is not None and member not in members:
+                raise UserError(f"{path}: {where} published.{member}: the arm has no member {member!r} (runs of "
+                                f"method {arm['method']!r} record {', '.join(members)}); give the numbers of those")
     for pname, prof in profiles.items():
-        _check_keys(f"[profiles.{pname}]", prof, PROFILE_KEYS, path)
         _check_settings(f"[profiles.{pname}] set", prof.get("set", {}), path)
-        tol = prof.get("tolerance")
-        if not isinstance(tol, (int, float)) or tol < 0:
-            raise UserError(f"{path}: [profiles.{pname}] needs tolerance = <accuracy points>, a number >= 0")
+    pairs = set()
     for i, comp in enumerate(raw.get("comparisons", [])):
-        _check_keys(f"[[comparisons]] #{i + 1}", comp, COMPARISON_KEYS, path)
+        where = f"[[comparisons]] #{i + 1}"
         for side in ("a", "b"):
-            if comp.get(side) not in names:
-                raise UserError(f"{path}: [[comparisons]] #{i + 1}: {side} = {comp.get(side)!r} is not an arm ({', '.join(sorted(names))})")
+            if comp[side] not in names:
+                raise UserError(f"{path}: {where}: {side} = {comp[side]!r} is not an arm ({', '.join(sorted(names))})")
+        if comp["a"] == comp["b"]:
+            raise UserError(f"{path}: {where}: a and b are both {comp['a']!r}; a comparison needs two different arms")
+        if (comp["a"], comp["b"]) in pairs:
+            raise UserError(f"{path}: {where}: {comp['a']} vs {comp['b']} is listed twice; remove one")
+        pairs.add((comp["a"], comp["b"]))
     _check_contrasts(raw.get("contrasts", []), names, path)
     for kind in ("comparisons", "contrasts"):
         for i, t in enumerate(raw.get(kind, [])):
@@ -207,19 +212,22 @@ def load_spec(path: str | Path) -> Spec:
     from .claims import check_claims
 
     check_claims(raw, path)
+    ablation_names = set()
     for i, abl in enumerate(raw.get("ablations", [])):
-        where = f"[[ablations]] #{i + 1} ({abl.get('name', '?')})"
-        _check_keys(where, abl, ABLATION_KEYS, path)
-        for arm in abl.get("arms", []):
+        where = f"[[ablations]] #{i + 1} ({abl['name']})"
+        if abl["name"] in ablation_names:
+            raise UserError(f"{path}: {where}: ablation name {abl['name']!r} is used twice (its runs would be pooled "
+                            "into one row); give each ablation its own name")
+        ablation_names.add(abl["name"])
+        for arm in abl["arms"]:
             if arm not in names:
                 raise UserError(f"{path}: {where}: arm {arm!r} is not defined")
-        if not abl.get("values"):
-            raise UserError(f"{path}: {where} needs values = {{ name = {{ key = value }}, ... }}")
+        if len(set(abl["arms"])) != len(abl["arms"]):
+            twice = next(a for a in abl["arms"] if abl["arms"].count(a) > 1)
+            raise UserError(f"{path}: {where} arms: {twice!r} is listed twice (its runs would count twice); "
+                            "list each arm once")
         for vname, settings in abl["values"].items():
             _check_settings(f"{where} value {vname!r}", settings, path)
-        if not isinstance(abl.get("opt_in", False), bool):
-            raise UserError(f"{path}: {where}: opt_in = {abl['opt_in']!r} is not allowed; it must be true (the "
-                            "ablation runs only when replicate --ablations names it) or false")
     return Spec(path=path, raw=raw, sha256=hashlib.sha256(data).hexdigest(), name=study["name"], data=data_name, arms=arms,
                 profiles=profiles, comparisons=raw.get("comparisons", []), ablations=raw.get("ablations", []))
 

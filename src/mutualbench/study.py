@@ -8,6 +8,8 @@ study resumes where it stopped and a finished one reruns nothing."""
 from __future__ import annotations
 
 import copy
+import json
+import math
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,11 +20,12 @@ from .errors import UserError
 from .estimate import RunTimer, format_duration
 from .io_utils import atomic_write_json
 from .launch import run_local, run_per_gpu, run_slurm
-from .layout import MANIFEST, RUNS
+from .layout import MANIFEST, RUNS, default_out
 from .progress import count_runs
 from .records import complete_record
 from .run import Runner, resolve
 from .spec import expand, in_profile, load_spec
+from .spec_schema import MAX_SEEDS
 
 MANIFEST_SCHEMA = 1
 
@@ -39,6 +42,7 @@ def plan_study(spec_path: Path, profile: str, out: Path, *, data: str | None = N
     these arms (their main runs and ablation runs); the manifest still lists every run."""
     spec = load_spec(spec_path)
     spec.profile(profile)
+    check_folder_owner(Path(out), spec, profile)
     _check_selected_arms(spec, profile, arms)
     if data is None and spec.data not in KNOWN_DATASETS:
         raise UserError(f"{spec.path} is a study of {spec.data}, which cannot be downloaded: give --data, a local copy "
@@ -49,6 +53,8 @@ def plan_study(spec_path: Path, profile: str, out: Path, *, data: str | None = N
                         f"{spec.data}, or run a spec written for {data}")
     if seeds is not None and (not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1):
         raise UserError(f"--seeds {seeds} is not allowed; give a positive number of seeds (0..N-1 are run)")
+    if seeds is not None and seeds > MAX_SEEDS:
+        raise UserError(f"--seeds {seeds} is not allowed; give at most {MAX_SEEDS} seeds (0..N-1 are run)")
     n_seeds = seeds if seeds is not None else int(spec.raw["study"].get("seeds", 3))
     seed_list = list(range(n_seeds))
     if shard is not None:
@@ -81,6 +87,22 @@ def plan_study(spec_path: Path, profile: str, out: Path, *, data: str | None = N
         "written_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     return spec, runner, manifest, pending
+
+
+def check_folder_owner(out: Path, spec, profile: str) -> None:
+    """A study folder belongs to one study and profile: ``replicate`` of another spec or profile
+    into it would replace its manifest, and its table would describe the new study over the old
+    records. A manifest that cannot be read is the folder's own damaged one (it is rewritten)."""
+    path = Path(out) / MANIFEST
+    try:
+        manifest = json.loads(path.read_bytes().decode("utf-8"))
+        name, held = manifest["spec"]["study"]["name"], manifest["profile"]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):  # none yet, or the folder's own damaged one
+        return
+    if (name, held) != (spec.name, profile):
+        raise UserError(f"{out} holds the study {name}/{held} (from {manifest.get('spec_path', '?')}), not "
+                        f"{spec.name}/{profile} (from {spec.path}): a study folder belongs to one study and profile; "
+                        f"give {spec.name}/{profile} another --out, e.g. {default_out(spec.path, profile)}")
 
 
 def _check_selected_arms(spec, profile: str, arms: list[str] | None) -> None:
@@ -190,7 +212,7 @@ def run_study(spec_path: Path, profile: str, out: Path, *, launcher: str = "loca
 
     gpus = torch.cuda.device_count() if device != "cpu" else 0
     if time_budget_s is not None:
-        if time_budget_s <= 0:
+        if not math.isfinite(time_budget_s) or time_budget_s <= 0:
             raise UserError(f"--time-budget must be a positive number of seconds, not {time_budget_s:g}")
         if launcher != "local" or gpus > 1:
             raise UserError("--time-budget works with the local launcher on one device: drop it, or set "

@@ -27,6 +27,7 @@ import json
 import os
 import shutil
 import socket
+import stat
 import tarfile
 import zipfile
 import zlib
@@ -45,6 +46,13 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".ppm", ".ti
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
 TORCHVISION_SETS = {"cifar10": "CIFAR10", "cifar100": "CIFAR100"}
 SPLITS = ("train", "test")
+# Limits on what an archive or folder may hold, checked from each member's header (its stated
+# size) before it is read: a CIFAR image is about 0.3 KB as JPEG, 2.5 KB as PNG and 3.1 KB as
+# BMP, and all of CIFAR-10 or CIFAR-100 (60,000 images) about 188 MB even as BMP. So a member
+# over 1 MiB (some 300 times the largest CIFAR image) or more than 1 GiB in all (over 5 times
+# CIFAR as BMP) is refused: the marks of an archive bomb, not of a data set for this suite.
+MAX_MEMBER_BYTES = 1 << 20
+MAX_TOTAL_BYTES = 1 << 30
 LAYOUT_HELP = (
     "expected layout: train/<class>/<image> and test/<class>/<image> (optionally inside one "
     "top-level folder), the same classes in both splits"
@@ -172,22 +180,41 @@ def _read_cache(path: Path, source: str, sha: str) -> ImageDataset | None:
 
 def _write_cache(path: Path, ds: ImageDataset) -> None:
     """Write the cache; a data root that cannot hold it (a file, read-only, a full disk) is a
-    one-line warning and the data set is used without a cache (decoded again next time)."""
+    one-line warning and the data set is used without a cache (decoded again next time). The
+    temporary file is named as every atomic write's (``.<name>.<8 characters>.tmp``) and the
+    cache folder's lock (``cache/.lock``) is held while it is written, so that a write cut short
+    (kill -9) leaves a temporary file the next load removes, and a live writer's is left alone.
+    Another process writing a cache there meanwhile: this one is not cached, it is decoded next time."""
+    import tempfile
+
+    from ..errors import UserError
+    from ..locks import LOCK, FolderLock, held_by_other
+
     meta = {"format": CACHE_FORMAT, "name": ds.name, "classes": ds.classes, "sha256": ds.sha256,
             "mean": list(ds.mean), "std": list(ds.std)}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    lock = FolderLock(path.parent / LOCK, f"the data cache folder {path.parent} is being written by another process")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        if held_by_other(path.parent / LOCK):  # another live writer holds the cache folder
+            return
         try:
-            with open(tmp, "wb") as f:
-                np.savez(f, meta=np.array(json.dumps(meta)), train_images=ds.train_images,
-                         train_labels=ds.train_labels, test_images=ds.test_images,
-                         test_labels=ds.test_labels)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
+            lock.acquire()
+        except UserError as e:
+            raise OSError(errno.EACCES, str(e)) from None
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    np.savez(f, meta=np.array(json.dumps(meta)), train_images=ds.train_images,
+                             train_labels=ds.train_labels, test_images=ds.test_images,
+                             test_labels=ds.test_labels)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+            finally:
+                Path(tmp).unlink(missing_ok=True)
         finally:
-            tmp.unlink(missing_ok=True)
+            lock.release()
     except OSError as e:
         from ..errors import warn
 
@@ -197,6 +224,18 @@ def _write_cache(path: Path, ds: ImageDataset) -> None:
              f"time): point --data-root or MUTUALBENCH_DATA_ROOT at a writable folder instead of {root}")
         return
     ds.cache_path = path
+
+
+def _clean_cache(root: Path) -> None:
+    """Remove what a cache write cut short left in ``<root>/cache`` (the rule of every writer:
+    ``locks.clean_temporaries``), saying so on stderr."""
+    import sys
+
+    from ..locks import clean_temporaries
+
+    cache = root / "cache"
+    if cache.is_dir():
+        clean_temporaries(cache, lambda msg: print(msg, file=sys.stderr, flush=True))
 
 
 # ----------------------------------------------------------------------------- layout
@@ -285,14 +324,32 @@ def _check_empty_classes(folders: list[tuple[str, ...]], grouped: dict, source: 
                     f"every class needs images in both splits: add some or remove the class from both; {LAYOUT_HELP}")
 
 
+def _check_size(source: Path, name: str, size: int, total: int) -> int:
+    """The running total of member sizes after ``name`` (``size`` bytes, from its header); a
+    member or a total over the limits is refused before the member is read."""
+    if size > MAX_MEMBER_BYTES:
+        raise DataError(f"{source}: member {name!r} is {size:,} bytes, over the limit of {MAX_MEMBER_BYTES:,} for one "
+                        "image (a CIFAR image is a few KB); refusing to read it (an archive bomb?); give --data a "
+                        "data set of small images")
+    total += size
+    if total > MAX_TOTAL_BYTES:
+        raise DataError(f"{source}: its members hold more than {MAX_TOTAL_BYTES:,} bytes in all (the limit; CIFAR is "
+                        "under 200 MB even as BMP); refusing to read further (an archive bomb?); give --data a "
+                        "smaller data set")
+    return total
+
+
 def _read_tar(path: Path) -> list[tuple[tuple[str, ...], bytes | None]]:
     files = []
+    total = 0
     try:
         with tarfile.open(path, "r|*") as tar:  # streaming: never extracted to disk
             for member in tar:
                 parts = _safe_parts(member.name, path)
                 if member.issym() or member.islnk() or member.isdev():
                     raise DataError(f"{path}: member {member.name!r} is a link or device; refusing to read it")
+                if member.isfile():
+                    total = _check_size(path, member.name, member.size, total)
                 if member.isfile() and _is_image(parts):
                     f = tar.extractfile(member)
                     files.append((parts, f.read() if f else b""))
@@ -308,10 +365,13 @@ def _read_tar(path: Path) -> list[tuple[tuple[str, ...], bytes | None]]:
 
 def _read_zip(path: Path) -> list[tuple[tuple[str, ...], bytes | None]]:
     files = []
+    total = 0
     try:
         with zipfile.ZipFile(path) as zf:
             for info in zf.infolist():
                 parts = _safe_parts(info.filename, path)
+                if not info.is_dir():
+                    total = _check_size(path, info.filename, info.file_size, total)
                 if not info.is_dir() and _is_image(parts):
                     files.append((parts, zf.read(info)))
                 elif info.is_dir() and parts:
@@ -322,6 +382,25 @@ def _read_zip(path: Path) -> list[tuple[tuple[str, ...], bytes | None]]:
             f"or point --data at an intact source; {LAYOUT_HELP}"
         ) from None
     return files
+
+
+def _check_tree(root: Path) -> None:
+    """Every entry of a folder data set is a plain file or folder, within the size limits: a
+    symbolic link (it could point anywhere, and was once skipped without a word), a FIFO or a
+    device is refused, before anything is read."""
+    total = 0
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root).as_posix()
+        if p.is_symlink():
+            raise DataError(f"{root}: {rel} is a symbolic link; links in a data folder are not followed (one could "
+                            "point outside it): replace it with a copy of what it points to, or remove it")
+        if p.is_dir():
+            continue
+        st = p.stat()
+        if not stat.S_ISREG(st.st_mode):
+            raise DataError(f"{root}: {rel} is not a regular file (a FIFO, socket or device); remove it from the "
+                            "data folder")
+        total = _check_size(root, rel, st.st_size, total)
 
 
 def _read_tree(root: Path) -> list[tuple[tuple[str, ...], bytes | None]]:
@@ -349,7 +428,8 @@ def archive_stem(path: Path) -> str:
 # The class names, in label order, of the data sets a study spec may name; a local copy
 # (an archive or a folder) of one must have exactly these classes.
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-KNOWN_DATASETS = {"cifar10": {"num_classes": 10, "classes": CIFAR10_CLASSES}, "cifar100": {"num_classes": 100}}
+KNOWN_DATASETS = {"cifar10": {"num_classes": 10, "classes": CIFAR10_CLASSES, "image_size": (32, 32)},
+                  "cifar100": {"num_classes": 100, "image_size": (32, 32)}}
 
 
 def copy_problem(expected: str, ds: ImageDataset, expected_classes: Sequence[str] | None = None) -> str | None:
@@ -361,6 +441,10 @@ def copy_problem(expected: str, ds: ImageDataset, expected_classes: Sequence[str
     count = len(classes) if classes is not None else known.get("num_classes")
     if count is not None and ds.num_classes != count:
         return f"{ds.name} has {ds.num_classes} classes, {expected} has {count}"
+    size = known.get("image_size")
+    have = tuple(ds.train_images.shape[1:3])
+    if size is not None and have != size:
+        return f"{ds.name}'s images are {have[1]}x{have[0]}, {expected}'s are {size[1]}x{size[0]}"
     if classes is not None and tuple(ds.classes) != classes:
         diff = next(i for i, (a, b) in enumerate(zip(ds.classes, classes, strict=True)) if a != b)
         return f"{ds.name}'s class {diff} is {ds.classes[diff]!r}, {expected}'s is {classes[diff]!r}"
@@ -371,6 +455,10 @@ def load_dataset(source: str | os.PathLike, root: str | os.PathLike | None = Non
     """Load ``source`` (``cifar10``, ``cifar100``, a folder or an archive), using the cache."""
     root = Path(root) if root is not None else default_data_root()
     src = str(source)
+    if not src.strip():
+        raise DataError(f"data source {src!r} is empty: give cifar10, cifar100, a class-per-folder image tree, or a "
+                        f".tar.gz/.zip archive of one ({LAYOUT_HELP})")
+    _clean_cache(root)
     if src.lower() in TORCHVISION_SETS and not Path(src).exists():
         return _load_torchvision(src.lower(), root)
     path = Path(src).expanduser()
@@ -380,7 +468,11 @@ def load_dataset(source: str | os.PathLike, root: str | os.PathLike | None = Non
             f"tree, or a .tar.gz/.zip archive of one ({LAYOUT_HELP})"
         )
     if path.is_dir():
+        _check_tree(path)
         name, sha, reader = path.resolve().name, sha256_tree(path), _read_tree
+    elif not stat.S_ISREG(path.stat().st_mode):
+        raise DataError(f"{path}: not a regular file or a folder (a device, FIFO or socket, which could be read "
+                        f"forever); give a .tar.gz/.tgz/.tar/.zip archive or a folder; {LAYOUT_HELP}")
     elif path.name.lower().endswith(ARCHIVE_SUFFIXES):
         name, sha = archive_stem(path), sha256_file(path)
         reader = _read_zip if path.name.lower().endswith(".zip") else _read_tar
