@@ -180,14 +180,15 @@ def test_partial_or_unknown_tables_through_set(tmp_path, capsys, setting, messag
 def test_claims_families_and_descriptions_are_accepted(tmp_path):
     text = SPEC.replace("[[comparisons]]", '[[comparisons]]\nfamily = "main"') + """
 [[claims]]
-name = "dml beats the student"
+name = "dml_beats_student"
+text = "DML beats the student"
 comparison = "dml vs student"
-expected = "+"
-rule = "paired t, p < 0.05"
-blog = 7.17
+expect = "positive"
+rule = { alpha = 0.01 }
+published = "+7.17"
 """
     path = tmp_path / "s.toml"
     path.write_text(text)
     spec = load_spec(path)
-    assert spec.raw["claims"][0]["blog"] == 7.17 and spec.comparisons[0]["family"] == "main"
+    assert spec.raw["claims"][0]["published"] == "+7.17" and spec.comparisons[0]["family"] == "main"
     assert [p.arm for p in expand(spec, "smoke", [0], "x", False)] == ["student", "dml"]
