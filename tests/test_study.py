@@ -176,18 +176,6 @@ def test_malformed_spec_fails_before_training(tmp_path, tiny_cifar, capsys, edit
     assert not (tmp_path / "out" / "runs").exists() or not list((tmp_path / "out" / "runs").glob("*.json"))
 
 
-def test_slurm_launcher_with_submitit_local_executor(tmp_path, spec, tiny_cifar):
-    pytest.importorskip("submitit")
-    data, root = tiny_cifar
-    out = tmp_path / "study"
-    code = replicate(spec, data, root, out, "--quiet", "--seeds", "1", "--no-ablations",
-                     "--launcher", "slurm", "--slurm-cluster", "local", "--time-min", "10")
-    assert code == 0
-    recs = records(out)
-    assert len(recs) == 4 and all(r["status"] == "complete" for r in recs.values())
-    assert list((out / "runs" / "slurm").iterdir())  # submitit's job folders
-
-
 def test_time_budget_stops_before_a_run_that_would_not_fit(monkeypatch):
     from mutualbench import launch
 
