@@ -233,7 +233,33 @@ def test_requeues_are_bounded_and_status_names_the_failed_log(slurm_cluster, spe
     subprocess.run(["scancel", "--signal=USR2", job["job_id"]], check=True)
     assert replicate(spec, data, root, out, "--arms", "long", "--launcher", "slurm", "--wait") == 1
     err = capsys.readouterr().err
-    assert f"error: run {rid} (job {job['job_id']}) failed: " in err and "timed-out too many times" in err
+    assert f"error: run {rid} (job {job['job_id']}) failed: " in err and "stopped at its time limit once more than --max-requeues allows" in err
     assert main(["status", str(out)]) == 0
     line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith(f"| {rid}"))
     assert " failed " in line and job["stderr"] in line
+
+
+@pytest.mark.cifar
+def test_smoke_study_through_slurm_matches_the_local_launcher(slurm_cluster, shared_cifar, tmp_path, capsys):
+    """The blog's study (smoke profile, one seed, a run with a teacher among them) through
+    SLURM gives the run ids and records (accuracies, losses, curves) of the local launcher."""
+    from pathlib import Path
+
+    from conftest import SHARED_CIFAR
+
+    root = shared_cifar.cache_path.parent.parent
+    spec = Path(__file__).resolve().parents[1] / "replication" / "seed_blog.toml"
+    common = ["replicate", str(spec), "--profile", "smoke", "--seeds", "1", "--arms", "student,kd", "--no-ablations",
+              "--data", str(SHARED_CIFAR), "--data-root", str(root), "--device", "cpu", "--quiet"]
+    slurm_out, local_out = tmp_path / "slurm", tmp_path / "local"
+    assert main([*common, "--out", str(slurm_out), "--launcher", "slurm", "--wait"]) == 0
+    out = capsys.readouterr().out
+    # only the selected arms' main rows are compared with the stored study (of 2 seeds): no "missing from"
+    compared = out[out.index("compared with"):].splitlines()[1:]
+    assert compared == ["  student/model: n = 1 seeds, stored 2", "  kd/student: n = 1 seeds, stored 2"]
+    assert main([*common, "--out", str(local_out)]) == 0
+    slurm_recs, local_recs = records(slurm_out), records(local_out)
+    assert sorted(slurm_recs) == sorted(local_recs) and len(local_recs) == 3  # student, kd and kd's teacher
+    for name, rec in slurm_recs.items():
+        same_result(rec, local_recs[name])
+        assert rec["env"]["cpu"] == local_recs[name]["env"]["cpu"]  # one machine: bit for bit

@@ -219,6 +219,8 @@ def _replicate(args: argparse.Namespace) -> int:
     report = report_study(out, against, arms=args.arms, ablations=_ablations(args))
     if report is None:
         log(f"no complete run in {out} yet: no table written")
+        for e in result["errors"]:
+            print(f"error: {e}", file=sys.stderr)
         return code
     print(f"wrote {', '.join(str(p) for p in report.written.values())}")
     print(report.table)

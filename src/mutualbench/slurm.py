@@ -319,6 +319,9 @@ def run_states(runs_dir: Path, run_ids: list[str]) -> dict[str, dict]:
             info["state"] = "failed"
             why = (record or {}).get("error") or _last_error(job.get("stderr")) or (
                 f"job {state.lower()}" if state else "job ended without a record")
+            if "timed-out too many times" in why:  # submitit's words for the bound
+                why = ("stopped at its time limit once more than --max-requeues allows; submit the study again, with "
+                       "a longer --time-min (the run resumes from its last checkpoint)")
             info["detail"] = f"{why[:160]}; log {job.get('stderr') or job.get('log')}"
         out[rid] = info
     return out
