@@ -263,3 +263,51 @@ def test_smoke_study_through_slurm_matches_the_local_launcher(slurm_cluster, sha
     for name, rec in slurm_recs.items():
         same_result(rec, local_recs[name])
         assert rec["env"]["cpu"] == local_recs[name]["env"]["cpu"]  # one machine: bit for bit
+
+
+def test_a_refusal_after_some_jobs_cancels_them(slurm_cluster, spec, tiny_cifar, tmp_path, capsys, monkeypatch):
+    """The runs with a teacher are submitted after the others: when sbatch refuses those, the
+    jobs already submitted are cancelled and no job list is written."""
+    import submitit.slurm.slurm as submitit_slurm
+    from submitit.core.utils import FailedJobError
+
+    real, calls = submitit_slurm.SlurmExecutor._submit_command, []
+
+    def second_refused(self, command):
+        calls.append(command)
+        if len(calls) == 3:
+            raise FailedJobError("sbatch: error: Batch job submission failed: Invalid qos specification")
+        output = real(self, command)
+        calls.append(output)
+        return output
+
+    monkeypatch.setattr(submitit_slurm.SlurmExecutor, "_submit_command", second_refused)
+    data, root = tiny_cifar
+    assert replicate(spec, data, root, tmp_path / "s", "--arms", "student,kd", "--launcher", "slurm") == 2
+    err = capsys.readouterr().err
+    assert err == ("error: sbatch refused the study's jobs (Batch job submission failed: Invalid qos specification); "
+                   "check --slurm-option account=... / qos=... (`sacctmgr show assoc user=$USER` lists yours); the 2 "
+                   "runs submitted before it were cancelled, so nothing is left submitted\n")
+    array_id = str(calls[1].job_id).split("_")[0]  # the first array, submitted
+    wait_until(lambda: set(squeue("-j", array_id, "-o", "%T")) <= {"CANCELLED"}, what="the cancellation")
+    assert not (tmp_path / "s" / "runs" / "slurm" / "jobs.json").exists()
+
+
+def test_no_slurm_here_is_one_line_before_anything(spec, tiny_cifar, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch, no srun
+    data, root = tiny_cifar
+    assert replicate(spec, data, root, tmp_path / "s", "--launcher", "slurm") == 2
+    assert capsys.readouterr().err == ("error: --launcher slurm: no SLURM here (sbatch and srun not found); run "
+                                       "replicate on the cluster's login node, or use --launcher local\n")
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_requeued_job_takes_over_the_run_lock_of_its_earlier_run(tmp_path, monkeypatch):
+    """A lock left by a killed earlier run of the same SLURM job, even from another node, is
+    not held; one of another job on another node is."""
+    from mutualbench.locks import holder_is_live
+
+    monkeypatch.setenv("SLURM_JOB_ID", "41")
+    assert not holder_is_live({"pid": 1, "host": "node-7", "slurm_job": "41"})
+    assert holder_is_live({"pid": 1, "host": "node-7", "slurm_job": "40"})
+    assert holder_is_live({"pid": 1, "host": "node-7"})

@@ -156,6 +156,20 @@ def test_table_regenerates_identically_and_compare(tmp_path, spec, tiny_cifar, c
     assert main(["compare", str(out), "--against", str(stored)]) == 2
 
 
+def test_selected_arms_compare_only_their_rows(tmp_path, spec, tiny_cifar, capsys):
+    """``--arms``/``--no-ablations`` against a stored study of every arm and ablation: the rows
+    not selected are not reported missing."""
+    data, root = tiny_cifar
+    stored, out = tmp_path / "stored", tmp_path / "new"
+    assert replicate(spec, data, root, stored, "--quiet", "--seeds", "1") == 0
+    capsys.readouterr()
+    assert replicate(spec, data, root, out, "--quiet", "--seeds", "1", "--arms", "student", "--no-ablations",
+                     "--against", str(stored)) == 0
+    printed = capsys.readouterr().out
+    assert "missing from" not in printed
+    assert f"compared with {stored} (tolerance 0.5 points): all within tolerance" in printed
+
+
 @pytest.mark.parametrize(
     "edit,message",
     [

@@ -240,7 +240,7 @@ def _slurm_settings(args: argparse.Namespace) -> dict:
     has one) or ``--gpus`` says how many."""
     import torch
 
-    from .slurm import slurm_options
+    from .slurm import check_available, slurm_options
 
     for name in ("gpus", "time_min", "max_parallel", "max_requeues"):
         value, least = getattr(args, name), 0 if name in ("gpus", "max_requeues") else 1
@@ -250,8 +250,10 @@ def _slurm_settings(args: argparse.Namespace) -> dict:
     gpus = args.gpus
     if gpus is None:
         gpus = 1 if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else 0
+    options = slurm_options(args.slurm_option)
+    check_available()
     return {"partition": args.partition, "gpus": gpus, "time_min": args.time_min, "max_parallel": args.max_parallel,
-            "max_requeues": args.max_requeues, "setup": args.slurm_setup, "options": slurm_options(args.slurm_option),
+            "max_requeues": args.max_requeues, "setup": args.slurm_setup, "options": options,
             "wait": args.wait}
 
 

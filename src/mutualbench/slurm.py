@@ -131,15 +131,22 @@ def slurm_options(pairs: list[str] | None) -> dict:
     return options
 
 
-def make_executor(runs_dir: Path, *, partition: str | None, gpus: int, time_min: int, max_parallel: int | None,
-                  max_requeues: int, setup: list[str] | None, options: dict | None):
+def check_available() -> None:
+    """submitit and SLURM's commands are here (before any work)."""
     try:
-        import submitit
+        import submitit  # noqa: F401
     except ImportError:
         raise UserError("--launcher slurm needs submitit: pip install 'mutualbench[slurm]'") from None
     if shutil.which("sbatch") is None or shutil.which("srun") is None:
         raise UserError("--launcher slurm: no SLURM here (sbatch and srun not found); run replicate on the "
                         "cluster's login node, or use --launcher local")
+
+
+def make_executor(runs_dir: Path, *, partition: str | None, gpus: int, time_min: int, max_parallel: int | None,
+                  max_requeues: int, setup: list[str] | None, options: dict | None):
+    import submitit
+
+    check_available()
     _quiet_submitit()
     executor = submitit.AutoExecutor(folder=str(Path(runs_dir) / SLURM_DIR / "%j"), cluster="slurm",
                                      slurm_max_num_timeout=max_requeues)
@@ -212,9 +219,10 @@ def submit_study(configs: list[dict], runner, *, data_root: Path | None, device:
             _cancel([str(j.job_id) for j in submitted.values()])
             message = "; ".join(line.removeprefix("sbatch: error: ").strip()
                                 for line in str(e).strip().splitlines() if line.strip()) or type(e).__name__
-            again = f"; the {count_runs(len(submitted))} submitted before it were cancelled" if submitted else ""
+            left = (f"the {count_runs(len(submitted))} submitted before it {'was' if len(submitted) == 1 else 'were'} "
+                    "cancelled, so nothing is left submitted" if submitted else "nothing was submitted")
             raise UserError(f"sbatch refused the study's jobs ({message}); {_sbatch_fix(message, partition, gpus, time_min)}"
-                            f"; nothing was submitted{again}") from None
+                            f"; {left}") from None
         for (rid, _), job in zip(group, jobs, strict=True):
             submitted[rid] = job
 
