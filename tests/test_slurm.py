@@ -58,7 +58,10 @@ def spec(tmp_path):
 @pytest.fixture(autouse=True)
 def fast_polls(monkeypatch):
     monkeypatch.setenv("MUTUALBENCH_SLURM_POLL_S", "0.5")
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the jobs inherit it: the same arithmetic as the local runs
+    import torch
+
+    # the jobs inherit it: as many threads as the local launcher's runs in this process, the same arithmetic
+    monkeypatch.setenv("OMP_NUM_THREADS", str(torch.get_num_threads()))
 
 
 def replicate(spec, data, root, out, *extra):
@@ -185,7 +188,7 @@ def test_sbatch_refusal_is_one_line_and_submits_nothing(slurm_cluster, spec, tin
 def test_slurm_options_checked_before_anything(spec, tiny_cifar, tmp_path, capsys):
     data, root = tiny_cifar
     assert replicate(spec, data, root, tmp_path / "s", "--wait") == 2
-    assert capsys.readouterr().err == "error: --wait apply to --launcher slurm; add --launcher slurm, or drop them\n"
+    assert capsys.readouterr().err == "error: --wait applies to --launcher slurm; add --launcher slurm, or drop it\n"
     assert replicate(spec, data, root, tmp_path / "s", "--launcher", "slurm", "--slurm-option", "account=") == 2
     assert "--slurm-option 'account=': give KEY=VALUE" in capsys.readouterr().err
     assert replicate(spec, data, root, tmp_path / "s", "--launcher", "slurm", "--max-parallel", "0") == 2

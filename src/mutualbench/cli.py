@@ -138,7 +138,8 @@ def cmd_replicate(args: argparse.Namespace) -> int:
                                           ("--slurm-option", args.slurm_option), ("--wait", args.wait or None))
                  if value is not None]
         if given:
-            raise UserError(f"{', '.join(given)} apply to --launcher slurm; add --launcher slurm, or drop them")
+            verb, them = ("applies", "it") if len(given) == 1 else ("apply", "them")
+            raise UserError(f"{', '.join(given)} {verb} to --launcher slurm; add --launcher slurm, or drop {them}")
     else:
         _slurm_settings(args)  # their errors before the study folder is touched
     if args.dry_run:
