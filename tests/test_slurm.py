@@ -60,8 +60,13 @@ def fast_polls(monkeypatch):
     monkeypatch.setenv("MUTUALBENCH_SLURM_POLL_S", "0.5")
     import torch
 
-    # the jobs inherit it: as many threads as the local launcher's runs in this process, the same arithmetic
-    monkeypatch.setenv("OMP_NUM_THREADS", str(torch.get_num_threads()))
+    # one thread in the jobs (they inherit it) and in this process's local runs: the same arithmetic,
+    # and the jobs running side by side do not oversubscribe the cores
+    threads = torch.get_num_threads()
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def replicate(spec, data, root, out, *extra):

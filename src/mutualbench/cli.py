@@ -207,6 +207,10 @@ def _replicate(args: argparse.Namespace) -> int:
                        on_record=on_record, log=log)
     if result.get("submitted") is not None:  # fire and forget: the jobs run on; no table yet
         n = len(result["submitted"])
+        if n == 0:
+            print(f"no run submitted: the {count_runs(result['left'])} to do are pending or running already; "
+                  f"`mutualbench status {out}` follows them")
+            return 0
         print(f"submitted {count_runs(n)} to SLURM; `mutualbench status {out}` follows them, "
               f"`mutualbench table {out}` writes the tables of those complete; the same command submits "
               "what failed again")

@@ -147,8 +147,10 @@ def replicate(spec_path: Path, profile: str, out: Path, *, data: str | None = No
               plan_only: bool = False, time_budget_s: float | None = None, announce_estimate: bool = True,
               on_record: Callable[[dict], None] | None = None,
               log: Callable[[str], None] = print) -> dict:
+    # SLURM: the runs' device is the nodes' (a login node often has no GPU); planning needs none
+    plan_device = "auto" if launcher == "slurm" else device
     spec, runner, manifest, pending = plan_study(spec_path, profile, out, data=data, seeds=seeds,
-                                                 data_root=data_root, device=device, ablations=ablations,
+                                                 data_root=data_root, device=plan_device, ablations=ablations,
                                                  arms=arms, shard=shard, on_record=on_record, log=log)
     out = Path(out)
     seen = {e["run_id"] for e in manifest["runs"]}
