@@ -247,6 +247,9 @@ def test_requeues_are_bounded_and_status_names_the_failed_log(slurm_cluster, spe
     assert main(["status", str(out)]) == 0
     line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith(f"| {rid}"))
     assert " failed " in line and job["stderr"] in line
+    assert main(["table", str(out)]) == 2
+    assert capsys.readouterr().err == (f"error: {out}: no complete run yet, so no table; `mutualbench status {out}` "
+                                       "shows where the runs are\n")
 
 
 @pytest.mark.cifar

@@ -293,7 +293,11 @@ def cmd_table(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .report import write_report
+    from .results import has_complete_runs
 
+    if not has_complete_runs(Path(args.folder)):
+        raise UserError(f"{args.folder}: no complete run yet, so no table; `mutualbench status {args.folder}` shows "
+                        "where the runs are")
     written = write_report(Path(args.folder))
     print((Path(args.folder) / "table.md").read_text())
     print(f"wrote {', '.join(str(p) for p in written.values())}")
