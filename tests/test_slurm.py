@@ -324,3 +324,23 @@ def test_a_requeued_job_takes_over_the_run_lock_of_its_earlier_run(tmp_path, mon
     assert not holder_is_live({"pid": 1, "host": "node-7", "slurm_job": "41"})
     assert holder_is_live({"pid": 1, "host": "node-7", "slurm_job": "40"})
     assert holder_is_live({"pid": 1, "host": "node-7"})
+
+
+def test_a_failed_teacher_job_fails_its_dependents_and_the_same_command_recovers(slurm_cluster, spec, tiny_cifar,
+                                                                                tmp_path, capsys, monkeypatch):
+    """A teacher's job that dies leaves the run after it pending for ever (afterok never holds):
+    status and --wait call it failed, and the same command cancels it and submits both again."""
+    data, root = tiny_cifar
+    out = tmp_path / "s"
+    monkeypatch.setenv("MUTUALBENCH_FAULT_KILL_AFTER_EPOCHS", "1")  # the jobs inherit it: killed after an epoch
+    assert replicate(spec, data, root, out, "--arms", "kd", "--launcher", "slurm", "--wait") == 1
+    err = capsys.readouterr().err
+    jobs = json.loads((out / "runs" / "slurm" / "jobs.json").read_text())["runs"]
+    kd = next(r for r, j in jobs.items() if j["method"] == "kd")
+    assert f"error: run {kd} (job {jobs[kd]['job_id']}) failed: never starts: the job of its teacher's run failed" in err
+    monkeypatch.delenv("MUTUALBENCH_FAULT_KILL_AFTER_EPOCHS")
+    assert replicate(spec, data, root, out, "--arms", "kd", "--launcher", "slurm", "--wait") == 0
+    again = json.loads((out / "runs" / "slurm" / "jobs.json").read_text())["runs"]
+    assert set(again) == set(jobs) and all(again[r]["job_id"] != jobs[r]["job_id"] for r in jobs)
+    assert all(r["status"] == "complete" for r in records(out).values()) and len(records(out)) == 2
+    assert squeue("-j", jobs[kd]["job_id"], "-o", "%T") == ["CANCELLED"]

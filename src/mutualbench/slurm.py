@@ -36,6 +36,7 @@ SLURM_DIR = "slurm"  # under the study's runs/: submitit's job folders and jobs.
 JOBS_FILE = "jobs.json"
 JOBS_SCHEMA = 1
 RUNNING_STATES = {"RUNNING", "COMPLETING", "CONFIGURING", "STAGE_OUT", "SIGNALING", "RESIZING", "SUSPENDED"}
+NEVER = "DependencyNeverSatisfied"  # squeue's reason for a job whose teacher's job failed
 PENDING_STATES = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD", "SPECIAL_EXIT"}
 
 
@@ -176,8 +177,10 @@ def submit_study(configs: list[dict], runner, *, data_root: Path | None, device:
     runs_dir = runner.out_dir
     known = load_jobs(runs_dir)
     states = job_states(sorted({j["job_id"] for j in known.values()}))
-    live = {rid: j for rid, j in known.items()
-            if states.get(j["job_id"], ("", ""))[0] in RUNNING_STATES | PENDING_STATES}
+    stuck = [j["job_id"] for j in known.values() if states.get(j["job_id"], ("", ""))[1] == NEVER]
+    _cancel(stuck)  # waiting for a teacher's job that failed: submitted again below, after a new one
+    live = {rid: j for rid, j in known.items() if j["job_id"] not in stuck
+            and states.get(j["job_id"], ("", ""))[0] in RUNNING_STATES | PENDING_STATES}
     first, by_teacher, names = [], {}, {}
     for cfg in configs:
         _, rid, _, _ = runner.prepare(cfg)
@@ -315,6 +318,10 @@ def run_states(runs_dir: Path, run_ids: list[str]) -> dict[str, dict]:
             info["state"] = "complete"
         elif state in RUNNING_STATES:
             info["state"] = "running"
+        elif state in PENDING_STATES and reason == NEVER:
+            info["state"] = "failed"
+            info["detail"] = ("never starts: the job of its teacher's run failed; the same replicate command cancels "
+                              "it and submits both again")
         elif state in PENDING_STATES:
             info["state"] = "pending"
             info["detail"] = "" if reason in ("None", "") else f"waiting: {reason}"
