@@ -138,3 +138,30 @@ def run_config(method="individual", data=None, **overrides):
             node = node[p]
         node[parts[-1]] = value
     return config
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """A real one-node SLURM cluster (``tests/slurm_cluster.py``: munged, slurmctld, slurmd on
+    this host, no GPUs, accounting off), started once per test session and stopped by PID at
+    its end; ``SLURM_CONF`` points at it meanwhile. Skips where SLURM is not installed."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from slurm_cluster import SlurmCluster, missing
+
+    why = missing()
+    if why:
+        pytest.skip(why)
+    cluster = SlurmCluster(tmp_path_factory.mktemp("slurm"))
+    saved = os.environ.get("SLURM_CONF")
+    cluster.start()
+    os.environ.update(cluster.env)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+        if saved is None:
+            os.environ.pop("SLURM_CONF", None)
+        else:
+            os.environ["SLURM_CONF"] = saved

@@ -260,5 +260,5 @@ def test_compare_of_one_new_seed_says_so(tmp_path, capsys):
     assert main(["compare", str(one), "--against", str(stored)]) == 0
     out = capsys.readouterr().out
     assert "| 1 / 3" in out and "prediction interval for one more run" in out
-    # the stored claim cannot be tested on one seed: not reproduced, and the line says why
-    assert "claims reproduced: 0 of 1; not reproduced: a vs b (stored: positive; here: not computed)" in out
+    # the stored claim cannot be tested on one seed: not counted, and the line says why
+    assert "claims reproduced: 0 of 0; not testable on these runs: a vs b (1 seed here; a test needs 2)" in out

@@ -164,7 +164,8 @@ def _log(quiet: bool):
 def cmd_replicate(args: argparse.Namespace) -> int:
     """``replicate`` with the study folder checked before anything is loaded, and locked
     (``<out>/.lock``) for the whole command: one writer per study folder. The per-GPU and
-    SLURM processes of a study run under its lock (per-run locks keep them apart)."""
+    per-GPU processes of a study run under its lock, SLURM jobs after it (per-run locks keep
+    them apart)."""
     from pathlib import Path
 
     import torch
@@ -175,6 +176,16 @@ def cmd_replicate(args: argparse.Namespace) -> int:
     profile = args.profile or ("full" if torch.cuda.is_available() else "cpu")
     out = Path(args.out) if args.out else default_out(args.spec, profile)
     _check_replicate_args(args, out)
+    if args.launcher != "slurm":
+        given = [flag for flag, value in (("--partition", args.partition), ("--gpus", args.gpus),
+                                          ("--max-parallel", args.max_parallel), ("--slurm-setup", args.slurm_setup),
+                                          ("--slurm-option", args.slurm_option), ("--wait", args.wait or None))
+                 if value is not None]
+        if given:
+            verb, them = ("applies", "it") if len(given) == 1 else ("apply", "them")
+            raise UserError(f"{', '.join(given)} {verb} to --launcher slurm; add --launcher slurm, or drop {them}")
+    else:
+        _slurm_settings(args)  # their errors before the study folder is touched
     if args.dry_run:
         return _dry_run(args, profile, out)
     check_output_folder(out, "--out" if args.out else "the study folder")
@@ -232,21 +243,33 @@ def _replicate(args: argparse.Namespace) -> int:
         from .publish import run_logger
 
         on_record = run_logger(args.wandb_project, group=f"{Path(args.spec).stem}-{profile}")
-    slurm = {"partition": args.partition, "gpus": args.gpus, "time_min": args.time_min, "cluster": args.slurm_cluster}
+    slurm = _slurm_settings(args) if args.launcher == "slurm" else None
     result = run_study(Path(args.spec), profile, out, data=args.data, seeds=args.seeds, data_root=args.data_root,
                        device=args.device, ablations=_ablations(args), arms=args.arms,
                        launcher=args.launcher, shard=shard,
                        slurm=slurm, time_budget_s=args.time_budget, announce_estimate=not args.quiet,
                        on_record=on_record, log=log)
+    if result.get("submitted") is not None:  # fire and forget: the jobs run on; no table yet
+        n = len(result["submitted"])
+        if n == 0:
+            print(f"no run submitted: the {count_runs(result['left'])} to do are pending or running already; "
+                  f"`mutualbench status {out}` follows them")
+            return 0
+        print(f"submitted {count_runs(n)} to SLURM; `mutualbench status {out}` follows them, "
+              f"`mutualbench table {out}` writes the tables of those complete; the same command submits "
+              "what failed again")
+        return 0
     if result.get("left"):
         log(f"study incomplete: {count_runs(result['left'])} left after the time budget; the same command continues")
     code = 1 if result["errors"] else 0
     if shard is not None or args.no_report:
         return code
     against = Path(args.against) if args.against else stored_results(args.spec, profile)
-    report = report_study(out, against)
+    report = report_study(out, against, arms=args.arms, ablations=_ablations(args))
     if report is None:
         log(f"no complete run in {out} yet: no table written")
+        for e in result["errors"]:
+            print(f"error: {e}", file=sys.stderr)
         return code
     print(f"wrote {', '.join(str(p) for p in report.written.values())}")
     print(report.table)
@@ -258,11 +281,65 @@ def _replicate(args: argparse.Namespace) -> int:
     return code
 
 
+def _slurm_settings(args: argparse.Namespace) -> dict:
+    """The SLURM options of ``replicate``, checked before anything is loaded. No GPU is
+    requested unless the runs are on CUDA (``--device cuda``, or ``auto`` where this machine
+    has one) or ``--gpus`` says how many."""
+    import torch
+
+    from .slurm import check_available, slurm_options
+
+    for name in ("gpus", "time_min", "max_parallel", "max_requeues"):
+        value, least = getattr(args, name), 0 if name in ("gpus", "max_requeues") else 1
+        if value is not None and value < least:
+            flag = "--" + name.replace("_", "-")
+            raise UserError(f"{flag} {value} is not allowed; give a number of at least {least}")
+    gpus = args.gpus
+    if gpus is None:
+        gpus = 1 if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else 0
+    options = slurm_options(args.slurm_option)
+    check_available()
+    return {"partition": args.partition, "gpus": gpus, "time_min": args.time_min, "max_parallel": args.max_parallel,
+            "max_requeues": args.max_requeues, "setup": args.slurm_setup, "options": options,
+            "wait": args.wait}
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tabulate import tabulate
+
+    from .results import load_manifest
+    from .slurm import run_states
+
+    folder = Path(args.folder)
+    manifest = load_manifest(folder)
+    order = list(dict.fromkeys(e["run_id"] for e in manifest["runs"]))
+    arms: dict[str, list[str]] = {}
+    for e in manifest["runs"]:
+        label = e["arm"] + (f" [{e['ablation']}={e['value']}]" if e.get("ablation") else "")
+        arms.setdefault(e["run_id"], []).append(f"{label} seed {e['seed']}")
+    states = run_states(folder / RUNS, order)
+    rows = [[rid, "; ".join(dict.fromkeys(arms[rid])), states[rid]["state"], states[rid]["job"], states[rid]["detail"]]
+            for rid in order]
+    print(tabulate(rows, headers=["run id", "arm", "state", "job", "detail"], tablefmt="github"))
+    counts = {}
+    for v in states.values():
+        counts[v["state"]] = counts.get(v["state"], 0) + 1
+    kinds = ("complete", "running", "pending", "failed", "not submitted")
+    print(f"\n{folder}: " + ", ".join(f"{counts[k]} {k}" for k in kinds if counts.get(k)) + f" (of {len(order)} runs)")
+    return 0
+
+
 def cmd_table(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .report import write_report
+    from .results import has_complete_runs
 
+    if not has_complete_runs(Path(args.folder)):
+        raise UserError(f"{args.folder}: no complete run yet, so no table; `mutualbench status {args.folder}` shows "
+                        "where the runs are")
     written = write_report(Path(args.folder))
     print((Path(args.folder) / "table.md").read_text())
     print(f"wrote {', '.join(str(p) for p in written.values())}")
@@ -369,9 +446,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output folder (default runs/<spec>/<profile>)")
     p.add_argument("--launcher", default="local", choices=("local", "slurm"))
     p.add_argument("--partition", default=None, help="SLURM partition")
-    p.add_argument("--gpus", type=int, default=1, help="GPUs per SLURM job")
-    p.add_argument("--time-min", type=int, default=60, help="SLURM time limit per job, minutes")
-    p.add_argument("--slurm-cluster", default=None, help=argparse.SUPPRESS)  # submitit cluster: local/debug in tests
+    p.add_argument("--gpus", type=int, default=None,
+                   help="GPUs per SLURM job (default: 1 when the runs are on CUDA, i.e. --device cuda, or auto on a "
+                        "machine with a GPU; else none)")
+    p.add_argument("--time-min", type=int, default=60,
+                   help="SLURM time limit per job, minutes; a job stopped at it is requeued and resumes")
+    p.add_argument("--max-parallel", type=int, default=None, metavar="N",
+                   help="SLURM: at most N tasks of each job array at once (sbatch --array=...%%N)")
+    p.add_argument("--max-requeues", type=int, default=3, metavar="N",
+                   help="SLURM: requeue a job stopped at its time limit or preempted at most N times (default 3)")
+    p.add_argument("--slurm-setup", action="append", default=None, metavar="LINE",
+                   help="SLURM: a shell line each job runs first, e.g. 'module load cuda/12' (repeatable)")
+    p.add_argument("--slurm-option", action="append", default=None, metavar="KEY=VALUE",
+                   help="SLURM: an extra sbatch option without its dashes, e.g. account=myproject, qos=low, "
+                        "mem=16G, or a bare flag such as exclusive (repeatable)")
+    p.add_argument("--wait", action="store_true",
+                   help="SLURM: wait for the jobs, then write the tables (default: submit every run and return)")
     p.add_argument("--no-ablations", action="store_true", help="only the main arms")
     p.add_argument("--ablations", default=None, type=_name_list, metavar="NAME[,NAME...]",
                    help="run only these ablations of the spec (with the main arms), opt-in ones (opt_in = true) "
@@ -401,6 +491,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--project", default="mutualbench")
     p.add_argument("--entity", default=None)
     p.set_defaults(func=cmd_publish)
+
+    p = sub.add_parser("status", help="list a study's runs as complete, running, pending, failed or not submitted")
+    p.add_argument("folder")
+    p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("table", help="aggregate a study folder's records into table.md/.csv and curve plots")
     p.add_argument("folder")

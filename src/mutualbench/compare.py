@@ -49,6 +49,12 @@ class ClaimCheck:
     stored: str
     new: str
 
+    why: str = ""  # why the new runs cannot make the test (then it is not counted)
+
+    @property
+    def testable(self) -> bool:
+        return self.new != "not computed"
+
     @property
     def reproduced(self) -> bool:
         return self.stored == self.new
@@ -111,10 +117,13 @@ class StudyComparison:
     def claims_line(self) -> str:
         if not self.claims:
             return "claims reproduced: none to check (the stored study has no computed comparison or contrast)"
-        good = [c for c in self.claims if c.reproduced]
-        line = f"claims reproduced: {len(good)} of {len(self.claims)}"
-        bad = [f"{c.test} (stored: {c.stored}; here: {c.new})" for c in self.claims if not c.reproduced]
-        return line + ("; not reproduced: " + "; ".join(bad) if bad else "")
+        tested = [c for c in self.claims if c.testable]
+        good = [c for c in tested if c.reproduced]
+        line = f"claims reproduced: {len(good)} of {len(tested)}"
+        bad = [f"{c.test} (stored: {c.stored}; here: {c.new})" for c in tested if not c.reproduced]
+        untested = [f"{c.test} ({c.why})" for c in self.claims if not c.testable]
+        return (line + ("; not reproduced: " + "; ".join(bad) if bad else "")
+                + ("; not testable on these runs: " + "; ".join(untested) if untested else ""))
 
 
 def _f(x) -> str:
@@ -188,6 +197,9 @@ def claim_checks(new: Study, stored: Study) -> list[ClaimCheck]:
         if s == "not computed":
             continue
         label = name if t["kind"] == "comparison" else f"contrast {name}"
-        checks.append(ClaimCheck(label, s, outcome(new_tests.get(name), rule)))
+        mine = new_tests.get(name)
+        n = min((mine[stat]["n"] for stat in rule.statistics), default=0) if mine else 0
+        why = "no runs of its arms here" if n == 0 else f"{n} seed{'s' if n != 1 else ''} here; a test needs 2"
+        checks.append(ClaimCheck(label, s, outcome(mine, rule), why))
     return checks
 

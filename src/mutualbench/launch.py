@@ -1,6 +1,5 @@
-"""Executing a list of run configs: in order in this process (``local``), or as SLURM jobs
-through submitit (``slurm``). Runs that need a teacher go in a second wave, after the runs
-that may train it, so no two jobs train the same teacher."""
+"""Executing a list of run configs on this machine: in order in this process (``local``), or
+one process per GPU. SLURM jobs are ``slurm.py``'s."""
 
 from __future__ import annotations
 
@@ -9,9 +8,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .engine import TrainingDiverged
-from .errors import UserError
-from .methods import get_method
-from .methods.pretrain import uses_teacher
 from .progress import count_runs, progress
 
 
@@ -49,42 +45,6 @@ def run_local(configs: list[dict], runner, log: Callable[[str], None],
             longest[kind] = max(longest.get(kind, 0.0), time.monotonic() - t0)
             bar.update(1)
     return errors, 0
-
-
-def _slurm_job(config: dict, out_dir: str, data_root: str | None, device: str) -> str:
-    from .run import Runner
-
-    return Runner(Path(out_dir), data_root=Path(data_root) if data_root else None, device=device).run(config)["run_id"]
-
-
-def run_slurm(configs: list[dict], out_dir: Path, *, data_root: Path | None, device: str, log: Callable[[str], None],
-              partition: str | None = None, gpus: int = 1, time_min: int = 60, cluster: str | None = None) -> list[str]:
-    """Each run a submitit job (``cluster``: None for auto-detected SLURM, "local" or "debug"
-    for testing), in two waves: runs without a teacher, then runs with one."""
-    try:
-        import submitit
-    except ImportError:
-        raise UserError("--launcher slurm needs submitit: pip install 'mutualbench[slurm]'") from None
-    executor = submitit.AutoExecutor(folder=str(Path(out_dir) / "slurm" / "%j"), cluster=cluster)
-    params = {"timeout_min": time_min, "gpus_per_node": gpus, "name": "mutualbench"}
-    if partition:
-        params["slurm_partition"] = partition
-    executor.update_parameters(**params)
-    waves = [[c for c in configs if not uses_teacher(get_method(c["method"]), c)],
-             [c for c in configs if uses_teacher(get_method(c["method"]), c)]]
-    errors = []
-    for w, wave in enumerate(waves, 1):
-        if not wave:
-            continue
-        jobs = [executor.submit(_slurm_job, c, str(out_dir), str(data_root) if data_root else None, device) for c in wave]
-        log(f"wave {w}: submitted {len(jobs)} job(s): {', '.join(str(j.job_id) for j in jobs)}")
-        for job in jobs:
-            try:
-                job.result()
-            except Exception as e:  # a failed job fails its run only
-                errors.append(f"job {job.job_id}: {str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__}")
-                log(f"job {job.job_id} failed")
-    return errors
 
 
 def run_per_gpu(spec_path: Path, profile: str, out: Path, gpus: int, *, data: str | None, seeds: int | None,

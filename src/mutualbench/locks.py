@@ -9,7 +9,8 @@ created atomically with ``O_CREAT | O_EXCL``:
   the same time (``mutualbench run`` into a study's ``runs/`` while the study is running).
 
 A lock whose process no longer exists on this host is stale: it is reported as a warning and
-replaced. A lock taken on another host cannot be checked from here and counts as held. The
+replaced. A lock taken on another host cannot be checked from here and counts as held, unless
+it names the SLURM job now running (an earlier run of this requeued job). The
 lock is removed when the command ends, also on errors and Ctrl-C; a killed process leaves a
 stale lock that the next run replaces.
 """
@@ -76,7 +77,12 @@ def read_lock(path: Path) -> tuple[str, dict | None]:
 
 
 def holder_is_live(info: dict) -> bool:
-    """Whether the process that took a lock may still be running."""
+    """Whether the process that took a lock may still be running. A lock taken by an earlier
+    run of this same SLURM job (requeued after its time limit or preemption, perhaps on another
+    node) is not: SLURM runs one instance of a job at a time."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if job and info.get("slurm_job") == job:
+        return False
     host = info.get("host") or socket.gethostname()
     if host != socket.gethostname():
         return True  # another machine: cannot be checked from here
@@ -130,7 +136,8 @@ class FolderLock:
 
     def _content(self) -> str:
         return json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "proc_start": _proc_start(os.getpid()),
-                           "since": datetime.now(UTC).isoformat(timespec="seconds"), "token": self.token}) + "\n"
+                           "since": datetime.now(UTC).isoformat(timespec="seconds"), "token": self.token,
+                           "slurm_job": os.environ.get("SLURM_JOB_ID")}) + "\n"
 
     def acquire(self) -> FolderLock:
         self._make_folders()

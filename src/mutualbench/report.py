@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
@@ -243,9 +243,28 @@ class StudyReport:
     comparison: object | None  # compare.StudyComparison, or None when there was nothing to compare with
 
 
-def report_study(folder: Path, against: Path | None = None) -> StudyReport | None:
+def selected_rows(study: Study, arms: list[str] | None, ablations: bool | list[str]) -> Study:
+    """``study`` with its summary cut to what a ``replicate --arms/--ablations/--no-ablations``
+    ran: those arms, the main runs and those ablations (the others are not missing, only not
+    selected)."""
+    summary = study.summary
+    if summary.empty:
+        return study
+    keep = pd.Series(True, index=summary.index)
+    if arms is not None:
+        keep &= summary["arm"].isin(arms)
+    if ablations is False:
+        keep &= summary["ablation"] == MAIN
+    elif ablations is not True:
+        keep &= summary["ablation"].isin([MAIN, *ablations])
+    return replace(study, summary=summary[keep].reset_index(drop=True))
+
+
+def report_study(folder: Path, against: Path | None = None, arms: list[str] | None = None,
+                 ablations: bool | list[str] = True) -> StudyReport | None:
     """After ``replicate``: the tables and plots, and the comparison with the stored study
-    ``against`` when it exists (None: no complete run yet, nothing written)."""
+    ``against`` when it exists (None: no complete run yet, nothing written); with ``arms`` or
+    ``ablations``, only the rows selected are compared."""
     from .comparable import check_comparable
     from .compare import compare_studies
     from .layout import MANIFEST
@@ -260,5 +279,7 @@ def report_study(folder: Path, against: Path | None = None) -> StudyReport | Non
     if against is not None and (Path(against) / MANIFEST).exists() and Path(against).resolve() != folder.resolve():
         stored = load_study(against)
         check_comparable(study, stored)
-        comparison = compare_studies(study, stored)
+        stored = selected_rows(stored, arms, ablations)
+        if not stored.summary.empty:  # else the stored study has none of the selected rows
+            comparison = compare_studies(selected_rows(study, arms, ablations), stored)
     return StudyReport(written, (folder / "table.md").read_text(), comparison)

@@ -19,7 +19,7 @@ from .envinfo import device_name
 from .errors import UserError
 from .estimate import RunTimer, format_duration
 from .io_utils import atomic_write_json
-from .launch import run_local, run_per_gpu, run_slurm
+from .launch import run_local, run_per_gpu
 from .layout import MANIFEST, RUNS, default_out
 from .progress import count_runs
 from .records import complete_record
@@ -169,8 +169,10 @@ def replicate(spec_path: Path, profile: str, out: Path, *, data: str | None = No
               plan_only: bool = False, time_budget_s: float | None = None, announce_estimate: bool = True,
               on_record: Callable[[dict], None] | None = None,
               log: Callable[[str], None] = print) -> dict:
+    # SLURM: the runs' device is the nodes' (a login node often has no GPU); planning needs none
+    plan_device = "auto" if launcher == "slurm" else device
     spec, runner, manifest, pending = plan_study(spec_path, profile, out, data=data, seeds=seeds,
-                                                 data_root=data_root, device=device, ablations=ablations,
+                                                 data_root=data_root, device=plan_device, ablations=ablations,
                                                  arms=arms, shard=shard, on_record=on_record, log=log)
     out = Path(out)
     seen = {e["run_id"] for e in manifest["runs"]}
@@ -190,7 +192,18 @@ def replicate(spec_path: Path, profile: str, out: Path, *, data: str | None = No
     else:
         log(f"{spec.name}/{profile}: {selected - len(pending)} of {which} complete, {len(pending)} to run")
         if launcher == "slurm":
-            errors = run_slurm(pending, runner.out_dir, data_root=data_root, device=device, log=log, **(slurm or {}))
+            from .slurm import accounting_note, submit_study, wait_for_jobs
+
+            opts = dict(slurm or {})
+            wait = opts.pop("wait", False)
+            submitted = submit_study(pending, runner, data_root=data_root, device=device, log=log, **opts)
+            note = accounting_note()
+            if note:
+                log(note)
+            if not wait:
+                return {"manifest": manifest, "ran": 0, "left": len(pending), "total": total, "errors": [],
+                        "submitted": submitted}
+            errors = wait_for_jobs(runner.out_dir, [runner.prepare(c)[1] for c in pending], log)
         else:
             timer = RunTimer(runner)
             if announce_estimate:
