@@ -230,7 +230,7 @@ def markdown(frames: dict[str, pd.DataFrame]) -> str:
                f"verdict (`{profiles[0]}`)"] + [f"`{p}`: final epoch; {LABELS['last5']}; verdict" for p in others]
     rows = []
     for _, r in primary.iterrows():
-        row = [f"{r['text']} ({r['test']}, {r['expect']})", r["published"] or "—", _cell(r, ""), _cell(r, "last5_"),
+        row = [f"{r['text']} (`{r['test']}`)", r["published"] or "—", _cell(r, ""), _cell(r, "last5_"),
                f"**{r['verdict']}**"]
         for f in others.values():
             if r["claim"] in f.index:
