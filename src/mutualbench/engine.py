@@ -24,6 +24,7 @@ from torch import nn
 from .errors import warn
 from .io_utils import atomic_torch_save, move_aside
 from .methods.base import Stage
+from .methods.losses import _wide
 from .progress import progress
 
 CHECKPOINT_FORMAT = 1
@@ -67,7 +68,7 @@ def evaluate_ensemble(models: list[nn.Module], loader) -> float:
         m.eval()
     correct = torch.zeros((), dtype=torch.int64, device=loader.device)
     for x, y in loader.epoch_batches(0):
-        probs = torch.stack([m(x).float().softmax(-1) for m in models]).mean(0)
+        probs = torch.stack([_wide(m(x)).softmax(-1) for m in models]).mean(0)
         correct += (probs.argmax(-1) == y).sum()
     for m, was_training in zip(models, states, strict=True):
         m.train(was_training)

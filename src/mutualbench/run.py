@@ -31,6 +31,7 @@ from .errors import UserError, warn
 from .io_utils import atomic_torch_save, move_aside, safe_torch_load
 from .locks import LOCK, FolderLock
 from .methods import METHODS, BuildContext, get_method
+from .methods.base import config_dtype, default_dtype
 from .methods.pretrain import build_run, check_pretrain, pretrain_sections, uses_teacher
 from .records import (
     complete_record,
@@ -66,6 +67,9 @@ def resolve(config: dict) -> dict:
                             "its weights instead of training it")
         if not is_known_arch(config["teacher"]["arch"]):
             create_arch(config["teacher"]["arch"])
+    if config["speed"].get("dtype") == "float64" and config["speed"]["bf16"]:
+        raise UserError("speed.bf16 = true and speed.dtype = \"float64\" contradict each other (bf16 autocast "
+                        "narrows the forward passes that float64 keeps exact); set one of them")
     method.check(config)
     check_pretrain(method, config)
     resolved = {k: copy.deepcopy(config[k]) for k in TOP_LEVEL}
@@ -95,9 +99,13 @@ def _honoured_speed(method, speed: dict) -> dict:
 
 
 def run_precision(resolved: dict) -> str:
-    """The arithmetic a run trains in: ``float32``, or ``bf16-autocast`` (bfloat16 autocast of
+    """The arithmetic a run trains in: ``float32``, ``float64`` (``speed.dtype``: models,
+    batches, losses and evaluation in float64), or ``bf16-autocast`` (bfloat16 autocast of
     the forward passes, float32 weights, optimizer and losses) where ``speed.bf16`` is on."""
-    return "bf16-autocast" if (resolved.get("speed") or {}).get("bf16") else "float32"
+    speed = resolved.get("speed") or {}
+    if speed.get("bf16"):
+        return "bf16-autocast"
+    return speed.get("dtype", "float32")
 
 
 def teacher_config(config: dict) -> dict:
@@ -106,6 +114,7 @@ def teacher_config(config: dict) -> dict:
     cfg = default_config()
     cfg.update(method="individual", arch=[t["arch"]], cohort=1, seed=config["seed"])
     cfg["data"], cfg["loss"], cfg["train"] = copy.deepcopy(config["data"]), copy.deepcopy(config["loss"]), copy.deepcopy(t["train"])
+    cfg["speed"]["dtype"] = (config.get("speed") or {}).get("dtype", "float32")  # a float64 run's teacher is float64
     return cfg
 
 
@@ -192,7 +201,8 @@ class Runner:
     # ------------------------------------------------------------------ teacher
     def _teacher(self, resolved: dict, config: dict, ds: ImageDataset, ckpt: Path | None):
         arch = resolved["teacher"]["arch"]
-        teacher = create_arch(arch, ds.num_classes)
+        with default_dtype(config_dtype(resolved)):
+            teacher = create_arch(arch, ds.num_classes)
         if ckpt is not None:
             load_state_dict_file(ckpt, teacher, "teacher checkpoint")
             info = {"source": "checkpoint", "path": str(ckpt), "sha256": sha256_file(ckpt)}
@@ -237,9 +247,10 @@ class Runner:
                 f"run where the record was made, or set {RETRAIN_TEACHERS_ENV}=1 to retrain it here and replace the record")
 
     # ------------------------------------------------------------------ training
-    def _loaders(self, resolved: dict, ds: ImageDataset, dtype: torch.dtype = torch.float32):
-        """The run's train and test loaders (``dtype``: of the batches; float64 only for the
-        golden-trajectory check, ``mutualbench.golden``)."""
+    def _loaders(self, resolved: dict, ds: ImageDataset, dtype: torch.dtype | None = None):
+        """The run's train and test loaders (``dtype``: of the batches; default the run's
+        ``speed.dtype``; the golden-trajectory check, ``mutualbench.golden``, asks float64)."""
+        dtype = config_dtype(resolved) if dtype is None else dtype
         d, seed = resolved["data"], resolved["seed"]
         mean, std = (ds.mean, ds.std) if d["normalize"] else (None, None)
         train = DeviceLoader(ds.train_images, ds.train_labels, batch_size=d["batch_size"], device=self.device,
