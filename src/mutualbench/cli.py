@@ -208,6 +208,8 @@ def _replicate(args: argparse.Namespace) -> int:
     print(report.table)
     for e in result["errors"]:
         print(f"error: {e}", file=sys.stderr)
+    if report.exact is not None:
+        print("\n".join(report.exact.lines()))
     if report.comparison is not None:
         ok, problems, tol, note = report.comparison
         print(f"compared with {against} (tolerance {tol} points): " + ("all within tolerance" if ok else "DIFFERENT"))
@@ -230,6 +232,7 @@ def cmd_table(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from .exact import compare_exact, is_exact
     from .results import (
         compare_studies,
         load_study,
@@ -239,6 +242,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     )
 
     new, stored = load_study(Path(args.folder)), load_study(Path(args.against))
+    if is_exact(stored):  # a float64 study: run by run (mutualbench.exact)
+        exact = compare_exact(new, stored)
+        print("\n".join(exact.lines()))
+        return 0 if exact.ok else 1
     ok, problems, tol = compare_studies(new, stored)
     for note in new_only_notes(new, stored):  # rows the stored study lacks: not a failure
         print(note)

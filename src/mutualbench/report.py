@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .exact import ExactComparison
 from .io_utils import atomic_write_bytes
 from .results import ENSEMBLE, MAIN, Study, load_study
 
@@ -181,11 +182,13 @@ class StudyReport:
     written: dict[str, Path]
     table: str
     comparison: tuple[bool, list[str], float, str | None] | None  # ok, problems, tolerance, machine note
+    exact: ExactComparison | None = None  # in place of ``comparison`` when the stored study is float64
 
 
 def report_study(folder: Path, against: Path | None = None) -> StudyReport | None:
     """After ``replicate``: the tables and plots, and the comparison with the stored study
     ``against`` when it exists (None: no complete run yet, nothing written)."""
+    from .exact import compare_exact, is_exact
     from .layout import MANIFEST
     from .results import compare_studies, has_complete_runs, machine_note
 
@@ -197,6 +200,8 @@ def report_study(folder: Path, against: Path | None = None) -> StudyReport | Non
     comparison = None
     if against is not None and (Path(against) / MANIFEST).exists() and Path(against).resolve() != folder.resolve():
         stored = load_study(against)
+        if is_exact(stored):  # a float64 study: run by run
+            return StudyReport(written, (folder / "table.md").read_text(), None, compare_exact(study, stored))
         ok, problems, tol = compare_studies(study, stored)
         comparison = (ok, problems, tol, machine_note(study, stored))
     return StudyReport(written, (folder / "table.md").read_text(), comparison)

@@ -289,8 +289,9 @@ class Runner:
         members = [name for name, slot in slots.items() if slot.role == "cohort member"]
         ensemble = None
         if len(members) >= 2:  # the cohort's ensemble (mean of softmaxes), an extra measurement
+            acc, nll = evaluate_ensemble([slots[n].module for n in members], test_loader)
             ensemble = {"members": members, "params": sum(models[n]["params"] for n in members),
-                        "final_test_acc": evaluate_ensemble([slots[n].module for n in members], test_loader)}
+                        "final_test_acc": acc, "final_test_nll": nll}
         atomic_torch_save(work / "final.pt", {"models": {n: s.module.state_dict() for n, s in slots.items()}})
         epochs = sum(s.epochs for s in stages)
         train_s = engine.timings["train_s"]
