@@ -63,6 +63,7 @@ def test_a_float64_run_is_float64_everywhere(tmp_path, tiny_cifar, monkeypatch, 
         return real_evaluate_ensemble(models, loader)
 
     monkeypatch.setattr("mutualbench.run.evaluate_ensemble", watching)
+    threads = torch.get_num_threads()
     config = run_config(method, data, **{"arch": ["seed_vgg_student"], "speed.dtype": "float64",
                                          "train.epochs": 1, "hint.epochs": 1, "teacher.train.epochs": 1,
                                          "data.train_subset": 32, **extra})
@@ -70,6 +71,7 @@ def test_a_float64_run_is_float64_everywhere(tmp_path, tiny_cifar, monkeypatch, 
     runner = Runner(tmp_path, data_root=root, device="cpu")
     record = runner.run(config)
     assert record["precision"] == "float64" and record["config"]["speed"]["dtype"] == "float64"
+    assert record["env"]["cpu"]["threads"] == 1  # float64 trains on one thread: the same rounding on any count
     weights = safe_torch_load(tmp_path / record["run_id"] / "final.pt", "weights")["models"]
     for state in weights.values():
         assert {t.dtype for t in state.values() if t.is_floating_point()} == {torch.float64}
@@ -81,6 +83,7 @@ def test_a_float64_run_is_float64_everywhere(tmp_path, tiny_cifar, monkeypatch, 
         assert seen == {"batches": {torch.float64}, "logits": {torch.float64}}
         assert record["ensemble"]["final_test_acc"] is not None
     assert torch.get_default_dtype() == torch.float32
+    assert torch.get_num_threads() == threads
 
 
 def test_float32_runs_keep_float32_batches_and_weights(tmp_path, tiny_cifar):
