@@ -33,8 +33,9 @@ ARGS ?=
 replicate: $(BIN)/mutualbench
 	$(BIN)/mutualbench replicate $(SPEC) $(if $(MUTUALBENCH_DATA),--data "$(MUTUALBENCH_DATA)") $(if $(PROFILE),--profile $(PROFILE)) $(ARGS)
 
-# The CI regression check: the smoke profile of every study in SMOKE_STUDIES on the shared
-# CIFAR-10 copy, each against its stored set in results/<study>/smoke.
+# The CI regression check: the smoke profile of every study in SMOKE_STUDIES (float64, the
+# exact tier) on the shared CIFAR-10 copy, each compared run by run with its stored set in
+# results/<study>/smoke (`compare` prints one line: reproduced exactly, or the first differences).
 SHARED_CIFAR ?= ../shared/data/cifar10-jpeg75.tar.gz
 SMOKE_STUDIES ?= seed_blog dml_cifar10
 smoke-study: $(BIN)/mutualbench

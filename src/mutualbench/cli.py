@@ -275,6 +275,8 @@ def _replicate(args: argparse.Namespace) -> int:
     print(report.table)
     for e in result["errors"]:
         print(f"error: {e}", file=sys.stderr)
+    if report.exact is not None:
+        print("\n".join(report.exact.lines()))
     if report.comparison is not None:
         for line in report.comparison.lines():
             print(line)
@@ -371,11 +373,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     from .comparable import check_comparable
     from .compare import compare_studies
+    from .exact import compare_exact, is_exact
     from .results import load_study
 
     new, stored = load_study(Path(args.folder)), load_study(Path(args.against))
     check_comparable(new, stored)
-    result = compare_studies(new, stored)
+    # a float64 study: run by run (mutualbench.exact); float32: statistical (mutualbench.compare)
+    result = compare_exact(new, stored) if is_exact(stored) else compare_studies(new, stored)
     for line in result.lines():
         print(line)
     return 0 if result.ok else 1

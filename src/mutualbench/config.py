@@ -53,8 +53,11 @@ BASE_DEFAULTS: dict[str, Any] = {
     },
     "loss": {"reduction": "mean"},  # "mean" over the batch, or "sum" (as the blog does)
     "train": {"epochs": 30, "optimizer": adam(1e-3), "schedule": dict(CONSTANT)},
-    # Options of the fused cohort step (they change float rounding, so they are config).
-    "speed": {"channels_last": True, "bf16": False, "compile": False, "compile_mode": None},
+    # Options of the fused cohort step (they change float rounding, so they are config), and
+    # the precision every stage trains and evaluates in: "float32", or "float64" (the exact
+    # tier: rounding differences between CPUs and thread counts stay near 1e-16, so results
+    # agree across machines; several times slower on a CPU). bf16 autocast is its own flag.
+    "speed": {"channels_last": True, "bf16": False, "compile": False, "compile_mode": None, "dtype": "float32"},
     # The teacher of methods that learn from one (``Method.needs_teacher``): trained as an
     # ``individual`` run with this section's ``train`` (same seed, data and loss), or loaded.
     "teacher": {
@@ -176,6 +179,7 @@ BASE_SCHEMA: dict[str, KeyType] = {
     "speed.bf16": KeyType("bool"),
     "speed.compile": KeyType("bool"),
     "speed.compile_mode": KeyType("choice", choices=(None, "default", "reduce-overhead", "max-autotune")),
+    "speed.dtype": KeyType("choice", choices=("float32", "float64")),
     "teacher.arch": KeyType("str", nullable=True),
     "teacher.checkpoint": KeyType("str", nullable=True),
     **optimizer_keys("teacher.train"),
@@ -332,6 +336,8 @@ def validate(config: dict, source: str = "config") -> dict:
 # Top-level keys added after run records were stored, with their default: a run at the
 # default keeps the id it had before the key existed.
 LATER_KEYS = {"init": "pytorch_default", "pretrain": "none"}
+# The same for keys inside a section: (section, key) -> default.
+LATER_SECTION_KEYS = {("speed", "dtype"): "float32"}
 
 
 def canonical_json(obj: Any) -> str:
@@ -345,6 +351,9 @@ def run_id(config: dict, data_sha256: str) -> str:
     for key, default in LATER_KEYS.items():  # keys added after results were stored: hashed once set
         if keyed.get(key) == default:
             del keyed[key]
+    for (section, key), default in LATER_SECTION_KEYS.items():
+        if isinstance(keyed.get(section), dict) and keyed[section].get(key, default) == default:
+            keyed[section] = {k: v for k, v in keyed[section].items() if k != key}
     keyed["data"] = {k: v for k, v in config["data"].items() if k != "source"}
     digest = hashlib.sha256((canonical_json(keyed) + data_sha256).encode()).hexdigest()
     return f"{config['method']}-{digest[:12]}"

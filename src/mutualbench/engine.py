@@ -24,6 +24,7 @@ from torch import nn
 from .errors import warn
 from .io_utils import atomic_torch_save, move_aside
 from .methods.base import Stage
+from .methods.losses import _wide
 from .progress import progress
 
 CHECKPOINT_FORMAT = 1
@@ -60,18 +61,22 @@ def evaluate(model: nn.Module, loader) -> float:
 
 
 @torch.no_grad()
-def evaluate_ensemble(models: list[nn.Module], loader) -> float:
-    """Top-1 accuracy in percent of the models' ensemble: the mean of their softmaxes."""
+def evaluate_ensemble(models: list[nn.Module], loader) -> tuple[float, float]:
+    """The models' ensemble, the mean of their softmaxes: its top-1 accuracy in percent over
+    the whole loader, and its mean negative log-likelihood of the true class (a number that
+    moves with any change of how the ensemble is formed, where the accuracy may not)."""
     states = [m.training for m in models]
     for m in models:
         m.eval()
     correct = torch.zeros((), dtype=torch.int64, device=loader.device)
+    nll = torch.zeros((), dtype=torch.float64, device=loader.device)
     for x, y in loader.epoch_batches(0):
-        probs = torch.stack([m(x).float().softmax(-1) for m in models]).mean(0)
+        probs = torch.stack([_wide(m(x)).softmax(-1) for m in models]).mean(0)
         correct += (probs.argmax(-1) == y).sum()
+        nll -= probs.gather(-1, y[:, None]).log().sum().double()
     for m, was_training in zip(models, states, strict=True):
         m.train(was_training)
-    return 100.0 * correct.item() / loader.num_samples
+    return 100.0 * correct.item() / loader.num_samples, nll.item() / loader.num_samples
 
 
 class Engine:

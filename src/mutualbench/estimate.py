@@ -22,7 +22,7 @@ import torch
 from .archs import create_arch
 from .engine import synchronize
 from .methods import BuildContext, get_method
-from .methods.base import freeze
+from .methods.base import config_dtype, default_dtype, freeze
 from .methods.pretrain import build_run, uses_teacher
 
 WARMUP_STEPS = 5  # the first steps pay for allocation and kernel selection
@@ -57,7 +57,8 @@ def measure_run_seconds(runner, config: dict, steps: int = TIMED_STEPS) -> RunEs
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         teacher = None
         if uses_teacher(method, resolved):
-            teacher = freeze(create_arch(resolved["teacher"]["arch"], ds.num_classes).to(device))
+            with default_dtype(config_dtype(resolved)):
+                teacher = freeze(create_arch(resolved["teacher"]["arch"], ds.num_classes).to(device))
         ctx = BuildContext(resolved, device, ds.num_classes, teacher)
         slots, stages = build_run(method, ctx)
         train_loader, test_loader = runner._loaders(resolved, ds)

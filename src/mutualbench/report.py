@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .exact import ExactComparison
 from .io_utils import atomic_write_bytes, safe_child
 from .results import ENSEMBLE, LAST_K, LAST_LABEL, MAIN, Study, load_study
 from .stats import ALPHA
@@ -241,6 +242,7 @@ class StudyReport:
     written: dict[str, Path]
     table: str
     comparison: object | None  # compare.StudyComparison, or None when there was nothing to compare with
+    exact: ExactComparison | None = None  # in place of ``comparison`` when the stored study is float64
 
 
 def selected_rows(study: Study, arms: list[str] | None, ablations: bool | list[str]) -> Study:
@@ -260,6 +262,14 @@ def selected_rows(study: Study, arms: list[str] | None, ablations: bool | list[s
     return replace(study, summary=summary[keep].reset_index(drop=True))
 
 
+def _selected(entry: dict, arms: list[str] | None, ablations: bool | list[str]) -> bool:
+    """Whether a manifest entry is among what ``replicate --arms/--ablations`` ran."""
+    abl = entry.get("ablation")
+    if arms is not None and entry["arm"] not in arms:
+        return False
+    return not abl or ablations is True or (ablations is not False and abl in ablations)
+
+
 def report_study(folder: Path, against: Path | None = None, arms: list[str] | None = None,
                  ablations: bool | list[str] = True) -> StudyReport | None:
     """After ``replicate``: the tables and plots, and the comparison with the stored study
@@ -267,6 +277,7 @@ def report_study(folder: Path, against: Path | None = None, arms: list[str] | No
     ``ablations``, only the rows selected are compared."""
     from .comparable import check_comparable
     from .compare import compare_studies
+    from .exact import compare_exact, is_exact
     from .layout import MANIFEST
     from .results import has_complete_runs
 
@@ -279,6 +290,10 @@ def report_study(folder: Path, against: Path | None = None, arms: list[str] | No
     if against is not None and (Path(against) / MANIFEST).exists() and Path(against).resolve() != folder.resolve():
         stored = load_study(against)
         check_comparable(study, stored)
+        if is_exact(stored):  # a float64 study: run by run, the selected runs only
+            chosen = [e for e in stored.manifest["runs"] if _selected(e, arms, ablations)]
+            exact = compare_exact(study, replace(stored, manifest=dict(stored.manifest, runs=chosen)))
+            return StudyReport(written, (folder / "table.md").read_text(), None, exact)
         stored = selected_rows(stored, arms, ablations)
         if not stored.summary.empty:  # else the stored study has none of the selected rows
             comparison = compare_studies(selected_rows(study, arms, ablations), stored)

@@ -12,6 +12,7 @@ Output layout for ``out_dir``::
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import time
@@ -31,6 +32,7 @@ from .errors import UserError, warn
 from .io_utils import atomic_torch_save, move_aside, safe_torch_load
 from .locks import LOCK, FolderLock
 from .methods import METHODS, BuildContext, get_method
+from .methods.base import config_dtype, default_dtype
 from .methods.pretrain import build_run, check_pretrain, pretrain_sections, uses_teacher
 from .records import (
     complete_record,
@@ -66,6 +68,9 @@ def resolve(config: dict) -> dict:
                             "its weights instead of training it")
         if not is_known_arch(config["teacher"]["arch"]):
             create_arch(config["teacher"]["arch"])
+    if config["speed"].get("dtype") == "float64" and config["speed"]["bf16"]:
+        raise UserError("speed.bf16 = true and speed.dtype = \"float64\" contradict each other (bf16 autocast "
+                        "narrows the forward passes that float64 keeps exact); set one of them")
     method.check(config)
     check_pretrain(method, config)
     resolved = {k: copy.deepcopy(config[k]) for k in TOP_LEVEL}
@@ -95,9 +100,30 @@ def _honoured_speed(method, speed: dict) -> dict:
 
 
 def run_precision(resolved: dict) -> str:
-    """The arithmetic a run trains in: ``float32``, or ``bf16-autocast`` (bfloat16 autocast of
+    """The arithmetic a run trains in: ``float32``, ``float64`` (``speed.dtype``: models,
+    batches, losses and evaluation in float64), or ``bf16-autocast`` (bfloat16 autocast of
     the forward passes, float32 weights, optimizer and losses) where ``speed.bf16`` is on."""
-    return "bf16-autocast" if (resolved.get("speed") or {}).get("bf16") else "float32"
+    speed = resolved.get("speed") or {}
+    if speed.get("bf16"):
+        return "bf16-autocast"
+    return speed.get("dtype", "float32")
+
+
+@contextlib.contextmanager
+def _float64_threads(resolved: dict, device: torch.device):
+    """A float64 run trains on one intra-op thread: how a kernel splits a reduction over
+    threads changes its rounding (measured: 1e-14 after one epoch of a ResNet-32 between 1
+    and 2 threads, grown to 1e-4 in a chaotic DML pair), and the exact tier promises the
+    same numbers on any thread count. float32 runs keep every thread."""
+    if config_dtype(resolved) != torch.float64 or device.type != "cpu":
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def teacher_config(config: dict) -> dict:
@@ -106,6 +132,7 @@ def teacher_config(config: dict) -> dict:
     cfg = default_config()
     cfg.update(method="individual", arch=[t["arch"]], cohort=1, seed=config["seed"])
     cfg["data"], cfg["loss"], cfg["train"] = copy.deepcopy(config["data"]), copy.deepcopy(config["loss"]), copy.deepcopy(t["train"])
+    cfg["speed"]["dtype"] = (config.get("speed") or {}).get("dtype", "float32")  # a float64 run's teacher is float64
     return cfg
 
 
@@ -223,7 +250,8 @@ class Runner:
     # ------------------------------------------------------------------ teacher
     def _teacher(self, resolved: dict, config: dict, ds: ImageDataset, ckpt: Path | None):
         arch = resolved["teacher"]["arch"]
-        teacher = create_arch(arch, ds.num_classes)
+        with default_dtype(config_dtype(resolved)):
+            teacher = create_arch(arch, ds.num_classes)
         if ckpt is not None:
             load_state_dict_file(ckpt, teacher, "teacher checkpoint")
             info = {"source": "checkpoint", "path": str(ckpt), "sha256": sha256_file(ckpt)}
@@ -270,9 +298,10 @@ class Runner:
                 f"run where the record was made, or set {RETRAIN_TEACHERS_ENV}=1 to retrain it here and replace the record")
 
     # ------------------------------------------------------------------ training
-    def _loaders(self, resolved: dict, ds: ImageDataset, dtype: torch.dtype = torch.float32):
-        """The run's train and test loaders (``dtype``: of the batches; float64 only for the
-        golden-trajectory check, ``mutualbench.golden``)."""
+    def _loaders(self, resolved: dict, ds: ImageDataset, dtype: torch.dtype | None = None):
+        """The run's train and test loaders (``dtype``: of the batches; default the run's
+        ``speed.dtype``; the golden-trajectory check, ``mutualbench.golden``, asks float64)."""
+        dtype = config_dtype(resolved) if dtype is None else dtype
         d, seed = resolved["data"], resolved["seed"]
         mean, std = (ds.mean, ds.std) if d["normalize"] else (None, None)
         train = DeviceLoader(ds.train_images, ds.train_labels, batch_size=d["batch_size"], device=self.device,
@@ -283,6 +312,10 @@ class Runner:
         return train, test
 
     def _execute(self, resolved, rid, ds, method, teacher, teacher_info) -> dict:
+        with _float64_threads(resolved, self.device):
+            return self._execute_here(resolved, rid, ds, method, teacher, teacher_info)
+
+    def _execute_here(self, resolved, rid, ds, method, teacher, teacher_info) -> dict:
         started = datetime.now(UTC)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
@@ -311,8 +344,9 @@ class Runner:
         members = [name for name, slot in slots.items() if slot.role == "cohort member"]
         ensemble = None
         if len(members) >= 2:  # the cohort's ensemble (mean of softmaxes), an extra measurement
+            acc, nll = evaluate_ensemble([slots[n].module for n in members], test_loader)
             ensemble = {"members": members, "params": sum(models[n]["params"] for n in members),
-                        "final_test_acc": evaluate_ensemble([slots[n].module for n in members], test_loader)}
+                        "final_test_acc": acc, "final_test_nll": nll}
         atomic_torch_save(work / "final.pt", {"models": {n: s.module.state_dict() for n, s in slots.items()}})
         epochs = sum(s.epochs for s in stages)
         train_s = engine.timings["train_s"]

@@ -48,7 +48,7 @@ class FeatureModel(nn.Module):
         """Parameters that influence the feature map at ``tap`` (found by autograd)."""
         self.check_tap(tap)
         params = [p for p in self.parameters() if p.requires_grad]
-        x = torch.zeros(2, 3, 32, 32, device=params[0].device)
+        x = torch.zeros(2, 3, 32, 32, device=params[0].device, dtype=params[0].dtype)
         was_training = self.training
         self.eval()  # no BatchNorm statistics may change
         try:

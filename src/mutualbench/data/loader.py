@@ -98,8 +98,11 @@ class DeviceLoader:
         self.seed, self.drop_last = seed, drop_last
         self.channels_last, self.dtype = channels_last, dtype
         c = self.images.shape[-1]
-        mean_t = torch.tensor(mean if mean is not None else [0.0] * c, dtype=torch.float32)
-        std_t = torch.tensor(std if std is not None else [1.0] * c, dtype=torch.float32)
+        # the normalisation constants in float64 for float64 batches (float32 batches keep
+        # float32 constants: their rounding is the stored float32 runs')
+        work = torch.float64 if dtype == torch.float64 else torch.float32
+        mean_t = torch.tensor(mean if mean is not None else [0.0] * c, dtype=work)
+        std_t = torch.tensor(std if std is not None else [1.0] * c, dtype=work)
         self._windows = self._crop_windows() if (flip or self.crop_padding) else None
         self._zeros = torch.zeros(batch_size, dtype=torch.int64, device=self.device)
         # x = (u8 / 255 - mean) / std  ==  u8 * scale + shift

@@ -8,7 +8,8 @@ Adding a method is one new file that registers itself; the engine never changes.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -32,6 +33,27 @@ class ModelSlot:
     trained: bool = True
 
 
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def config_dtype(config: dict) -> torch.dtype:
+    """The floating-point type a run's models, batches and losses are in (``speed.dtype``)."""
+    return DTYPES[(config.get("speed") or {}).get("dtype", "float32")]
+
+
+@contextlib.contextmanager
+def default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    """New tensors and modules in ``dtype`` inside (the previous default restored after):
+    a float64 model's initial weights are drawn in float64, not rounded from float32 draws,
+    whose vectorised kernels differ between instruction sets."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
+
+
 @dataclass
 class BuildContext:
     config: dict
@@ -42,12 +64,20 @@ class BuildContext:
     def new_model(self, arch: str, index: int) -> FeatureModel:
         """Model ``index`` of the run, initialised from its own seed (seed, "init", index):
         the same index gets the same initial weights in every method for a given seed."""
-        with torch.random.fork_rng(devices=[]):
+        # float64 runs draw their weights in float64; float32 ones in the ambient default type
+        # (the golden trajectories run float32 configs under a float64 default)
+        in_dtype = default_dtype(self.dtype) if self.dtype != torch.float32 else contextlib.nullcontext()
+        with torch.random.fork_rng(devices=[]), in_dtype:
             torch.manual_seed(derive_seed(self.config["seed"], "init", index))
             model = create_arch(arch, self.num_classes)
             if self.config.get("init", "pytorch_default") == "he_normal_fan_out":
                 he_normal_fan_out(model)
         return model.to(self.device)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """``speed.dtype``: the type of every model, regressor, batch and loss of the run."""
+        return config_dtype(self.config)
 
     @property
     def bf16(self) -> bool:
@@ -129,7 +159,7 @@ class Method:
     sections: tuple[str, ...] = ("data", "loss", "train")
     # Without a "speed" section: the speed keys this method honours (set away from their
     # defaults they enter its config and run id; any other non-default speed key is an error).
-    speed_keys: tuple[str, ...] = ("bf16",)
+    speed_keys: tuple[str, ...] = ("bf16", "dtype")
     needs_teacher: bool = False
 
     def check(self, config: dict) -> None:

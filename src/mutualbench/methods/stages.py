@@ -14,7 +14,7 @@ from ..archs import FeatureModel
 from ..config import derive_seed
 from ..errors import UserError
 from ..optim import ScheduledOptimizer
-from .base import Stage
+from .base import Stage, default_dtype
 from .losses import hint_loss, mutual_losses
 
 
@@ -87,7 +87,8 @@ class HintStage(Stage):
                     f"teacher's {teacher_tap!r} is {g_shape[1]}x{g_shape[2]}; choose taps of the same spatial size"
                 )
             k = hint_cfg["regressor_kernel"]
-            with torch.random.fork_rng(devices=[]):
+            dtype = next(student.parameters()).dtype  # the run's dtype (speed.dtype)
+            with torch.random.fork_rng(devices=[]), default_dtype(dtype):
                 torch.manual_seed(derive_seed(seed, "regressor", index))
                 self.regressors[name] = nn.Conv2d(h_shape[0], g_shape[0], k, padding=k // 2).to(device)
 

@@ -1,0 +1,103 @@
+"""``compare`` of a float64 study (mutualbench.exact): run by run, accuracies exactly, losses
+within a relative 1e-9, only the seeds both sides hold; one line when it matches."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from mutualbench.cli import main
+from mutualbench.exact import compare_exact, is_exact
+from mutualbench.results import load_study
+
+STORED = Path(__file__).resolve().parents[1] / "results" / "seed_blog" / "smoke"
+
+
+@pytest.fixture
+def copy(tmp_path):
+    out = tmp_path / "rerun"
+    shutil.copytree(STORED, out)
+    return out
+
+
+def _edit(folder: Path, arm: str, seed: int, edit, ablation=None, value=None):
+    manifest = json.loads((folder / "study.json").read_text())
+    (rid,) = {e["run_id"] for e in manifest["runs"] if e["arm"] == arm and e["seed"] == seed
+              and e["ablation"] == ablation and e["value"] == value}
+    path = folder / "runs" / f"{rid}.json"
+    record = json.loads(path.read_text())
+    edit(record)
+    path.write_text(json.dumps(record))
+    return rid
+
+
+def test_the_stored_smoke_sets_are_float64_and_reproduce_themselves(capsys):
+    stored = load_study(STORED)
+    assert is_exact(stored)
+    result = compare_exact(stored, stored)
+    assert result.ok and result.seeds == [0, 1] and result.runs == len(stored.records) == 28
+    assert main(["compare", str(STORED), "--against", str(STORED)]) == 0
+    assert capsys.readouterr().out == "reproduced exactly: 28 runs (seeds 0, 1)\n"
+    assert not is_exact(load_study(STORED.parents[1] / "seed_blog" / "cpu"))
+
+
+def test_a_loss_off_by_1e8_fails_and_1e12_passes(copy, capsys):
+    def scale(factor):
+        def edit(record):
+            record["curves"][1]["train_loss"]["student1"] *= factor
+        return edit
+
+    rid = _edit(copy, "dml", 1, scale(1 + 1e-12))
+    assert main(["compare", str(copy), "--against", str(STORED)]) == 0
+    capsys.readouterr()
+    _edit(copy, "dml", 1, scale(1 + 1e-8))
+    assert main(["compare", str(copy), "--against", str(STORED)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("not reproduced exactly: 1 of 28 runs differ (seeds 0, 1; accuracies must be equal")
+    assert out[1].startswith(f"  dml seed 1 ({rid}): epoch 2: student1 training loss ")
+    assert "relative difference 1.0e-08" in out[1] and len(out) == 2
+
+
+def test_any_accuracy_change_fails(copy, capsys):
+    def edit(record):
+        record["curves"][0]["test_acc"]["model"] += 1.0
+
+    rid = _edit(copy, "student", 0, edit, ablation="augmentation", value="off")
+    assert main(["compare", str(copy), "--against", str(STORED)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[1].startswith(f"  student seed 0 [augmentation=off] ({rid}): epoch 1: model test accuracy ")
+
+    def ensemble(record):
+        record["ensemble"]["final_test_acc"] += 1.0
+
+    shutil.copy(STORED / "runs" / f"{rid}.json", copy / "runs" / f"{rid}.json")
+    _edit(copy, "hint_dml", 0, ensemble)
+    assert main(["compare", str(copy), "--against", str(STORED)]) == 1
+    assert "ensemble final accuracy" in capsys.readouterr().out
+
+
+def test_only_the_seeds_both_hold_are_compared_and_named(copy, capsys):
+    manifest = json.loads((copy / "study.json").read_text())
+    for e in manifest["runs"]:
+        if e["seed"] == 1:
+            (copy / "runs" / f"{e['run_id']}.json").unlink(missing_ok=True)
+    assert main(["compare", str(copy), "--against", str(STORED)]) == 0
+    assert capsys.readouterr().out == ("reproduced exactly: 14 runs (seed 0); seed 1 is on one side only, "
+                                       "not compared\n")
+
+
+def test_runs_made_with_other_settings_are_named_as_such(copy, capsys):
+    manifest = json.loads((copy / "study.json").read_text())
+    for e in manifest["runs"]:
+        old = copy / "runs" / f"{e['run_id']}.json"
+        if old.exists():
+            old.rename(copy / "runs" / f"{e['run_id']}x.json")
+        e["run_id"] += "x"
+    (copy / "study.json").write_text(json.dumps(manifest))
+    assert main(["compare", str(copy), "--against", str(STORED)]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith("not reproduced exactly: none of the 28 stored runs of seeds 0, 1 is here")
+    assert len(out.splitlines()) == 1
