@@ -15,8 +15,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from .results import Study
 from .progress import count_runs
+from .results import Study
 
 LOSS_RTOL = 1e-9
 SHOWN = 5  # differing runs named in the output; the rest are counted
