@@ -36,6 +36,9 @@ def _verdict(cpu, full) -> str:
         return "—"
     same = (cpu["diff_mean"] > 0) == (full["diff_mean"] > 0)
     word = "same direction" if same else "reversed"
+    last5 = full.get("last5_diff_mean")
+    if not same and last5 == last5 and last5 is not None and (last5 > 0) == (cpu["diff_mean"] > 0):
+        word = "reversed at the final epoch only (the last-5 mean keeps the direction)"
     if full["n"] < 3:
         word += f" (n = {full['n']} at full scale: provisional)"
     return word
