@@ -12,9 +12,9 @@ from mutualbench.spec import expand, load_spec
 SPEC = Path(__file__).resolve().parents[1] / "replication" / "dml_cifar10.toml"
 
 
-@pytest.mark.parametrize("profile,epochs,milestones", [("full", 200, [60, 120, 180]), ("cpu", 10, [5, 8]),
-                                                       ("smoke", 2, [1])])
-def test_every_run_states_the_papers_recipe(profile, epochs, milestones):
+@pytest.mark.parametrize("profile,epochs,milestones,lr", [("full", 200, [60, 120, 180], 0.1), ("cpu", 10, [5, 8], 0.1),
+                                                          ("smoke", 2, [1], 0.02)])
+def test_every_run_states_the_papers_recipe(profile, epochs, milestones, lr):
     spec = load_spec(SPEC)
     assert spec.data == "cifar10" and not any(arm.get("published") for arm in spec.arms)
     plan = expand(spec, profile, [0, 1, 2], str(SHARED_CIFAR))
@@ -22,10 +22,10 @@ def test_every_run_states_the_papers_recipe(profile, epochs, milestones):
         ("resnet32", "individual", ("resnet32",), 1), ("dml", "mutual", ("resnet32",), 2)}
     for p in plan:
         r = resolve(p.config)
-        assert r["train"]["optimizer"] == {"name": "sgd", "lr": 0.1, "betas": [0.9, 0.999], "weight_decay": 5e-4,
+        assert r["train"]["optimizer"] == {"name": "sgd", "lr": lr, "betas": [0.9, 0.999], "weight_decay": 5e-4,
                                            "momentum": 0.9, "nesterov": True}
         assert r["train"]["schedule"] == {"name": "step", "milestones": milestones, "gamma": 0.1}
-        assert r["train"]["epochs"] == epochs and r["data"]["batch_size"] == 64 and r["loss"]["reduction"] == "mean"
+        assert r["train"]["epochs"] == epochs and r["data"]["batch_size"] == (16 if profile == "smoke" else 64) and r["loss"]["reduction"] == "mean"
         assert r["data"]["flip"] and r["data"]["crop_padding"] == 4
 
 

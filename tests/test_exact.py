@@ -91,11 +91,15 @@ def test_only_the_seeds_both_hold_are_compared_and_named(copy, capsys):
 
 def test_runs_made_with_other_settings_are_named_as_such(copy, capsys):
     manifest = json.loads((copy / "study.json").read_text())
-    for e in manifest["runs"]:
+    for e in manifest["runs"]:  # another valid id for every run (its last hex digit changed)
+        new_id = e["run_id"][:-1] + ("0" if e["run_id"][-1] != "0" else "1")
         old = copy / "runs" / f"{e['run_id']}.json"
         if old.exists():
-            old.rename(copy / "runs" / f"{e['run_id']}x.json")
-        e["run_id"] += "x"
+            rec = json.loads(old.read_text())
+            rec["run_id"] = new_id
+            (copy / "runs" / f"{new_id}.json").write_text(json.dumps(rec))
+            old.unlink()
+        e["run_id"] = new_id
     (copy / "study.json").write_text(json.dumps(manifest))
     assert main(["compare", str(copy), "--against", str(STORED)]) == 1
     out = capsys.readouterr().out
