@@ -245,6 +245,15 @@ class StudyReport:
     exact: ExactComparison | None = None  # in place of ``comparison`` when the stored study is float64
 
 
+def _selected(arm: str, ablation: str | None, arms: list[str] | None, ablations: bool | list[str]) -> bool:
+    """Whether a run or row of ``arm`` (``ablation``: None or MAIN for the main study) is among
+    what ``replicate --arms/--ablations/--no-ablations`` ran."""
+    if arms is not None and arm not in arms:
+        return False
+    main = not ablation or ablation == MAIN
+    return main or ablations is True or (ablations is not False and ablation in ablations)
+
+
 def selected_rows(study: Study, arms: list[str] | None, ablations: bool | list[str]) -> Study:
     """``study`` with its summary cut to what a ``replicate --arms/--ablations/--no-ablations``
     ran: those arms, the main runs and those ablations (the others are not missing, only not
@@ -252,22 +261,8 @@ def selected_rows(study: Study, arms: list[str] | None, ablations: bool | list[s
     summary = study.summary
     if summary.empty:
         return study
-    keep = pd.Series(True, index=summary.index)
-    if arms is not None:
-        keep &= summary["arm"].isin(arms)
-    if ablations is False:
-        keep &= summary["ablation"] == MAIN
-    elif ablations is not True:
-        keep &= summary["ablation"].isin([MAIN, *ablations])
+    keep = [_selected(r["arm"], r["ablation"], arms, ablations) for _, r in summary.iterrows()]
     return replace(study, summary=summary[keep].reset_index(drop=True))
-
-
-def _selected(entry: dict, arms: list[str] | None, ablations: bool | list[str]) -> bool:
-    """Whether a manifest entry is among what ``replicate --arms/--ablations`` ran."""
-    abl = entry.get("ablation")
-    if arms is not None and entry["arm"] not in arms:
-        return False
-    return not abl or ablations is True or (ablations is not False and abl in ablations)
 
 
 def report_study(folder: Path, against: Path | None = None, arms: list[str] | None = None,
@@ -291,7 +286,7 @@ def report_study(folder: Path, against: Path | None = None, arms: list[str] | No
         stored = load_study(against)
         check_comparable(study, stored)
         if is_exact(stored):  # a float64 study: run by run, the selected runs only
-            chosen = [e for e in stored.manifest["runs"] if _selected(e, arms, ablations)]
+            chosen = [e for e in stored.manifest["runs"] if _selected(e["arm"], e.get("ablation"), arms, ablations)]
             exact = compare_exact(study, replace(stored, manifest=dict(stored.manifest, runs=chosen)))
             return StudyReport(written, (folder / "table.md").read_text(), None, exact)
         stored = selected_rows(stored, arms, ablations)
