@@ -421,6 +421,20 @@ class Study:
                                  "stage": e["stage"], "acc": acc})
         return pd.DataFrame(rows, columns=["arm", "member", "seed", "epoch", "stage", "acc"])
 
+    def loss_terms(self) -> pd.DataFrame:
+        """Every loss term per epoch of every main run's models (records made before the
+        terms were recorded have none)."""
+        rows = []
+        for entry in self.manifest["runs"]:
+            rec = self.records.get(entry["run_id"])
+            if entry.get("ablation") or rec is None or rec["status"] != "complete":
+                continue
+            for e in rec["curves"]:
+                for member, terms in (e.get("train_loss_terms") or {}).items():
+                    rows += [{"arm": entry["arm"], "member": member, "seed": entry["seed"], "epoch": e["epoch"],
+                              "stage": e["stage"], "term": term, "loss": value} for term, value in terms.items()]
+        return pd.DataFrame(rows, columns=["arm", "member", "seed", "epoch", "stage", "term", "loss"])
+
 
 def load_study(folder: Path) -> Study:
     """Read a study folder (manifest and records, each checked) and aggregate it."""
