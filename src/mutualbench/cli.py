@@ -36,7 +36,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
     rows = []
     for name in METHODS.names():
         cls = METHODS.get(name)
-        doc = (sys.modules[cls.__module__].__doc__ or "").strip().replace("\n", " ").replace("``", "")
+        doc = (sys.modules[cls.__module__].__doc__ or "").strip().split("\n\n")[0].replace("\n", " ").replace("``", "")
         rows.append([name, "yes" if cls.needs_teacher else "", ", ".join(cls.sections), doc])
     print(tabulate(rows, headers=["method", "teacher", "config sections", "what it does"], tablefmt="github",
                    maxcolwidths=[None, None, 30, 70]))
