@@ -118,7 +118,7 @@ def test_unchanged_code_reproduces_the_reference_exactly(unchanged, reference):
 
 
 def _kd_at_t1(s, t, y, temperature, alpha, red):
-    return losses.kd_loss(s, t, y, 1.0, alpha, red)
+    return losses.kd_loss_terms(s, t, y, 1.0, alpha, red)
 
 
 _KL = losses.kl_divergence
@@ -134,7 +134,9 @@ def _mutual_peers_attached(logits, target, peer_weight="mean", reduction="sum"):
     p = logp.exp()  # peers not detached: their gradient flows too
     kl = sum((p[j] * (logp[j] - logp)).sum(-1) * (torch.arange(k) != j).view(k, 1) for j in range(k))
     ce = -logp.gather(-1, target.expand(k, -1).unsqueeze(-1)).squeeze(-1)
-    return losses._reduce(ce + losses.peer_weight_value(peer_weight, k) * kl, reduction)
+    weighted = losses.peer_weight_value(peer_weight, k) * kl
+    terms = {"ce": losses._reduce(ce, reduction).detach(), "kl": losses._reduce(weighted, reduction).detach()}
+    return losses._reduce(ce + weighted, reduction), terms
 
 
 def _hint_without_half(guided, regressed, reduction="sum"):
@@ -174,12 +176,12 @@ def _unnormalised(init):
 
 # name -> (the run it shows in, the patch: (object, attribute, replacement) for each)
 MUTATIONS = {
-    "kd temperature": ("kd", lambda: [(kd, "kd_loss", _kd_at_t1)]),
+    "kd temperature": ("kd", lambda: [(kd, "kd_loss_terms", _kd_at_t1)]),
     "kl direction": ("kd", lambda: [(losses, "kl_divergence", _kl_reversed)]),
-    "peers not detached": ("hint_dml", lambda: [(cohort, "mutual_losses", _mutual_peers_attached),
-                                                (stages, "mutual_losses", _mutual_peers_attached)]),
+    "peers not detached": ("hint_dml", lambda: [(cohort, "mutual_loss_terms", _mutual_peers_attached),
+                                                (stages, "mutual_loss_terms", _mutual_peers_attached)]),
     "hint loss without 1/2": ("hint_dml", lambda: [(stages, "hint_loss", _hint_without_half)]),
-    "ensemble of logits": ("hint_dml", lambda: [(sys.modules["mutualbench.run"], "evaluate_ensemble",
+    "ensemble of logits": ("hint_dml", lambda: [(sys.modules["mutualbench.methods.base"], "evaluate_ensemble",
                                                  _ensemble_of_logits)]),
     "flip probability 0.4": ("teacher", lambda: [(loader_module.DeviceLoader, "_epoch_draws", _draws(flip_p=0.4))]),
     "crop offsets one pixel short": ("teacher", lambda: [(loader_module.DeviceLoader, "_epoch_draws",

@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from mutualbench import golden
+from mutualbench.assembly import loaders
 from mutualbench.methods import METHODS, BuildContext, Method, get_method, losses
 from mutualbench.methods import kd as kd_module
-from mutualbench.run import Runner, resolve
+from mutualbench.run import resolve
 
 STORED = Path(__file__).resolve().parent / "golden" / "trajectories.json"
 
@@ -80,7 +81,7 @@ def test_the_golden_cases_cover_both_update_orders_both_cohort_paths_and_kd_at_t
 def test_default_paths_stay_float32():
     ds = golden.synthetic_dataset()
     config = golden.case_config("individual")
-    train, test = Runner(Path("."), device="cpu")._loaders(resolve(config), ds)
+    train, test = loaders(resolve(config), ds, torch.device("cpu"))
     x, _ = next(iter(train.epoch_batches(0)))
     assert x.dtype == torch.float32 and next(iter(test.epoch_batches(0)))[0].dtype == torch.float32
     with golden.float64():
@@ -95,8 +96,9 @@ def _first_problem(problems, case):
 
 
 def test_a_changed_kd_temperature_is_reported_at_the_first_step(monkeypatch, runner, stored, now):
-    real = losses.kd_loss
-    monkeypatch.setattr(kd_module, "kd_loss", lambda s, t, y, temperature, alpha, red: real(s, t, y, 1.0, alpha, red))
+    real = losses.kd_loss_terms
+    monkeypatch.setattr(kd_module, "kd_loss_terms",
+                        lambda s, t, y, temperature, alpha, red: real(s, t, y, 1.0, alpha, red))
     changed = golden.compute(["kd_t4"], runner=runner)
     problems, _ = golden.compare(stored, changed)
     first = _first_problem(problems, "kd_t4")

@@ -62,7 +62,7 @@ def test_a_float64_run_is_float64_everywhere(tmp_path, tiny_cifar, monkeypatch, 
         seen["logits"].update(m(x).dtype for m in models)
         return real_evaluate_ensemble(models, loader)
 
-    monkeypatch.setattr("mutualbench.run.evaluate_ensemble", watching)
+    monkeypatch.setattr("mutualbench.methods.base.evaluate_ensemble", watching)
     threads = torch.get_num_threads()
     config = run_config(method, data, **{"arch": ["seed_vgg_student"], "speed.dtype": "float64",
                                          "train.epochs": 1, "hint.epochs": 1, "teacher.train.epochs": 1,

@@ -270,6 +270,8 @@ def test_smoke_study_through_slurm_matches_the_local_launcher(slurm_cluster, sha
     # only the selected arm's runs are compared with the stored (float64) smoke set, run by run
     assert "reproduced exactly: 1 run (seed 0); seed 1 is on one side only, not compared" in out
     assert "no complete run of this id" not in out
+    # the exact tier's verdict is the answer: the table is written, not printed
+    assert f"wrote {slurm_out / 'table.md'} and " in out and "| arm " not in out and len(out.splitlines()) <= 3
     assert main([*common, "--out", str(local_out)]) == 0
     slurm_recs, local_recs = records(slurm_out), records(local_out)
     assert sorted(slurm_recs) == sorted(local_recs) and len(local_recs) == 2  # kd and its teacher's run

@@ -136,4 +136,4 @@ def test_supervised_stage_state_round_trip():
     other = SupervisedStage("train", "m", model, lambda x, y: cross_entropy(model(x), y), adam_cfg(), CPU)
     other.begin()
     other.load_state_dict(state)
-    assert other.trainer.optimizer.state_dict()["state"][0]["step"] == 1
+    assert other.optimizers["m"].optimizer.state_dict()["state"][0]["step"] == 1

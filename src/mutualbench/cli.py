@@ -36,7 +36,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
     rows = []
     for name in METHODS.names():
         cls = METHODS.get(name)
-        doc = (sys.modules[cls.__module__].__doc__ or "").strip().replace("\n", " ").replace("``", "")
+        doc = (sys.modules[cls.__module__].__doc__ or "").strip().split("\n\n")[0].replace("\n", " ").replace("``", "")
         rows.append([name, "yes" if cls.needs_teacher else "", ", ".join(cls.sections), doc])
     print(tabulate(rows, headers=["method", "teacher", "config sections", "what it does"], tablefmt="github",
                    maxcolwidths=[None, None, 30, 70]))
@@ -271,8 +271,12 @@ def _replicate(args: argparse.Namespace) -> int:
         for e in result["errors"]:
             print(f"error: {e}", file=sys.stderr)
         return code
-    print(f"wrote {', '.join(str(p) for p in report.written.values())}")
-    print(report.table)
+    if report.exact is not None:  # the exact tier's verdict is the answer: keep the output short
+        print(f"wrote {out / 'table.md'} and {len(report.written) - 1} more files (`mutualbench table {out}` "
+              "prints the table)")
+    else:
+        print(f"wrote {', '.join(str(p) for p in report.written.values())}")
+        print(report.table)
     for e in result["errors"]:
         print(f"error: {e}", file=sys.stderr)
     if report.exact is not None:

@@ -220,14 +220,10 @@ def unregister_section(name: str) -> None:
     _SECTIONS.pop(name, None)
 
 
-def _load_plugins() -> None:
-    from . import methods  # noqa: F401  (registers every method and its section)
-
-
 def default_config() -> dict:
     """A fresh copy of the full default config: the built-in sections and every section a
-    registered method declared."""
-    _load_plugins()
+    registered method declared (the package's ``__init__`` imports the methods, so every
+    method's section is registered before any of this runs)."""
     config = copy.deepcopy(BASE_DEFAULTS)
     for name, section in _SECTIONS.items():
         config[name] = copy.deepcopy(section.defaults)
@@ -236,7 +232,6 @@ def default_config() -> dict:
 
 def config_schema() -> dict[str, KeyType]:
     """Every key of ``default_config()`` with its type and range."""
-    _load_plugins()
     schema = dict(BASE_SCHEMA)
     for name, section in _SECTIONS.items():
         schema.update({f"{name}.{k}": kt for k, kt in section.schema.items()})

@@ -2,7 +2,8 @@
 
 For each stage in order and each of its epochs: train on every batch (the stage performs
 the updates), evaluate the stage's models on the test split, time both (synchronised on a
-GPU), append a per-epoch curve entry, and write a checkpoint atomically. A run that finds
+GPU), append a per-epoch curve entry (each model's mean training loss, and each of its loss
+terms, e.g. ``ce`` and ``kl``, where the stage returns them), and write a checkpoint atomically. A run that finds
 its checkpoint resumes from it to exactly the result it would have had: the loader's epoch
 order is a function of (seed, epoch) and the checkpoint holds every model, optimizer,
 schedule and RNG state. A non-finite loss stops the run with ``TrainingDiverged``.
@@ -22,9 +23,9 @@ import torch
 from torch import nn
 
 from .errors import warn
+from .evaluation import evaluate, evaluate_ensemble  # noqa: F401  (evaluate_ensemble: re-exported)
 from .io_utils import atomic_torch_save, move_aside
-from .methods.base import Stage
-from .methods.losses import _wide
+from .methods.base import Stage, split_terms
 from .progress import progress
 
 CHECKPOINT_FORMAT = 1
@@ -46,37 +47,6 @@ class _Unusable(Exception):
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, loader) -> float:
-    """Top-1 accuracy in percent over the whole loader."""
-    was_training = model.training
-    model.eval()
-    correct = torch.zeros((), dtype=torch.int64, device=loader.device)
-    for x, y in loader.epoch_batches(0):
-        correct += (model(x).argmax(-1) == y).sum()
-    model.train(was_training)
-    return 100.0 * correct.item() / loader.num_samples
-
-
-@torch.no_grad()
-def evaluate_ensemble(models: list[nn.Module], loader) -> tuple[float, float]:
-    """The models' ensemble, the mean of their softmaxes: its top-1 accuracy in percent over
-    the whole loader, and its mean negative log-likelihood of the true class (a number that
-    moves with any change of how the ensemble is formed, where the accuracy may not)."""
-    states = [m.training for m in models]
-    for m in models:
-        m.eval()
-    correct = torch.zeros((), dtype=torch.int64, device=loader.device)
-    nll = torch.zeros((), dtype=torch.float64, device=loader.device)
-    for x, y in loader.epoch_batches(0):
-        probs = torch.stack([_wide(m(x)).softmax(-1) for m in models]).mean(0)
-        correct += (probs.argmax(-1) == y).sum()
-        nll -= probs.gather(-1, y[:, None]).log().sum().double()
-    for m, was_training in zip(models, states, strict=True):
-        m.train(was_training)
-    return 100.0 * correct.item() / loader.num_samples, nll.item() / loader.num_samples
 
 
 class Engine:
@@ -223,16 +193,20 @@ class Engine:
         eval_s = time.perf_counter() - t1
         self.timings["train_s"] += train_s
         self.timings["eval_s"] += eval_s
+        totals, terms = split_terms(sums)
         entry = {
             "epoch": global_epoch + 1,
             "stage": stage.name,
             "stage_epoch": epoch + 1,
-            "train_loss": {n: float(v.item()) / max(steps, 1) for n, v in sums.items()},
+            "train_loss": {n: float(v.item()) / max(steps, 1) for n, v in totals.items()},
             "test_acc": accs,
             "train_s": round(train_s, 4),
             "eval_s": round(eval_s, 4),
             "images_per_s": round(self.train_loader.num_samples / train_s, 1) if train_s > 0 else None,
         }
+        if terms:  # each loss term per model, averaged over the epoch's batches like the totals
+            entry["train_loss_terms"] = {n: {t: float(v.item()) / max(steps, 1) for t, v in ts.items()}
+                                         for n, ts in terms.items()}
         self.curves.append(entry)
         accs_txt = " ".join(f"{n}={a:.2f}%" for n, a in accs.items())
         self.log(f"{self.desc} {stage.name} epoch {epoch + 1}/{stage.epochs}: {accs_txt} ({train_s:.1f}s train)")

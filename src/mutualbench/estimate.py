@@ -1,6 +1,7 @@
 """How long a run will take on this machine, measured rather than guessed.
 
-``measure_run_seconds`` builds the run's models and stages exactly as training would (a
+``measure_run_seconds`` builds the run's models and stages exactly as training does
+(``assembly.assemble``; a
 teacher, if the method needs one, is a freshly initialised model of the teacher's
 architecture: same cost, no training), times a few real training steps of every stage
 after a few warm-up steps, and one test batch of every evaluated model, then scales by the
@@ -19,11 +20,10 @@ from pathlib import Path
 
 import torch
 
-from .archs import create_arch
+from .assembly import assemble, new_teacher
 from .engine import synchronize
-from .methods import BuildContext, get_method
-from .methods.base import config_dtype, default_dtype, freeze
-from .methods.pretrain import build_run, uses_teacher
+from .methods import get_method
+from .methods.pretrain import uses_teacher
 
 WARMUP_STEPS = 5  # the first steps pay for allocation and kernel selection
 TIMED_STEPS = 10  # 5 left the estimate of two runs of equal cost up to 20% apart
@@ -52,16 +52,13 @@ def _time(fn, device: torch.device) -> float:
 def measure_run_seconds(runner, config: dict, steps: int = TIMED_STEPS) -> RunEstimate:
     """The estimated training and evaluation time of ``config`` run by ``runner``."""
     resolved, _, ds, _ = runner.prepare(config)
-    method = get_method(resolved["method"])
     device = runner.device
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        teacher = None
-        if uses_teacher(method, resolved):
-            with default_dtype(config_dtype(resolved)):
-                teacher = freeze(create_arch(resolved["teacher"]["arch"], ds.num_classes).to(device))
-        ctx = BuildContext(resolved, device, ds.num_classes, teacher)
-        slots, stages = build_run(method, ctx)
-        train_loader, test_loader = runner._loaders(resolved, ds)
+        # an untrained teacher: its weights do not change the time of a step
+        teacher = new_teacher(resolved, ds.num_classes, device=device) \
+            if uses_teacher(get_method(resolved["method"]), resolved) else None
+        run = assemble(resolved, ds, device, teacher)
+        slots, stages, train_loader, test_loader = run.slots, run.stages, run.train_loader, run.test_loader
         batches_per_epoch = len(train_loader)
         train_s = eval_s = 0.0
         x_test, _ = next(iter(test_loader.epoch_batches(0)))

@@ -2,12 +2,13 @@
 stored ones to catch any change of what the training code computes.
 
 Each case is a real run config (``mutualbench.config.default_config()`` plus a few overrides) taken
-through the real code: ``run.resolve``, the run's loaders (``Runner._loaders``: subset, seeded
-order, flips and crops, normalisation), ``get_method(name).build(BuildContext(...))`` (seeded
-model initialisation), the method's stages and the ``Engine`` loop. The teacher of kd, fitnets
+through the real code: ``run.resolve``, then ``assembly.assemble``, as every run is built: the
+run's loaders (subset, seeded order, flips and crops, normalisation), the method's models
+(seeded initialisation) and stages, and the ``Engine`` loop. The teacher of kd, fitnets
 and hint_mutual is trained the way a run trains it: the ``individual`` run of
 ``run.teacher_config``, then frozen. The data are 32x32 synthetic images from a fixed numpy
-seed. Every loss each stage returns is recorded at every step, the test accuracy after every
+seed. Every model's loss each stage returns is recorded at every step (its total; the terms
+are checked against hand computations in the tests), the test accuracy after every
 epoch, and at the end checksums of every trained model's weights and buffers.
 
 Everything runs in float64, not the float32 of real runs: float32 kernels round differently
@@ -36,16 +37,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .archs import create_arch
+from .assembly import assemble, new_teacher
 from .config import canonical_json, default_config, get_key, set_key
 from .data.sources import ImageDataset
-from .engine import Engine
 from .errors import UserError
 from .io_utils import atomic_write_json
-from .methods import METHODS, BuildContext, get_method
-from .methods.base import freeze
-from .methods.pretrain import build_run, uses_teacher
-from .run import Runner, resolve, teacher_config
+from .methods import METHODS, get_method
+from .methods.base import split_terms
+from .methods.pretrain import uses_teacher
+from .run import resolve, teacher_config
 
 FORMAT = 1
 DEFAULT_PATH = Path("tests/golden/trajectories.json")
@@ -201,12 +201,13 @@ class _Recorder:
 
         def step(x, y):
             losses = inner_step(x, y)
+            totals, _ = split_terms(losses)  # each model's total; its terms are checked by tests/test_loss_terms.py
             narrow = [n for n, v in losses.items() if v.dtype != torch.float64]
             if narrow:  # a code path cast to a narrower type: the check would become machine-dependent
                 raise RuntimeError(f"stage {stage.name} computed the losses of {', '.join(narrow)} below float64")
             position["batch"] += 1
             self.steps.append({"stage": stage.name, "epoch": position["epoch"], "batch": position["batch"],
-                               "losses": {n: float(v) for n, v in losses.items()}})
+                               "losses": {n: float(v) for n, v in totals.items()}})
             return losses
 
         def end_epoch():
@@ -222,26 +223,20 @@ class GoldenRunner:
 
     def __init__(self) -> None:
         self.ds = synthetic_dataset()
-        self.runner = Runner(Path("."), device="cpu")  # for its loaders only; nothing is written
         self._teachers: dict[str, dict[str, torch.Tensor]] = {}
 
     def run_config(self, config: dict) -> tuple[dict, dict[str, dict[str, torch.Tensor]]]:
         """One run: its trajectory (JSON-able) and its trained models' state_dicts."""
         resolved = resolve(config)
-        method = get_method(resolved["method"])
-        teacher = self._teacher(config) if uses_teacher(method, config) else None
+        teacher = self._teacher(config) if uses_teacher(get_method(resolved["method"]), config) else None
         with float64(), torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            train, test = self.runner._loaders(resolved, self.ds, dtype=torch.float64)
-            ctx = BuildContext(resolved, torch.device("cpu"), self.ds.num_classes, teacher)
-            slots, stages = build_run(method, ctx)
+            run = assemble(resolved, self.ds, torch.device("cpu"), teacher, dtype=torch.float64)
             recorder = _Recorder()
-            for stage in stages:
+            for stage in run.stages:
                 recorder.attach(stage)
-            engine = Engine({n: s.module for n, s in slots.items()}, stages, train, test,
-                            device=torch.device("cpu"), checkpoint_path=None)
-            curves = engine.run()
-        states = {n: s.module.state_dict() for n, s in slots.items()}
+            curves = run.engine().run()
+        states = {n: m.state_dict() for n, m in run.models.items()}
         for n, state in states.items():
             bad = [k for k, t in state.items() if t.is_floating_point() and t.dtype != torch.float64]
             if bad:  # a code path cast to a narrower type: the check would become machine-dependent
@@ -262,9 +257,7 @@ class GoldenRunner:
             _, states = self.run_config(tcfg)
             self._teachers[key] = states["model"]
         with float64():
-            teacher = create_arch(tcfg["arch"][0], self.ds.num_classes)
-        teacher.load_state_dict(self._teachers[key])
-        return freeze(teacher)
+            return new_teacher(resolve(config), self.ds.num_classes, lambda t: t.load_state_dict(self._teachers[key]))
 
     def run_case(self, name: str) -> dict:
         config = case_config(name)

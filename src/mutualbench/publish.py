@@ -138,6 +138,8 @@ def log_run(record: dict, project: str = "mutualbench", entity: str | None = Non
             row = {"epoch": e["epoch"], "stage": e["stage"], "images_per_s": e["images_per_s"]}
             row.update({f"test_acc/{n}": a for n, a in e["test_acc"].items()})
             row.update({f"train_loss/{n}": v for n, v in e["train_loss"].items()})
+            row.update({f"train_loss/{n}/{t}": v for n, ts in (e.get("train_loss_terms") or {}).items()
+                        for t, v in ts.items()})
             run.log(row)
         run.summary.update({f"final_test_acc/{n}": m["final_test_acc"] for n, m in record["models"].items()})
     finally:

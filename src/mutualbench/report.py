@@ -188,6 +188,33 @@ def plot_curves(curves: pd.DataFrame, out: Path, title: str) -> list[Path]:
     return written
 
 
+def plot_loss_terms(terms: pd.DataFrame, out: Path, title: str) -> list[Path]:
+    """``loss_terms_<arm>.png`` for each main arm whose records carry loss terms: one panel per
+    term (``ce``, ``kl``, ``hint``, ...), one line per member, the mean over seeds with a ± std
+    band; e.g. the peers' KL over training shows when mutual learning stops teaching."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for arm, g in terms.groupby("arm", sort=False):
+        names = list(dict.fromkeys(g["term"]))
+        fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.8), squeeze=False)
+        for ax, term in zip(axes[0], names, strict=True):
+            for member, gm in g[g["term"] == term].groupby("member", sort=False):
+                stats = gm.groupby("epoch")["loss"]
+                mean, std = stats.mean(), stats.std(ddof=1).fillna(0.0)
+                ax.plot(mean.index, mean.values, label=member)
+                ax.fill_between(mean.index, mean - std, mean + std, alpha=0.2)
+            ax.set(xlabel="epoch (all stages)", ylabel="mean training loss per batch", title=term)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+        fig.suptitle(f"{title}: {arm}, loss terms", fontsize=10)
+        written.append(_save(fig, safe_child(out, f"loss_terms_{arm}.png", f"arm {arm!r}: plot")))
+    return written
+
+
 def _save(fig, path: Path) -> Path:
     import io
 
@@ -203,7 +230,8 @@ def _save(fig, path: Path) -> Path:
 
 def write_report(folder: Path | Study) -> dict[str, Path]:
     """Write table.md, table.csv (+ comparisons.csv, ablation_comparisons.csv, contrasts.csv),
-    runs.csv (the run ids behind every table row) and the curve plots into the study folder."""
+    runs.csv (the run ids behind every table row), the accuracy curve plots and, for arms whose
+    records carry them, the loss-term plots into the study folder."""
     study = folder if isinstance(folder, Study) else load_study(folder)
     folder, df = study.folder, study.runs
     manifest = dict(study.manifest, record_devices=sorted(set(df["device"])))
@@ -225,8 +253,8 @@ def write_report(folder: Path | Study) -> dict[str, Path]:
     # every table row's runs: (ablation, value, arm, member) -> seed, run id, the record's numbers
     runs = df.drop(columns=["device"]).sort_values(["ablation", "value", "arm", "member", "seed"], kind="stable")
     atomic_write_bytes(folder / "runs.csv", runs.to_csv(index=False, float_format="%.4f").encode())
-    plots = plot_curves(study.curves(), folder,
-                        f"{manifest['spec']['study']['name']} ({manifest['profile']}, {manifest['data']['name']})")
+    title = f"{manifest['spec']['study']['name']} ({manifest['profile']}, {manifest['data']['name']})"
+    plots = plot_curves(study.curves(), folder, title) + plot_loss_terms(study.loss_terms(), folder, title)
     out = {name: folder / name for name in ("table.md", "table.csv", "comparisons.csv", "ablation_comparisons.csv",
                                             "runs.csv")}
     if not study.contrasts.empty:

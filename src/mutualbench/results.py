@@ -408,18 +408,33 @@ class Study:
         instruction set) that the study's complete runs came from."""
         return sorted({machine_kind(r.get("env") or {}) for r in self.records.values() if r["status"] == "complete"})
 
+    def _main_records(self):
+        """(manifest entry, record) of every complete run of the main study (no ablation)."""
+        for entry in self.manifest["runs"]:
+            rec = self.records.get(entry["run_id"])
+            if not entry.get("ablation") and rec is not None and rec["status"] == "complete":
+                yield entry, rec
+
     def curves(self) -> pd.DataFrame:
         """Test accuracy per epoch of every main run's models."""
         rows = []
-        for entry in self.manifest["runs"]:
-            rec = self.records.get(entry["run_id"])
-            if entry.get("ablation") or rec is None or rec["status"] != "complete":
-                continue
+        for entry, rec in self._main_records():
             for e in rec["curves"]:
                 for member, acc in e["test_acc"].items():
                     rows.append({"arm": entry["arm"], "member": member, "seed": entry["seed"], "epoch": e["epoch"],
                                  "stage": e["stage"], "acc": acc})
         return pd.DataFrame(rows, columns=["arm", "member", "seed", "epoch", "stage", "acc"])
+
+    def loss_terms(self) -> pd.DataFrame:
+        """Every loss term per epoch of every main run's models (records made before the
+        terms were recorded have none)."""
+        rows = []
+        for entry, rec in self._main_records():
+            for e in rec["curves"]:
+                for member, terms in (e.get("train_loss_terms") or {}).items():
+                    rows += [{"arm": entry["arm"], "member": member, "seed": entry["seed"], "epoch": e["epoch"],
+                              "stage": e["stage"], "term": term, "loss": value} for term, value in terms.items()]
+        return pd.DataFrame(rows, columns=["arm", "member", "seed", "epoch", "stage", "term", "loss"])
 
 
 def load_study(folder: Path) -> Study:

@@ -23,17 +23,18 @@ from pathlib import Path
 import torch
 
 from .archs import FeatureModel, count_parameters, create_arch, is_known_arch
+from .assembly import assemble, new_teacher
 from .config import BASE_DEFAULTS, default_config, run_id, validate
-from .data import DeviceLoader, ImageDataset, load_dataset
+from .data import ImageDataset, load_dataset
 from .data.sources import sha256_file
-from .engine import Engine, TrainingDiverged, evaluate_ensemble
+from .engine import TrainingDiverged
 from .envinfo import current_machine_kind, environment, load_average, machine_kind, resolve_device
 from .errors import UserError, warn
 from .io_utils import atomic_torch_save, move_aside, safe_torch_load
 from .locks import LOCK, FolderLock
-from .methods import METHODS, BuildContext, get_method
-from .methods.base import config_dtype, default_dtype
-from .methods.pretrain import build_run, check_pretrain, pretrain_sections, uses_teacher
+from .methods import METHODS, get_method
+from .methods.base import config_dtype
+from .methods.pretrain import check_pretrain, pretrain_sections, uses_teacher
 from .records import (
     complete_record,
     finish_record,
@@ -46,7 +47,6 @@ from .records import (
 
 RETRAIN_TEACHERS_ENV = "MUTUALBENCH_RETRAIN_TEACHERS"
 TOP_LEVEL = ("method", "arch", "cohort", "seed", "init", "pretrain")
-EVAL_BATCH_SIZE = 1000
 
 
 def resolve(config: dict) -> dict:
@@ -250,10 +250,9 @@ class Runner:
     # ------------------------------------------------------------------ teacher
     def _teacher(self, resolved: dict, config: dict, ds: ImageDataset, ckpt: Path | None):
         arch = resolved["teacher"]["arch"]
-        with default_dtype(config_dtype(resolved)):
-            teacher = create_arch(arch, ds.num_classes)
         if ckpt is not None:
-            load_state_dict_file(ckpt, teacher, "teacher checkpoint")
+            teacher = new_teacher(resolved, ds.num_classes, lambda t: load_state_dict_file(ckpt, t, "teacher checkpoint"),
+                                  self.device)
             info = {"source": "checkpoint", "path": str(ckpt), "sha256": sha256_file(ckpt)}
         else:
             tcfg = teacher_config(config)
@@ -269,16 +268,12 @@ class Runner:
                          + (" again: its record is here but not its weights (results/ stores no weights)"
                             if recorded else ""))
             record = self.run(tcfg, force=not reused)
-            load_state_dict_file(final, teacher, "teacher weights",
-                                 fix=f"it is damaged: delete it and run the same command again, which trains the "
-                                     f"teacher (run {t_rid}) anew")
+            fix = f"it is damaged: delete it and run the same command again, which trains the teacher (run {t_rid}) anew"
+            teacher = new_teacher(resolved, ds.num_classes,
+                                  lambda t: load_state_dict_file(final, t, "teacher weights", fix=fix), self.device)
             info = {"source": "reused" if reused else "trained", "run_id": t_rid,
                     "final_test_acc": record["models"]["model"]["final_test_acc"],
                     "weights_sha256": sha256_file(final)}
-        teacher = teacher.to(self.device)
-        for p in teacher.parameters():
-            p.requires_grad_(False)
-        teacher.eval()
         info.update(arch=arch, params=count_parameters(teacher))
         return teacher, info
 
@@ -298,19 +293,6 @@ class Runner:
                 f"run where the record was made, or set {RETRAIN_TEACHERS_ENV}=1 to retrain it here and replace the record")
 
     # ------------------------------------------------------------------ training
-    def _loaders(self, resolved: dict, ds: ImageDataset, dtype: torch.dtype | None = None):
-        """The run's train and test loaders (``dtype``: of the batches; default the run's
-        ``speed.dtype``; the golden-trajectory check, ``mutualbench.golden``, asks float64)."""
-        dtype = config_dtype(resolved) if dtype is None else dtype
-        d, seed = resolved["data"], resolved["seed"]
-        mean, std = (ds.mean, ds.std) if d["normalize"] else (None, None)
-        train = DeviceLoader(ds.train_images, ds.train_labels, batch_size=d["batch_size"], device=self.device,
-                             shuffle=True, flip=d["flip"], crop_padding=d["crop_padding"], mean=mean, std=std,
-                             seed=seed, subset=d["train_subset"], dtype=dtype)
-        test = DeviceLoader(ds.test_images, ds.test_labels, batch_size=EVAL_BATCH_SIZE, device=self.device,
-                            shuffle=False, mean=mean, std=std, seed=seed, subset=d["test_subset"], dtype=dtype)
-        return train, test
-
     def _execute(self, resolved, rid, ds, method, teacher, teacher_info) -> dict:
         with _float64_threads(resolved, self.device):
             return self._execute_here(resolved, rid, ds, method, teacher, teacher_info)
@@ -320,17 +302,10 @@ class Runner:
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         t0 = time.perf_counter()
-        try:
-            train_loader, test_loader = self._loaders(resolved, ds)
-        except ValueError as e:
-            raise UserError(f"data: {e}") from None
-        ctx = BuildContext(resolved, self.device, ds.num_classes, teacher)
-        slots, stages = build_run(method, ctx)
+        run = assemble(resolved, ds, self.device, teacher)
         work = self.out_dir / rid
-        engine = Engine({n: s.module for n, s in slots.items()}, stages, train_loader, test_loader,
-                        device=self.device, checkpoint_path=work / "checkpoint.pt", run_id=rid,
-                        desc=rid, log=self.log)
-        data = dict(ds.provenance(), train_used=train_loader.num_samples, test_used=test_loader.num_samples)
+        engine = run.engine(checkpoint_path=work / "checkpoint.pt", run_id=rid, desc=rid, log=self.log)
+        data = dict(ds.provenance(), train_used=run.train_loader.num_samples, test_used=run.test_loader.num_samples)
         record = started_record(rid, resolved, data, teacher_info, run_precision(resolved), started, environment(self.device))
         try:
             curves = engine.run()
@@ -339,27 +314,22 @@ class Runner:
                           timings=dict(engine.timings, total_s=round(time.perf_counter() - t0, 3)))
             write_record(self.out_dir, record)
             raise
-        models = {name: model_result(slot.role, slot.arch, count_parameters(slot.module), curves, name)
-                  for name, slot in slots.items()}
-        members = [name for name, slot in slots.items() if slot.role == "cohort member"]
-        ensemble = None
-        if len(members) >= 2:  # the cohort's ensemble (mean of softmaxes), an extra measurement
-            acc, nll = evaluate_ensemble([slots[n].module for n in members], test_loader)
-            ensemble = {"members": members, "params": sum(models[n]["params"] for n in members),
-                        "final_test_acc": acc, "final_test_nll": nll}
-        atomic_torch_save(work / "final.pt", {"models": {n: s.module.state_dict() for n, s in slots.items()}})
-        epochs = sum(s.epochs for s in stages)
+        params = run.parameter_counts()
+        models = {name: model_result(slot.role, slot.arch, params[name], curves, name)
+                  for name, slot in run.slots.items()}
+        ensemble = run.evaluate()
+        atomic_torch_save(work / "final.pt", {"models": {n: m.state_dict() for n, m in run.models.items()}})
         train_s = engine.timings["train_s"]
         timings = {
             "train_s": round(train_s, 3),
             "eval_s": round(engine.timings["eval_s"], 3),
             "wall_s_this_process": round(time.perf_counter() - t0, 3),
-            "images_per_s_train": round(epochs * train_loader.num_samples / train_s, 1) if train_s > 0 else None,
+            "images_per_s_train": round(run.epochs * run.train_loader.num_samples / train_s, 1) if train_s > 0 else None,
             # other work on the machine slows a run: the 1-minute load average when it ended
             "load_avg_1m_at_end": load_average(),
         }
         finish_record(record, status="complete", models=models, curves=curves, timings=timings,
-                      stages=[{"name": s.name, "epochs": s.epochs, **s.describe()} for s in stages],
+                      stages=[{"name": s.name, "epochs": s.epochs, **s.describe()} for s in run.stages],
                       resumed_from_epoch=engine.resumed_from_epoch, ensemble=ensemble)
         path = write_record(self.out_dir, record)
         (work / "checkpoint.pt").unlink(missing_ok=True)
@@ -367,4 +337,3 @@ class Runner:
         if self.on_record is not None:
             self.on_record(record)
         return record
-

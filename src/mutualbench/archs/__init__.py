@@ -6,7 +6,13 @@ every module here is imported, so a new family is one new file (no list to edit)
 import importlib
 import pkgutil
 
-from .base import FeatureModel, StagedModel, count_parameters
+from .base import (
+    FeatureModel,
+    StagedModel,
+    count_parameters,
+    count_unique_parameters,
+    he_normal_fan_out,
+)
 from .registry import ARCHS, create_arch, is_known_arch, pattern_descriptions
 
 for _module in pkgutil.iter_modules(__path__):
@@ -17,7 +23,9 @@ __all__ = [
     "FeatureModel",
     "StagedModel",
     "count_parameters",
+    "count_unique_parameters",
     "create_arch",
+    "he_normal_fan_out",
     "is_known_arch",
     "pattern_descriptions",
 ]

@@ -118,6 +118,42 @@ class StagedModel(FeatureModel):
             if name == tap:
                 return
 
+    def split(self, at: str) -> tuple[nn.Sequential, nn.Sequential]:
+        """The model in two parts that share its modules (and so its initial weights): the
+        stages up to and including ``at``, and the stages after it with the head, so that
+        ``rest(trunk(x)) == model(x)``. A method with a shared trunk and branches (ONE) takes
+        the trunk of one model and the rests of several."""
+        names = list(self.stages)
+        if at not in names or at == names[-1]:
+            usable = ", ".join(names[:-1])
+            raise UserError(f"architecture {self.arch_name!r} cannot be split after {at!r}: give one of its stages "
+                            f"that has another after it ({usable})")
+        cut = names.index(at) + 1
+        trunk = nn.Sequential(*(self.stages[n] for n in names[:cut]))
+        rest = nn.Sequential(*(self.stages[n] for n in names[cut:]), self.head)
+        return trunk, rest
+
+
+def he_normal_fan_out(model: nn.Module) -> nn.Module:
+    """He et al. 2015 normal initialisation (fan-out, ReLU gain) of every convolution and
+    linear layer, biases zero, drawn from the global RNG (seeded by the caller)."""
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    return model
+
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def count_unique_parameters(modules: list[nn.Module]) -> int:
+    """Parameters of several modules counted once each, however many of them share a part
+    (branches on one trunk); for separate models it is the sum of their counts."""
+    seen: dict[int, int] = {}
+    for module in modules:
+        for p in module.parameters():
+            seen[id(p)] = p.numel()
+    return sum(seen.values())

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import StagedModel
+from .base import StagedModel, he_normal_fan_out
 from .registry import register_arch
 
 
@@ -37,12 +37,9 @@ class BasicBlock(nn.Module):
 
 
 def _init(model: nn.Module) -> None:
+    he_normal_fan_out(model)
     for m in model.modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
+        if isinstance(m, nn.BatchNorm2d):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
 

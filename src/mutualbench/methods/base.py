@@ -1,9 +1,12 @@
-"""What a method is: the models it trains and a sequence of stages over the shared engine.
+"""What a method is: the models it trains, a sequence of stages over the shared engine, and
+how its result is measured.
 
 A ``Method`` validates its config, then ``build(ctx)`` returns its models (named, with roles)
-and its stages. A ``Stage`` owns its optimizers and performs the parameter updates of one
-training step; the engine owns everything else (epochs, evaluation, timing, checkpoints).
-Adding a method is one new file that registers itself; the engine never changes.
+and its stages; ``evaluate`` measures what the method offers beyond its models (a cohort's
+ensemble) and ``parameter_counts`` what each model costs. A ``Stage`` owns its optimizers
+and performs the parameter updates of one training step, returning its losses term by term;
+the engine owns everything else (epochs, evaluation, timing, checkpoints). Adding a method
+is one new file that registers itself; the engine never changes.
 """
 
 from __future__ import annotations
@@ -15,9 +18,18 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..archs import FeatureModel, create_arch
+from ..archs import (
+    FeatureModel,
+    StagedModel,
+    count_parameters,
+    count_unique_parameters,
+    create_arch,
+    he_normal_fan_out,
+)
 from ..config import derive_seed
 from ..errors import UserError
+from ..evaluation import evaluate_ensemble
+from ..optim import ScheduledOptimizer
 from ..registry import Registry
 
 
@@ -54,6 +66,25 @@ def default_dtype(dtype: torch.dtype) -> Iterator[None]:
         torch.set_default_dtype(old)
 
 
+class HashedConfig(dict):
+    """A run's resolved config as its method's build sees it: exactly the sections the run id
+    hashes (``run.resolve``). Reading a section outside them is an error that names the fix,
+    so a method cannot depend on a setting its run id does not cover (two different runs
+    would share an id). ``get`` of an absent optional section (``speed``) stays allowed."""
+
+    method: str = "?"
+
+    def __missing__(self, key):
+        raise UserError(f"method {self.method!r} reads config section {key!r}, which its run id does not cover; "
+                        f"add {key!r} to the method's `sections` (so that the run id hashes it), or stop reading it")
+
+
+def hashed_config(resolved: dict, method: str) -> HashedConfig:
+    config = HashedConfig(resolved)
+    config.method = method
+    return config
+
+
 @dataclass
 class BuildContext:
     config: dict
@@ -61,18 +92,39 @@ class BuildContext:
     num_classes: int
     teacher: FeatureModel | None = None
 
+    def new_parts(self, arch: str, index: int, split_at: str) -> tuple[nn.Module, nn.Module]:
+        """Model ``index`` of the run (``new_model``) in two parts: its stages up to and
+        including ``split_at``, and the stages after it with the head. A method with a shared
+        trunk and branches takes the trunk of one index and the rests of several, so every
+        part starts where the same index's whole model would."""
+        model = self.new_model(arch, index)
+        if not isinstance(model, StagedModel):
+            raise UserError(f"architecture {arch!r} is not a chain of stages, so it cannot be split into a trunk and "
+                            "branches; pick one of the suite's CIFAR architectures (see `mutualbench archs`)")
+        return model.split(split_at)
+
     def new_model(self, arch: str, index: int) -> FeatureModel:
         """Model ``index`` of the run, initialised from its own seed (seed, "init", index):
         the same index gets the same initial weights in every method for a given seed."""
+        def make() -> FeatureModel:
+            model = create_arch(arch, self.num_classes)
+            if self.config.get("init", "pytorch_default") == "he_normal_fan_out":
+                he_normal_fan_out(model)
+            return model
+
+        return self.new_module(make, "init", index)
+
+    def new_module(self, make: Callable[[], nn.Module], what: str, index: int) -> nn.Module:
+        """``make()`` drawn from its own seed (seed, ``what``, index), in the run's dtype, on
+        the run's device; the global RNG is left as it was. Models use ``what = "init"``;
+        a method's other trained parts (a gate, a regressor) name themselves."""
         # float64 runs draw their weights in float64; float32 ones in the ambient default type
         # (the golden trajectories run float32 configs under a float64 default)
         in_dtype = default_dtype(self.dtype) if self.dtype != torch.float32 else contextlib.nullcontext()
         with torch.random.fork_rng(devices=[]), in_dtype:
-            torch.manual_seed(derive_seed(self.config["seed"], "init", index))
-            model = create_arch(arch, self.num_classes)
-            if self.config.get("init", "pytorch_default") == "he_normal_fan_out":
-                he_normal_fan_out(model)
-        return model.to(self.device)
+            torch.manual_seed(derive_seed(self.config["seed"], what, index))
+            module = make()
+        return module.to(self.device)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -87,17 +139,6 @@ class BuildContext:
     @property
     def reduction(self) -> str:
         return self.config["loss"]["reduction"]
-
-
-def he_normal_fan_out(model: nn.Module) -> nn.Module:
-    """He et al. 2015 normal initialisation (fan-out, ReLU gain) of every convolution and
-    linear layer, biases zero, drawn from the global RNG (seeded by the caller)."""
-    for m in model.modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-    return model
 
 
 class Stage:
@@ -131,7 +172,8 @@ class Stage:
         raise NotImplementedError
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Update the parameters on one batch; return the (detached) losses by name."""
+        """Update the parameters on one batch; return the (detached) losses: each model's
+        total under its name, and its terms under ``"<model>/<term>"`` (``loss_terms``)."""
         raise NotImplementedError
 
     def end_epoch(self) -> None:
@@ -149,6 +191,77 @@ class Stage:
 
     def load_state_dict(self, state: dict) -> None:
         pass
+
+
+class OptimizingStage(Stage):
+    """A stage whose updates are made by ``ScheduledOptimizer``s it owns: ``begin`` fills
+    ``self.optimizers`` (name -> optimizer, in a fixed order); the per-epoch schedule step
+    and the checkpoint state of every optimizer are kept here once. A stage with more state
+    (hint regressors) adds it with ``extra_state`` / ``load_extra_state``."""
+
+    optimizers: dict[str, ScheduledOptimizer]
+
+    def new_optimizer(self, params, cfg: dict, device: torch.device) -> ScheduledOptimizer:
+        """An optimizer over ``params`` with ``cfg``'s optimizer and schedule for this stage's epochs."""
+        return ScheduledOptimizer(params, cfg["optimizer"], cfg["schedule"], self.epochs, device)
+
+    def end_epoch(self) -> None:
+        for opt in self.optimizers.values():
+            opt.end_epoch()
+
+    def extra_state(self) -> dict:
+        return {}
+
+    def load_extra_state(self, state: dict) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {"optimizers": {n: o.state_dict() for n, o in self.optimizers.items()}, **self.extra_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for opt, opt_state in zip(self.optimizers.values(), _optimizer_states(state, len(self.optimizers)), strict=True):
+            opt.load_state_dict(opt_state)
+        self.load_extra_state(state)
+
+
+def _optimizer_states(state: dict, count: int) -> list[dict]:
+    """The optimizer states of a stage checkpoint, in the stage's optimizer order. Checkpoints
+    written before ``OptimizingStage`` kept them as ``trainer`` (one), or ``trainers`` (a list,
+    or a dict by model name in insertion order); a run resumed from one continues exactly."""
+    if "optimizers" in state:
+        states = list(state["optimizers"].values())
+    elif "trainer" in state:
+        states = [state["trainer"]]
+    else:
+        trainers = state["trainers"]
+        states = list(trainers.values()) if isinstance(trainers, dict) else list(trainers)
+    if len(states) != count:
+        raise ValueError(f"the checkpoint holds {len(states)} optimizer states, the stage has {count}")
+    return states
+
+
+TERM_SEP = "/"
+
+
+def loss_terms(model: str, total: torch.Tensor, terms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A model's losses as a stage returns them: the total under the model's name, each term
+    under ``"<model>/<term>"``, all detached. Terms are parts of the total (weights applied),
+    so they add up to it up to rounding."""
+    out = {model: total.detach()}
+    out.update({f"{model}{TERM_SEP}{term}": value.detach() for term, value in terms.items()})
+    return out
+
+
+def split_terms(losses: dict) -> tuple[dict, dict[str, dict]]:
+    """(totals by model, terms by model then term) of a stage's losses."""
+    totals, terms = {}, {}
+    for key, value in losses.items():
+        if TERM_SEP in key:
+            model, term = key.split(TERM_SEP, 1)
+            terms.setdefault(model, {})[term] = value
+        else:
+            totals[key] = value
+    return totals, terms
 
 
 class Method:
@@ -169,6 +282,36 @@ class Method:
 
     def build(self, ctx: BuildContext) -> tuple[dict[str, ModelSlot], list[Stage]]:
         raise NotImplementedError
+
+    def parameter_counts(self, slots: dict[str, ModelSlot]) -> dict[str, int]:
+        """Each model's parameters, as the record reports them (a model sharing a trunk with
+        others counts the trunk: it is what that model costs alone)."""
+        return {name: count_parameters(slot.module) for name, slot in slots.items()}
+
+    def evaluate(self, slots: dict[str, ModelSlot], test_loader) -> dict | None:
+        """A measurement of the trained run beyond its models' own accuracies, for the
+        record's ``ensemble``; None (the default) for methods of independent models."""
+        return None
+
+
+def mean_softmax_ensemble(slots: dict[str, ModelSlot], test_loader, role: str = "cohort member") -> dict | None:
+    """The ensemble of a cohort (the slots of ``role``): the mean of the members' softmaxes,
+    its final test accuracy and NLL, and its parameters (each counted once); None for fewer
+    than two members."""
+    members = [name for name, slot in slots.items() if slot.role == role]
+    if len(members) < 2:
+        return None
+    modules = [slots[n].module for n in members]
+    acc, nll = evaluate_ensemble(modules, test_loader)
+    return {"members": members, "params": count_unique_parameters(modules), "final_test_acc": acc,
+            "final_test_nll": nll}
+
+
+class CohortMethod(Method):
+    """A method whose models are a cohort: its result includes the members' mean-softmax ensemble."""
+
+    def evaluate(self, slots: dict[str, ModelSlot], test_loader) -> dict | None:
+        return mean_softmax_ensemble(slots, test_loader)
 
 
 METHODS: Registry[type[Method]] = Registry("method")

@@ -35,10 +35,9 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from ..optim import ScheduledOptimizer
-from .base import BuildContext, Stage
-from .losses import mutual_losses
-from .stages import MutualStage
+from .base import BuildContext, OptimizingStage, Stage
+from .losses import mutual_loss_terms
+from .stages import MutualStage, cohort_losses
 
 IMPLS = ("auto", "vmap", "unbind")
 
@@ -120,7 +119,7 @@ class StackedCohort(nn.Module):
                     tensor.copy_(buffers[name][k])
 
 
-class FusedMutualStage(Stage):
+class FusedMutualStage(OptimizingStage):
     """Simultaneous mutual learning of a same-architecture cohort in one forward, one
     backward and one optimizer step (see the module docstring)."""
 
@@ -139,8 +138,7 @@ class FusedMutualStage(Stage):
     def begin(self) -> None:
         self.cohort = StackedCohort(list(self.members.values()), self.impl,
                                     channels_last=bool(self.speed.get("channels_last"))).to(self.device)
-        self.trainer = ScheduledOptimizer(self.cohort.parameters(), self.cfg["optimizer"], self.cfg["schedule"],
-                               self.epochs, self.device)
+        self.optimizers = {"cohort": self.new_optimizer(self.cohort.parameters(), self.cfg, self.device)}
         forward = self.cohort
         if self.speed.get("compile"):
             forward = torch.compile(self.cohort, mode=self.speed.get("compile_mode") or None)
@@ -161,21 +159,12 @@ class FusedMutualStage(Stage):
     def step(self, x, y):
         with self._autocast():
             logits = self._forward(x)
-        losses = mutual_losses(logits, y, self.peer_weight, self.reduction)  # widened to float32 there
-        self.trainer.step(losses.sum())
-        return dict(zip(self.members, losses.detach(), strict=True))
-
-    def end_epoch(self) -> None:
-        self.trainer.end_epoch()
+        losses, terms = mutual_loss_terms(logits, y, self.peer_weight, self.reduction)  # widened to float32 there
+        self.optimizers["cohort"].step(losses.sum())
+        return cohort_losses(list(self.members), losses, terms)
 
     def sync(self) -> None:
         self.cohort.write_back(list(self.members.values()))
-
-    def state_dict(self) -> dict:
-        return {"trainer": self.trainer.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.trainer.load_state_dict(state["trainer"])
 
 
 def make_mutual_stage(members: dict[str, nn.Module], ctx: BuildContext) -> Stage:

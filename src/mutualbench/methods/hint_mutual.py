@@ -3,13 +3,13 @@ from its own initialisation, then deep mutual learning from those weights."""
 
 from __future__ import annotations
 
-from .base import BuildContext, Method, register_method
+from .base import BuildContext, CohortMethod, register_method
 from .fitnets import check_hint_taps, hint_stage
 from .mutual import build_cohort, check_cohort, mutual_stage
 
 
 @register_method("hint_mutual")
-class HintMutual(Method):
+class HintMutual(CohortMethod):
     sections = ("data", "loss", "train", "mutual", "speed", "hint", "teacher")
     needs_teacher = True
 

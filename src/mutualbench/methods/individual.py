@@ -18,6 +18,9 @@ class Individual(Method):
         arch = ctx.config["arch"][0]
         model = ctx.new_model(arch, index=0)
         red = ctx.reduction
-        stage = SupervisedStage("train", "model", model, lambda x, y: cross_entropy(model(x), y, red),
-                                ctx.config["train"], ctx.device, bf16=ctx.bf16)
+        def loss_fn(x, y):
+            ce = cross_entropy(model(x), y, red)
+            return ce, {"ce": ce}
+
+        stage = SupervisedStage("train", "model", model, loss_fn, ctx.config["train"], ctx.device, bf16=ctx.bf16)
         return {"model": ModelSlot("model", "individual", arch, model)}, [stage]

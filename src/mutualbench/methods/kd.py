@@ -7,7 +7,7 @@ import torch
 
 from ..config import KeyType, register_section
 from .base import BuildContext, Method, ModelSlot, check_single_model, register_method
-from .losses import kd_loss
+from .losses import kd_loss_terms
 from .stages import SupervisedStage
 
 KD_SECTION = register_section(
@@ -23,7 +23,7 @@ def kd_stage(ctx: BuildContext, student, name: str = "train") -> SupervisedStage
     def loss_fn(x, y):
         with torch.no_grad():
             t = teacher(x)
-        return kd_loss(student(x), t, y, kd["temperature"], kd["alpha"], red)
+        return kd_loss_terms(student(x), t, y, kd["temperature"], kd["alpha"], red)
 
     return SupervisedStage(name, "student", student, loss_fn, ctx.config["train"], ctx.device, frozen=(teacher,),
                            bf16=ctx.bf16)

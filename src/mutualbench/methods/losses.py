@@ -3,7 +3,8 @@
 
 - ``cross_entropy(logits, y)``
 - ``kd_loss(s, t, y)``: CE(s, y) + alpha * T^2 * KL(softmax(t/T) || softmax(s/T))
-- ``mutual_losses(logits[K, B, C], y)``: for every member k at once,
+  (``kd_loss_terms``: the total and its ``ce`` and ``kl`` terms)
+- ``mutual_losses(logits[K, B, C], y)`` (``mutual_loss_terms``: with the terms): for every member k at once,
   CE(p_k, y) + w * sum_{l != k} KL(p_l || p_k), peers detached, w = 1/(K-1) ("mean", the
   paper) or 1 ("sum", the official code)
 - ``hint_loss(guided, regressed)``: 1/2 * ||G - r(H)||^2 per image
@@ -14,12 +15,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..evaluation import widen
+
 REDUCTIONS = ("sum", "mean")
 
 
-def _wide(t: torch.Tensor) -> torch.Tensor:
-    """Half-precision logits (bf16/fp16 autocast) in float32; float32 and float64 unchanged."""
-    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
+_wide = widen  # half-precision logits in float32, float32 and float64 unchanged
 
 
 def _reduce(per_sample: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -45,11 +46,20 @@ def kl_divergence(p_logits: torch.Tensor, q_logits: torch.Tensor, temperature: f
     return (logp.exp() * (logp - logq)).sum(-1)
 
 
+def kd_loss_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor,
+                  temperature: float = 1.0, alpha: float = 1.0,
+                  reduction: str = "sum") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Hinton et al. 2015: CE(s, y) + alpha * T^2 * KL(softmax(t/T) || softmax(s/T)), and its
+    terms ``ce`` and ``kl`` (the weighted KL term: the two add up to the total)."""
+    kl = kl_divergence(teacher_logits.detach(), student_logits, temperature)
+    ce, kl_term = cross_entropy(student_logits, target, reduction), alpha * temperature**2 * _reduce(kl, reduction)
+    return ce + kl_term, {"ce": ce, "kl": kl_term}
+
+
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor,
             temperature: float = 1.0, alpha: float = 1.0, reduction: str = "sum") -> torch.Tensor:
-    """Hinton et al. 2015: CE(s, y) + alpha * T^2 * KL(softmax(t/T) || softmax(s/T))."""
-    kl = kl_divergence(teacher_logits.detach(), student_logits, temperature)
-    return cross_entropy(student_logits, target, reduction) + alpha * temperature**2 * _reduce(kl, reduction)
+    """The total of ``kd_loss_terms``."""
+    return kd_loss_terms(student_logits, teacher_logits, target, temperature, alpha, reduction)[0]
 
 
 def peer_weight_value(peer_weight: str, k: int) -> float:
@@ -60,9 +70,12 @@ def peer_weight_value(peer_weight: str, k: int) -> float:
     raise ValueError(f"peer_weight must be 'mean' or 'sum', got {peer_weight!r}")
 
 
-def mutual_losses(logits: torch.Tensor, target: torch.Tensor, peer_weight: str = "mean",
-                  reduction: str = "sum") -> torch.Tensor:
-    """Every cohort member's DML loss at once: ``logits`` is ``[K, B, C]``, result ``[K]``.
+def mutual_loss_terms(logits: torch.Tensor, target: torch.Tensor, peer_weight: str = "mean",
+                      reduction: str = "sum") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Every cohort member's DML loss at once: ``logits`` is ``[K, B, C]``, result ``[K]``,
+    with its terms ``ce`` and ``kl`` (``[K]`` each, detached: the weighted peer KL, so the
+    two add up to the total up to rounding; the total is reduced in one piece, as before the
+    terms existed, so that it is the same number).
 
     With P_l the detached peer distributions, sum_{l != k} KL(P_l || p_k) =
     sum_{l != k} sum_c P_l log P_l  -  sum_c (sum_{l != k} P_l) log p_k, so one pass over the
@@ -79,7 +92,17 @@ def mutual_losses(logits: torch.Tensor, target: torch.Tensor, peer_weight: str =
     others_p = peer_p.sum(0, keepdim=True) - peer_p  # [K, B, C]
     kl_sum = others_neg_entropy - (others_p * logp).sum(-1)  # [K, B]
     ce = -logp.gather(-1, target.expand(k, -1).unsqueeze(-1)).squeeze(-1)  # [K, B]
-    return _reduce(ce + peer_weight_value(peer_weight, k) * kl_sum, reduction)
+    weighted_kl = peer_weight_value(peer_weight, k) * kl_sum
+    total = _reduce(ce + weighted_kl, reduction)
+    with torch.no_grad():
+        terms = {"ce": _reduce(ce, reduction), "kl": _reduce(weighted_kl, reduction)}
+    return total, terms
+
+
+def mutual_losses(logits: torch.Tensor, target: torch.Tensor, peer_weight: str = "mean",
+                  reduction: str = "sum") -> torch.Tensor:
+    """The totals of ``mutual_loss_terms``: every member's DML loss, ``[K]``."""
+    return mutual_loss_terms(logits, target, peer_weight, reduction)[0]
 
 
 def hint_loss(guided: torch.Tensor, regressed: torch.Tensor, reduction: str = "sum") -> torch.Tensor:

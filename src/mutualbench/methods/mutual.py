@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ..config import KeyType, register_section
 from ..errors import UserError
-from .base import BuildContext, Method, ModelSlot, cohort_archs, register_method
+from .base import BuildContext, CohortMethod, ModelSlot, cohort_archs, register_method
 from .cohort import make_mutual_stage
 
 MUTUAL_SECTION = register_section(
@@ -44,7 +44,7 @@ def mutual_stage(ctx: BuildContext, slots: dict[str, ModelSlot]):
 
 
 @register_method("mutual")
-class MutualLearning(Method):
+class MutualLearning(CohortMethod):
     sections = ("data", "loss", "train", "mutual", "speed")
 
     def check(self, config: dict) -> None:

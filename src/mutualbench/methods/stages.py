@@ -13,9 +13,8 @@ from torch import nn
 from ..archs import FeatureModel
 from ..config import derive_seed
 from ..errors import UserError
-from ..optim import ScheduledOptimizer
-from .base import Stage, default_dtype
-from .losses import hint_loss, mutual_losses
+from .base import OptimizingStage, default_dtype, loss_terms
+from .losses import hint_loss, mutual_loss_terms
 
 
 def autocast_bf16(device: torch.device, on: bool):
@@ -24,9 +23,11 @@ def autocast_bf16(device: torch.device, on: bool):
     return torch.autocast(device.type, dtype=torch.bfloat16) if on else contextlib.nullcontext()
 
 
-class SupervisedStage(Stage):
-    """Train one model with ``loss_fn(x, y)``; ``frozen`` modules (a teacher) stay in eval mode.
-    With ``bf16`` the loss is computed under bfloat16 autocast."""
+class SupervisedStage(OptimizingStage):
+    """Train one model with ``loss_fn(x, y)``, which returns ``(total, {term: value})`` (or
+    the total alone, recorded without terms);
+    ``frozen`` modules (a teacher) stay in eval mode. With ``bf16`` the loss is computed
+    under bfloat16 autocast."""
 
     def __init__(self, name: str, model_name: str, model: nn.Module, loss_fn: Callable, train_cfg: dict,
                  device: torch.device, frozen: tuple[nn.Module, ...] = (), bf16: bool = False) -> None:
@@ -36,7 +37,7 @@ class SupervisedStage(Stage):
         self.eval_names = (model_name,)
 
     def begin(self) -> None:
-        self.trainer = ScheduledOptimizer(self.model.parameters(), self.cfg["optimizer"], self.cfg["schedule"], self.epochs, self.device)
+        self.optimizers = {self.model_name: self.new_optimizer(self.model.parameters(), self.cfg, self.device)}
 
     def train_mode(self) -> None:
         self.model.train()
@@ -48,21 +49,13 @@ class SupervisedStage(Stage):
 
     def step(self, x, y):
         with autocast_bf16(self.device, self.bf16):
-            loss = self.loss_fn(x, y)
-        self.trainer.step(loss)
-        return {self.model_name: loss.detach()}
-
-    def end_epoch(self) -> None:
-        self.trainer.end_epoch()
-
-    def state_dict(self) -> dict:
-        return {"trainer": self.trainer.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.trainer.load_state_dict(state["trainer"])
+            out = self.loss_fn(x, y)
+        loss, terms = (out, {}) if isinstance(out, torch.Tensor) else out
+        self.optimizers[self.model_name].step(loss)
+        return loss_terms(self.model_name, loss, terms)
 
 
-class HintStage(Stage):
+class HintStage(OptimizingStage):
     """FitNets stage 1 for every student: its layers up to ``student_tap`` plus a conv
     regressor are trained to minimise 1/2 ||G - r(H)||^2 against the frozen teacher's
     ``teacher_tap``; nothing else moves. Each student has its own regressor and optimizer."""
@@ -96,8 +89,8 @@ class HintStage(Stage):
         return list(self.students[name].parameters_up_to(self.student_tap)) + list(self.regressors[name].parameters())
 
     def begin(self) -> None:
-        self.trainers = {name: ScheduledOptimizer(self.hinted_parameters(name), self.cfg["optimizer"], self.cfg["schedule"],
-                                       self.epochs, self.device) for name in self.students}
+        self.optimizers = {name: self.new_optimizer(self.hinted_parameters(name), self.cfg, self.device)
+                           for name in self.students}
 
     def train_mode(self) -> None:
         self.teacher.eval()
@@ -116,25 +109,18 @@ class HintStage(Stage):
             with autocast_bf16(self.device, self.bf16):
                 hint = student.forward_to(x, self.student_tap)
                 loss = hint_loss(guided, self.regressors[name](hint), self.reduction)
-            self.trainers[name].step(loss)
-            losses[name] = loss.detach()
+            self.optimizers[name].step(loss)
+            losses.update(loss_terms(name, loss, {"hint": loss}))
         return losses
 
-    def end_epoch(self) -> None:
-        for t in self.trainers.values():
-            t.end_epoch()
+    def extra_state(self) -> dict:
+        return {"regressors": self.regressors.state_dict()}
 
-    def state_dict(self) -> dict:
-        return {"regressors": self.regressors.state_dict(),
-                "trainers": {n: t.state_dict() for n, t in self.trainers.items()}}
-
-    def load_state_dict(self, state: dict) -> None:
+    def load_extra_state(self, state: dict) -> None:
         self.regressors.load_state_dict(state["regressors"])
-        for n, t in self.trainers.items():
-            t.load_state_dict(state["trainers"][n])
 
 
-class MutualStage(Stage):
+class MutualStage(OptimizingStage):
     """Deep mutual learning of a cohort, plain paths.
 
     ``channels_last`` converts the members and the input to channels-last memory format;
@@ -167,15 +153,14 @@ class MutualStage(Stage):
                 "compile_mode": self.compile_mode}
 
     def begin(self) -> None:
-        opt, sched = self.cfg["optimizer"], self.cfg["schedule"]
         if self.channels_last:
             for m in self.members.values():
                 m.to(memory_format=torch.channels_last)
         if self.order == "sequential":
-            self.trainers = [ScheduledOptimizer(m.parameters(), opt, sched, self.epochs, self.device) for m in self.members.values()]
+            self.optimizers = {n: self.new_optimizer(m.parameters(), self.cfg, self.device) for n, m in self.members.items()}
         else:
             params = [p for m in self.members.values() for p in m.parameters()]
-            self.trainers = [ScheduledOptimizer(params, opt, sched, self.epochs, self.device)]
+            self.optimizers = {"cohort": self.new_optimizer(params, self.cfg, self.device)}
         models = list(self.members.values())
         self._forwards = [torch.compile(m, mode=self.compile_mode) for m in models] if self.compile_mode else models
 
@@ -192,9 +177,9 @@ class MutualStage(Stage):
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         if self.order == "simultaneous":
-            losses = mutual_losses(torch.stack([m(x) for m in models]), y, self.peer_weight, self.reduction)
-            self.trainers[0].step(losses.sum())
-            return dict(zip(names, losses.detach(), strict=True))
+            losses, terms = mutual_loss_terms(torch.stack([m(x) for m in models]), y, self.peer_weight, self.reduction)
+            self.optimizers["cohort"].step(losses.sum())
+            return cohort_losses(names, losses, terms)
         # sequential (Algorithm 1)
         with torch.no_grad():
             current = [None] + [m(x) for m in models[1:]]
@@ -202,21 +187,18 @@ class MutualStage(Stage):
         for k, model in enumerate(models):
             logits = model(x)
             stacked = torch.stack([logits if j == k else current[j] for j in range(len(models))])
-            loss = mutual_losses(stacked, y, self.peer_weight, self.reduction)[k]
-            self.trainers[k].step(loss)
-            out[names[k]] = loss.detach()
+            losses, terms = mutual_loss_terms(stacked, y, self.peer_weight, self.reduction)
+            self.optimizers[names[k]].step(losses[k])
+            out.update(loss_terms(names[k], losses[k], {t: v[k] for t, v in terms.items()}))
             if k < len(models) - 1:
                 with torch.no_grad():
                     current[k] = model(x)
         return out
 
-    def end_epoch(self) -> None:
-        for t in self.trainers:
-            t.end_epoch()
 
-    def state_dict(self) -> dict:
-        return {"trainers": [t.state_dict() for t in self.trainers]}
-
-    def load_state_dict(self, state: dict) -> None:
-        for t, s in zip(self.trainers, state["trainers"], strict=True):
-            t.load_state_dict(s)
+def cohort_losses(names: list[str], losses: torch.Tensor, terms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A stage's losses from the ``[K]`` totals and terms of ``mutual_loss_terms``."""
+    out = {}
+    for k, name in enumerate(names):
+        out.update(loss_terms(name, losses[k], {t: v[k] for t, v in terms.items()}))
+    return out

@@ -1,0 +1,44 @@
+"""Measuring trained models on a loader: top-1 accuracy of one model, and the accuracy and
+negative log-likelihood of an ensemble of models (the mean of their softmaxes). Used by the
+engine after every epoch and by methods for what they measure at the end."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def widen(t: torch.Tensor) -> torch.Tensor:
+    """Half-precision logits (bf16/fp16 autocast) in float32; float32 and float64 unchanged."""
+    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader) -> float:
+    """Top-1 accuracy in percent over the whole loader."""
+    was_training = model.training
+    model.eval()
+    correct = torch.zeros((), dtype=torch.int64, device=loader.device)
+    for x, y in loader.epoch_batches(0):
+        correct += (model(x).argmax(-1) == y).sum()
+    model.train(was_training)
+    return 100.0 * correct.item() / loader.num_samples
+
+
+@torch.no_grad()
+def evaluate_ensemble(models: list[nn.Module], loader) -> tuple[float, float]:
+    """The models' ensemble, the mean of their softmaxes: its top-1 accuracy in percent over
+    the whole loader, and its mean negative log-likelihood of the true class (a number that
+    moves with any change of how the ensemble is formed, where the accuracy may not)."""
+    states = [m.training for m in models]
+    for m in models:
+        m.eval()
+    correct = torch.zeros((), dtype=torch.int64, device=loader.device)
+    nll = torch.zeros((), dtype=torch.float64, device=loader.device)
+    for x, y in loader.epoch_batches(0):
+        probs = torch.stack([widen(m(x)).softmax(-1) for m in models]).mean(0)
+        correct += (probs.argmax(-1) == y).sum()
+        nll -= probs.gather(-1, y[:, None]).log().sum().double()
+    for m, was_training in zip(models, states, strict=True):
+        m.train(was_training)
+    return 100.0 * correct.item() / loader.num_samples, nll.item() / loader.num_samples
