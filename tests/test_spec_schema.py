@@ -100,7 +100,13 @@ SHAPES = [  # (replace this, with this), the error's text after "error: <file>: 
     (("seeds = 1", "seeds = 1000"),
      "[study] seeds = 1000 is not allowed; it must be a positive integer (the number of seeds), at most 100"),
     (("[[comparisons]]", "[[comparisons]]\nfamily = 3"), "[[comparisons]] #1 family = 3 is not allowed; it must be a string"),
-    (("tolerance = 0.5", "tolerance = 0.5\ncolour = 1"), "unknown key(s) colour in [profiles.smoke]; allowed: description, set, tolerance"),
+    (("tolerance = 0.5", "tolerance = 0.5\ncolour = 1"),
+     "unknown key(s) colour in [profiles.smoke]; allowed: description, seeds, set, tolerance"),
+    (("tolerance = 0.5", "tolerance = 0.5\nseeds = 0"),
+     "[profiles.smoke] seeds = 0 is not allowed; it must be a positive integer (the profile's number of seeds, run "
+     "when replicate --seeds is not given), at most 100"),
+    (("tolerance = 0.5", "tolerance = 0.5\nseeds = 101"), "[profiles.smoke] seeds = 101 is not allowed"),
+    (("tolerance = 0.5", 'tolerance = 0.5\nseeds = "2"'), "[profiles.smoke] seeds = '2' is not allowed"),
 ]
 
 

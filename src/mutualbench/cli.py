@@ -445,7 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("replicate", help="run a study spec (seeded repeats of every arm), then its table and plots")
     p.add_argument("spec", help="a study spec, e.g. replication/seed_blog.toml")
     p.add_argument("--profile", default=None, help="a profile of the spec (default: full on a GPU, cpu otherwise)")
-    p.add_argument("--seeds", type=int, default=None, help="number of seeds, 0..N-1 (default: the spec's)")
+    p.add_argument("--seeds", type=int, default=None, help="number of seeds, 0..N-1 (default: the profile's seeds, else the spec's [study] seeds)")
     p.add_argument("--data", default=None,
                    help="where to read the spec's data set: a local copy of it (archive or folder); default: the "
                         "spec's [study] data. A different data set is an error")

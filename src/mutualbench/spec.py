@@ -30,7 +30,7 @@ RESERVED = {
     "method": "give it as the arm's method = \"...\"",
     "arch": "give it as the arm's arch = \"...\"",
     "cohort": "give it as the arm's cohort = N",
-    "seed": "the seeds are 0..N-1, N from [study] seeds or replicate --seeds",
+    "seed": "the seeds are 0..N-1, N from replicate --seeds, the profile's seeds or [study] seeds",
     "data.source": "the data set is [study] data, read from replicate --data",
     "device": "the device is replicate --device",
 }

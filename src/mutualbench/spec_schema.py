@@ -97,6 +97,7 @@ class Arm(_Table):
 class Profile(_Table):
     description: str = ""
     tolerance: Annotated[Number, Field(ge=0)]
+    seeds: Annotated[int, Field(ge=1, le=MAX_SEEDS)] = None  # type: ignore[assignment]  # default: [study] seeds
     set: Settings = {}
 
 
@@ -166,6 +167,8 @@ HELP: dict[tuple, tuple[str, str]] = {
     ("profiles", "*"): ("a table ([profiles.<name>]) with tolerance", "[profiles.smoke] tolerance = 0.5"),
     ("profiles", "*", "tolerance"): ("a finite number >= 0 (accuracy points)", "tolerance = 0.5"),
     ("profiles", "*", "description"): ("a string", 'description = "..."'),
+    ("profiles", "*", "seeds"): (f"a positive integer (the profile's number of seeds, run when replicate --seeds is "
+                                 f"not given), at most {MAX_SEEDS}", "seeds = 2"),
     ("profiles", "*", "set"): ("a table of config keys", 'set = { "train.epochs" = 2 }'),
     ("comparisons",): ("[[comparisons]] tables", '[[comparisons]] a = "dml", b = "student"'),
     ("comparisons", "*"): ("a table ([[comparisons]]) with a and b", '[[comparisons]] a = "dml", b = "student"'),

@@ -55,7 +55,9 @@ def plan_study(spec_path: Path, profile: str, out: Path, *, data: str | None = N
         raise UserError(f"--seeds {seeds} is not allowed; give a positive number of seeds (0..N-1 are run)")
     if seeds is not None and seeds > MAX_SEEDS:
         raise UserError(f"--seeds {seeds} is not allowed; give at most {MAX_SEEDS} seeds (0..N-1 are run)")
-    n_seeds = seeds if seeds is not None else int(spec.raw["study"].get("seeds", 3))
+    # --seeds, else the profile's own seed count (a smoke profile: its stored set's), else [study] seeds
+    n_seeds = seeds if seeds is not None else int(spec.profile(profile).get("seeds")
+                                                  or spec.raw["study"].get("seeds", 3))
     seed_list = list(range(n_seeds))
     if shard is not None:
         seed_list = [s for s in seed_list if s % shard[1] == shard[0]]
