@@ -44,6 +44,20 @@ def test_the_stored_smoke_sets_are_float64_and_reproduce_themselves(capsys):
     assert not is_exact(load_study(STORED.parents[1] / "seed_blog" / "cpu"))
 
 
+def test_the_stored_blog_smoke_set_trains_off_chance():
+    """Its accuracies say something: every main arm's members (and the cohorts' ensembles)
+    end above chance (10% of the 100 balanced test images) on average over the seeds, and most
+    runs leave it; only the init ablation's PyTorch-default value stays exactly at chance."""
+    runs = load_study(STORED).runs
+    main_arms = runs[runs["ablation"] == "main"]
+    means = main_arms.groupby(["arm", "member"])["final_acc"].mean()
+    assert len(means) == 10 and (means > 10.0).all(), means
+    off = runs[~((runs["ablation"] == "init") & (runs["value"] == "pytorch_default"))]
+    assert (off["final_acc"] != 10.0).mean() > 0.8
+    default_init = runs[(runs["ablation"] == "init") & (runs["value"] == "pytorch_default")]
+    assert len(default_init) == 8 and (default_init["final_acc"] == 10.0).all()
+
+
 def test_a_loss_off_by_1e8_fails_and_1e12_passes(copy, capsys):
     def scale(factor):
         def edit(record):

@@ -127,10 +127,12 @@ def _float64_threads(resolved: dict, device: torch.device):
 
 
 def teacher_config(config: dict) -> dict:
-    """The ``individual`` run that trains this config's teacher (same seed and data)."""
+    """The ``individual`` run that trains this config's teacher (same seed, data and
+    initialisation scheme: a profile that sets ``init`` sets it for the teacher too)."""
     t = config["teacher"]
     cfg = default_config()
-    cfg.update(method="individual", arch=[t["arch"]], cohort=1, seed=config["seed"])
+    cfg.update(method="individual", arch=[t["arch"]], cohort=1, seed=config["seed"],
+               init=config.get("init", cfg["init"]))
     cfg["data"], cfg["loss"], cfg["train"] = copy.deepcopy(config["data"]), copy.deepcopy(config["loss"]), copy.deepcopy(t["train"])
     cfg["speed"]["dtype"] = (config.get("speed") or {}).get("dtype", "float32")  # a float64 run's teacher is float64
     return cfg
