@@ -36,13 +36,17 @@ replicate: $(BIN)/mutualbench
 # The CI regression check: the smoke profile of every study in SMOKE_STUDIES (float64, the
 # exact tier) on the shared CIFAR-10 copy, each compared run by run with its stored set in
 # results/<study>/smoke (`compare` prints one line: reproduced exactly, or the first differences).
+# The studies run side by side (a float64 run trains on one thread), then are compared in order.
 SHARED_CIFAR ?= ../shared/data/cifar10-jpeg75.tar.gz
 SMOKE_STUDIES ?= seed_blog dml_cifar10
 smoke-study: $(BIN)/mutualbench
 	@if [ -f "$(SHARED_CIFAR)" ]; then \
 	  mkdir -p runs && for s in $(SMOKE_STUDIES); do \
-	    rm -rf runs/ci-smoke-$$s && \
-	    $(BIN)/mutualbench replicate replication/$$s.toml --profile smoke --seeds 2 --data "$(SHARED_CIFAR)" --out runs/ci-smoke-$$s --quiet --against results/$$s/smoke > runs/ci-smoke-$$s.log 2>&1 || { cat runs/ci-smoke-$$s.log; exit 1; } ; \
+	    rm -rf runs/ci-smoke-$$s runs/ci-smoke-$$s.rc && \
+	    { $(BIN)/mutualbench replicate replication/$$s.toml --profile smoke --seeds 2 --data "$(SHARED_CIFAR)" --out runs/ci-smoke-$$s --quiet --against results/$$s/smoke > runs/ci-smoke-$$s.log 2>&1; echo $$? > runs/ci-smoke-$$s.rc; } & \
+	  done; wait; \
+	  for s in $(SMOKE_STUDIES); do \
+	    [ "$$(cat runs/ci-smoke-$$s.rc)" = 0 ] || { cat runs/ci-smoke-$$s.log; exit 1; } ; \
 	    $(BIN)/mutualbench compare runs/ci-smoke-$$s --against results/$$s/smoke || exit 1; \
 	  done; \
 	else echo "smoke-study: $(SHARED_CIFAR) not found, skipped"; fi
