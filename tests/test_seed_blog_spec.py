@@ -36,7 +36,7 @@ def test_the_teacher_arm_is_the_teacher_that_kd_and_the_hints_learn_from():
     and hint+DML's teacher, in every profile (so its record is the teacher they used)."""
     spec = load_spec(SPEC)
     for profile in ("smoke", "cpu", "full"):
-        plan = [p for p in expand(spec, profile, [0, 1], "data", ablations=False)]
+        plan = expand(spec, profile, [0, 1], "data", ablations=False)
         for seed in (0, 1):
             arm = {p.arm: resolve(p.config) for p in plan if p.seed == seed}
             teacher = run_id(arm["teacher"], SHA)
