@@ -43,7 +43,7 @@ smoke-study: $(BIN)/mutualbench
 	@if [ -f "$(SHARED_CIFAR)" ]; then \
 	  mkdir -p runs && for s in $(SMOKE_STUDIES); do \
 	    rm -rf runs/ci-smoke-$$s runs/ci-smoke-$$s.rc && \
-	    { $(BIN)/mutualbench replicate replication/$$s.toml --profile smoke --seeds 2 --data "$(SHARED_CIFAR)" --out runs/ci-smoke-$$s --quiet --against results/$$s/smoke > runs/ci-smoke-$$s.log 2>&1; echo $$? > runs/ci-smoke-$$s.rc; } & \
+	    { $(BIN)/mutualbench replicate replication/$$s.toml --profile smoke --data "$(SHARED_CIFAR)" --out runs/ci-smoke-$$s --quiet --against results/$$s/smoke > runs/ci-smoke-$$s.log 2>&1; echo $$? > runs/ci-smoke-$$s.rc; } & \
 	  done; wait; \
 	  for s in $(SMOKE_STUDIES); do \
 	    [ "$$(cat runs/ci-smoke-$$s.rc)" = 0 ] || { cat runs/ci-smoke-$$s.log; exit 1; } ; \
