@@ -7,6 +7,11 @@ terms, e.g. ``ce`` and ``kl``, where the stage returns them), and write a checkp
 its checkpoint resumes from it to exactly the result it would have had: the loader's epoch
 order is a function of (seed, epoch) and the checkpoint holds every model, optimizer,
 schedule and RNG state. A non-finite loss stops the run with ``TrainingDiverged``.
+
+Which machine trained which epochs is kept as the run's ``segments`` (one per process that
+trained, each ``first_epoch``..``last_epoch`` with the ``segment`` description it was given:
+machine kind, threads, torch, commit), saved in the checkpoint: float32 rounds differently on
+each kind of machine, so a run resumed elsewhere says so, in a warning and in its record.
 """
 
 from __future__ import annotations
@@ -36,6 +41,15 @@ FAULT_ENV = "MUTUALBENCH_FAULT_KILL_AFTER_EPOCHS"
 _checkpoints_written = 0
 
 
+NOT_RECORDED = "not recorded"  # the machine of epochs saved by a checkpoint that predates segments
+
+
+def _unrecorded(global_epoch) -> list[dict]:
+    """The segments of a checkpoint that predates them: its epochs, on an unrecorded machine."""
+    n = global_epoch if isinstance(global_epoch, int) else 0
+    return [{"first_epoch": 1, "last_epoch": n, "machine": NOT_RECORDED}] if n > 0 else []
+
+
 class TrainingDiverged(RuntimeError):
     """A loss became NaN or infinite."""
 
@@ -52,7 +66,7 @@ def synchronize(device: torch.device) -> None:
 class Engine:
     def __init__(self, models: dict[str, nn.Module], stages: list[Stage], train_loader, test_loader, *,
                  device: torch.device, checkpoint_path: Path | None = None, run_id: str = "",
-                 desc: str = "", log: Callable[[str], None] | None = None) -> None:
+                 desc: str = "", log: Callable[[str], None] | None = None, segment: dict | None = None) -> None:
         self.models, self.stages = models, stages
         self.train_loader, self.test_loader = train_loader, test_loader
         self.device, self.checkpoint_path, self.run_id = device, checkpoint_path, run_id
@@ -60,6 +74,9 @@ class Engine:
         self.curves: list[dict] = []
         self.timings = {"train_s": 0.0, "eval_s": 0.0}
         self.resumed_from_epoch = 0
+        self.segment = dict(segment) if segment else None  # this process's machine, threads, torch, commit
+        self.segments: list[dict] = []
+        self._mine: dict | None = None  # this process's entry of ``segments``, once it trains an epoch
 
     # -------------------------------------------------------------- checkpoints
     def _save(self, stage_index: int, stage_epoch: int, global_epoch: int) -> None:
@@ -77,6 +94,7 @@ class Engine:
             "timings": self.timings,
             "rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+            "segments": self.segments,
         }
         atomic_torch_save(self.checkpoint_path, state)
         global _checkpoints_written
@@ -103,6 +121,7 @@ class Engine:
                  "from the beginning")
             return None
         self.curves, self.timings = list(state["curves"]), dict(state["timings"])
+        self.segments = [dict(s) for s in state["segments"]]
         torch.set_rng_state(state["rng"])
         if self.device.type == "cuda" and state["cuda_rng"]:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
@@ -130,6 +149,11 @@ class Engine:
             wrong += [f"models.{n}" for n in self.models if not isinstance(state["models"].get(n), dict)]
             if not 0 <= state["stage_index"] < len(self.stages):
                 wrong.append("stage_index")
+        segments = state.setdefault("segments", _unrecorded(state.get("global_epoch")))
+        if not isinstance(segments, list) or not all(
+                isinstance(s, dict) and isinstance(s.get("machine"), str) and isinstance(s.get("first_epoch"), int)
+                and isinstance(s.get("last_epoch"), int) for s in segments):
+            wrong.append("segments")
         if wrong:
             raise _Unusable(f"wrong or missing {', '.join(wrong)}")
         backup = {n: copy.deepcopy(m.state_dict()) for n, m in self.models.items()}
@@ -142,6 +166,38 @@ class Engine:
             raise _Unusable(f"does not fit the run's models: {(str(e).splitlines() or [''])[0][:200]}") from None
         return state
 
+    # -------------------------------------------------------------- segments
+    def _note_epoch(self, global_epoch: int) -> None:
+        """Epoch ``global_epoch`` (1-based) was trained by this process: extend its segment,
+        started with the first epoch it trains (a process that trains none adds none)."""
+        if self.segment is None:
+            return
+        if self._mine is None:
+            self._mine = {"first_epoch": global_epoch, "last_epoch": global_epoch, **self.segment}
+            self.segments.append(self._mine)
+        self._mine["last_epoch"] = global_epoch
+
+    def _warn_if_elsewhere(self, global_epoch: int) -> None:
+        """One line when the epochs behind the checkpoint ran on another kind of machine, with
+        another thread count or another torch than this process (or on one not recorded)."""
+        if self.segment is None or global_epoch == 0:
+            return
+        keys = ("machine", "threads", "torch")
+        here = {k: self.segment.get(k) for k in keys}
+        before = [s for s in self.segments if {k: s.get(k) for k in keys} != here]
+        if not before:
+            return
+
+        def describe(s: dict) -> str:
+            if s.get("machine") == NOT_RECORDED:
+                return "a machine the checkpoint does not record"
+            return f"{s.get('machine')}, {s.get('threads')} threads, torch {s.get('torch')}"
+
+        then = "; ".join(f"epochs {s['first_epoch']}-{s['last_epoch']} on {describe(s)}" for s in before)
+        warn(f"{self.desc or self.run_id} resumes after epoch {global_epoch} on {describe(self.segment)}, but "
+             f"{then}: each rounds differently, so the run will not match one made on a single machine; "
+             "its record's segments say which epochs ran where")
+
     # -------------------------------------------------------------- the loop
     def run(self) -> list[dict]:
         state = self._load()
@@ -150,6 +206,7 @@ class Engine:
             start_stage, start_epoch, global_epoch = state["stage_index"], state["stage_epoch"], state["global_epoch"]
             self.resumed_from_epoch = global_epoch
             self.log(f"resuming {self.desc} after epoch {global_epoch} from {self.checkpoint_path}")
+            self._warn_if_elsewhere(global_epoch)
         for si, stage in enumerate(self.stages):
             if si < start_stage:
                 continue
@@ -160,6 +217,7 @@ class Engine:
             for epoch in range(first, stage.epochs):
                 self._train_epoch(stage, epoch, global_epoch)
                 global_epoch += 1
+                self._note_epoch(global_epoch)
                 self._save(si, epoch + 1, global_epoch)
             stage.finish()
         return self.curves

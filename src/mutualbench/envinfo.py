@@ -77,6 +77,22 @@ def machine_kind(env: dict) -> str:
     return str(env.get("device", "?")) + " (instruction set not recorded)"
 
 
+MIXED = " + "  # joins the kinds of machine of a run resumed on another kind
+
+
+def record_machine_kind(record: dict) -> str:
+    """The kind of machine a run record's epochs ran on: ``machine_kind`` of its ``env``, or,
+    for a run resumed on other kinds of machine, every kind its ``segments`` name, in the order
+    they trained, joined by " + " (e.g. ``AMD EPYC AVX2 + Intel Xeon AVX512``)."""
+    here = machine_kind(record.get("env") or {})
+    kinds: list[str] = []
+    for s in record.get("segments") or []:
+        kind = s.get("machine") if isinstance(s, dict) else None
+        if isinstance(kind, str) and kind not in kinds:
+            kinds.append(kind)
+    return MIXED.join(kinds) if len(kinds) > 1 else here
+
+
 def current_machine_kind(device: torch.device) -> str:
     """``machine_kind`` of this machine running on ``device``."""
     return machine_kind({"cuda": torch.version.cuda if device.type == "cuda" else None,

@@ -144,9 +144,10 @@ class RunTimer:
 
     def recorded(self) -> dict[str, RunEstimate]:
         """Times of complete runs in the output folder made on this kind of machine, by kind
-        of run: a later seed of the same run takes what the earlier one took."""
+        of run: a later seed of the same run takes what the earlier one took. A run resumed
+        on another kind of machine (its ``segments``) did not take its time here: skipped."""
         if self._recorded is None:
-            from .envinfo import cpu_kind, device_name
+            from .envinfo import MIXED, cpu_kind, device_name, record_machine_kind
             from .records import read_record
 
             here_device = device_name(self.runner.device)
@@ -160,7 +161,7 @@ class RunTimer:
                 env = rec.get("env") or {}
                 cpu = env.get("cpu") or {}
                 same = env.get("device") == here_device and cpu.get("isa") == here_cpu["isa"] \
-                    and cpu.get("model") == here_cpu["model"]
+                    and cpu.get("model") == here_cpu["model"] and MIXED not in record_machine_kind(rec)
                 if rec["status"] != "complete" or not same:
                     continue
                 self._recorded[self._kind(rec["config"])] = recorded_estimate(rec)

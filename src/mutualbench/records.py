@@ -54,12 +54,15 @@ def model_result(role: str, arch: str, params: int, curves: list[dict], name: st
 
 def finish_record(record: dict, *, status: str, curves: list[dict], timings: dict, models: dict | None = None,
                   stages: list[dict] | None = None, resumed_from_epoch: int | None = None,
-                  error: str | None = None, ensemble: dict | None = None) -> dict:
+                  segments: list[dict] | None = None, error: str | None = None, ensemble: dict | None = None) -> dict:
     """Complete (or fail) a started record in place; returns it. ``ensemble``: a cohort's
-    ensemble accuracy at the end (the mean of its members' softmaxes), where there is one."""
+    ensemble accuracy at the end (the mean of its members' softmaxes), where there is one.
+    ``segments``: which machine trained which epochs (``engine.Engine``), where known."""
     record.update(status=status, models=models or {}, curves=curves, timings=timings, error=error)
     if status == "complete":
         record.update(stages=stages or [], resumed_from_epoch=resumed_from_epoch)
+        if segments is not None:
+            record["segments"] = segments
         if ensemble is not None:
             record["ensemble"] = ensemble
     record["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
@@ -146,11 +149,36 @@ def _field_problem(record: dict) -> str | None:
                     f"models.{name}.best_test_acc_test_selected = {best}")
         if not isinstance(m["params"], int) or isinstance(m["params"], bool) or m["params"] < 0:
             return f"models.{name}.params = {json.dumps(m['params'], default=str)} is not a parameter count"
+    problem = _segments_problem(record)
+    if problem:
+        return problem
     ens = record.get("ensemble")
     if isinstance(ens, dict):
         problem = _accuracy_problem("ensemble.final_test_acc", ens.get("final_test_acc"), nullable=True)
         if problem:
             return problem
+    return None
+
+
+def _segments_problem(record: dict) -> str | None:
+    """What is impossible about a complete record's ``segments`` (absent in records made before
+    they existed): each a machine and a range of epochs, the ranges covering the curves' epochs
+    in order without gap or overlap."""
+    if "segments" not in record:
+        return None
+    segments, expected = record["segments"], 1
+    if not isinstance(segments, list):
+        return f"segments = {json.dumps(segments, default=str)[:80]} is not a list"
+    for i, s in enumerate(segments):
+        first, last = (s.get("first_epoch"), s.get("last_epoch")) if isinstance(s, dict) else (None, None)
+        if not (isinstance(s, dict) and isinstance(s.get("machine"), str) and isinstance(first, int)
+                and isinstance(last, int)):
+            return f"segments[{i}] is not a machine with first_epoch and last_epoch"
+        if first != expected or last < first:
+            return f"segments[{i}] covers epochs {first}-{last}, but the next epoch to cover is {expected}"
+        expected = last + 1
+    if segments and expected - 1 != len(record["curves"]):
+        return f"segments cover epochs 1-{expected - 1}, but the run has {len(record['curves'])} epochs of curves"
     return None
 
 

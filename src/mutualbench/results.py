@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .envinfo import machine_kind
+from .envinfo import MIXED, record_machine_kind
 from .errors import UserError
 from .layout import MANIFEST, RUNS
 from .records import RUN_ID, read_record
@@ -119,7 +119,7 @@ def runs_frame(manifest: dict, records: dict[str, dict]) -> pd.DataFrame:
                 "best_acc_test_selected": m["best_test_acc_test_selected"],
                 "train_s": rec["timings"]["train_s"],
                 "device": rec["env"]["device"],
-                "machine": machine_kind(rec["env"]),
+                "machine": record_machine_kind(rec),
             })
         ens = rec.get("ensemble")
         if isinstance(ens, dict) and ens.get("final_test_acc") is not None:
@@ -347,10 +347,10 @@ def ablation_comparisons(df: pd.DataFrame) -> pd.DataFrame:
 
 def mixed_machine_notes(df: pd.DataFrame, spec: dict) -> list[str]:
     """One line per comparison, contrast or ablation whose runs came from more than one kind of
-    machine (float32 rounds differently on each: across kinds a difference carries that noise
-    too, on top of the seeds'). A comparison or contrast counts only the runs of the seeds all its
-    arms share, the ones its statistics use, so one not computed yet has no line. Empty when
-    every one ran on one kind."""
+    machine, or that has a run resumed on another kind ("A + B"; float32 rounds differently
+    on each: across kinds a difference carries that noise too, on top of the seeds'). A
+    comparison or contrast counts only the runs of the seeds all its arms share, the ones its
+    statistics use, so one not computed yet has no line. Empty when every one ran on one kind."""
     if df.empty:
         return []
     models = df[df["member"] != ENSEMBLE]
@@ -363,7 +363,7 @@ def mixed_machine_notes(df: pd.DataFrame, spec: dict) -> list[str]:
         per_arm = [by_arm_seed.get(a, {}) for a in arms]
         shared = set.intersection(*(set(seeds) for seeds in per_arm))
         kinds = set().union(*(seeds[s] for seeds in per_arm for s in shared))
-        if len(kinds) > 1:
+        if len(kinds) > 1 or any(MIXED in k for k in kinds):
             notes.append(f"{what}: runs from {' and '.join(sorted(kinds))}")
 
     for comp in spec.get("comparisons", []):
@@ -372,7 +372,7 @@ def mixed_machine_notes(df: pd.DataFrame, spec: dict) -> list[str]:
         note(f"contrast {c['name']}", c["weights"])
     for (abl, arm), g in models[models["ablation"] != MAIN].groupby(["ablation", "arm"], sort=False):
         kinds = set(g["machine"])
-        if len(kinds) > 1:
+        if len(kinds) > 1 or any(MIXED in k for k in kinds):
             notes.append(f"ablation {abl} on {arm}: runs from {' and '.join(sorted(kinds))}")
     return notes
 
@@ -404,9 +404,10 @@ class Study:
         return mixed_machine_notes(self.runs, self.spec)
 
     def machine_kinds(self) -> list[str]:
-        """The kinds of machine (``envinfo.machine_kind``: GPU name, or CPU model and
-        instruction set) that the study's complete runs came from."""
-        return sorted({machine_kind(r.get("env") or {}) for r in self.records.values() if r["status"] == "complete"})
+        """The kinds of machine (``envinfo.record_machine_kind``: GPU name, or CPU model and
+        instruction set; "A + B" for a run resumed on another kind) that the study's complete
+        runs came from."""
+        return sorted({record_machine_kind(r) for r in self.records.values() if r["status"] == "complete"})
 
     def _main_records(self):
         """(manifest entry, record) of every complete run of the main study (no ablation)."""

@@ -306,9 +306,13 @@ class Runner:
         t0 = time.perf_counter()
         run = assemble(resolved, ds, self.device, teacher)
         work = self.out_dir / rid
-        engine = run.engine(checkpoint_path=work / "checkpoint.pt", run_id=rid, desc=rid, log=self.log)
+        env = environment(self.device)
+        # plain str and int: the checkpoint that keeps it loads with weights_only
+        segment = {"machine": str(machine_kind(env)), "threads": int(env["cpu"]["threads"]),
+                   "torch": str(env["torch"]), "git_commit": str(env["git_commit"])}
+        engine = run.engine(checkpoint_path=work / "checkpoint.pt", run_id=rid, desc=rid, log=self.log, segment=segment)
         data = dict(ds.provenance(), train_used=run.train_loader.num_samples, test_used=run.test_loader.num_samples)
-        record = started_record(rid, resolved, data, teacher_info, run_precision(resolved), started, environment(self.device))
+        record = started_record(rid, resolved, data, teacher_info, run_precision(resolved), started, env)
         try:
             curves = engine.run()
         except TrainingDiverged as e:
@@ -332,7 +336,7 @@ class Runner:
         }
         finish_record(record, status="complete", models=models, curves=curves, timings=timings,
                       stages=[{"name": s.name, "epochs": s.epochs, **s.describe()} for s in run.stages],
-                      resumed_from_epoch=engine.resumed_from_epoch, ensemble=ensemble)
+                      resumed_from_epoch=engine.resumed_from_epoch, segments=engine.segments, ensemble=ensemble)
         path = write_record(self.out_dir, record)
         (work / "checkpoint.pt").unlink(missing_ok=True)
         self.log(f"{rid}: wrote {path}")

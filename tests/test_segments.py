@@ -1,0 +1,145 @@
+"""A run resumed on another kind of machine (or thread count, or torch) is never silent: the
+resuming process warns in one line, and the record's ``segments`` say which epochs ran where;
+tables then count such a run as "A + B"."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from mutualbench.envinfo import machine_kind, record_machine_kind
+from mutualbench.records import read_record, validate_record
+from mutualbench.results import mixed_machine_notes
+from test_ensemble_and_machines import frame
+
+OTHER = "Other CPU AVX512"
+
+
+def cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "mutualbench.cli", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=600)
+
+
+def run_args(data, root, out):
+    return ["run", "--method", "individual", "--seed", "0", "--data", str(data), "--data-root", str(root),
+            "--epochs", "3", "--set", "data.batch_size=16", "--device", "cpu", "--quiet", "--out", str(out)]
+
+
+def killed_after_one_epoch(data, root, out):
+    """A 3-epoch run killed after its first epoch: the path of its checkpoint."""
+    killed = cli(*run_args(data, root, out), env={"MUTUALBENCH_FAULT_KILL_AFTER_EPOCHS": "1"})
+    assert killed.returncode == -9, killed.stderr
+    (ckpt,) = out.glob("individual-*/checkpoint.pt")
+    return ckpt
+
+
+def edit_checkpoint(path, change):
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    change(state)
+    torch.save(state, path)
+
+
+def finished(data, root, out):
+    done = cli(*run_args(data, root, out))
+    assert done.returncode == 0, done.stderr
+    (path,) = out.glob("individual-*.json")
+    return read_record(path), done.stderr
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_cifar, tmp_path_factory):
+    """The same run four ways: straight through; killed and resumed here; killed, its first
+    epoch marked as made on another machine, resumed; killed with a checkpoint from before
+    segments existed, resumed."""
+    data, root = tiny_cifar
+    base = tmp_path_factory.mktemp("segments")
+    out = {}
+    out["straight"] = finished(data, root, base / "straight")
+    killed_after_one_epoch(data, root, base / "here")
+    out["here"] = finished(data, root, base / "here")
+    ckpt = killed_after_one_epoch(data, root, base / "other")
+    edit_checkpoint(ckpt, lambda s: s["segments"][0].update(machine=OTHER, threads=64))
+    out["other"] = finished(data, root, base / "other")
+    ckpt = killed_after_one_epoch(data, root, base / "old")
+    edit_checkpoint(ckpt, lambda s: s.pop("segments"))
+    out["old"] = finished(data, root, base / "old")
+    return out
+
+
+def test_a_run_made_in_one_go_has_one_segment_of_every_epoch(runs):
+    record, stderr = runs["straight"]
+    here = machine_kind(record["env"])
+    assert [(s["first_epoch"], s["last_epoch"], s["machine"]) for s in record["segments"]] == [(1, 3, here)]
+    seg = record["segments"][0]
+    assert seg["threads"] == torch.get_num_threads() and seg["torch"] == torch.__version__
+    assert seg["git_commit"] == record["env"]["git_commit"]
+    assert record_machine_kind(record) == here and "resumes" not in stderr
+
+
+def test_resumed_on_the_same_machine_two_segments_no_warning(runs):
+    record, stderr = runs["here"]
+    here = machine_kind(record["env"])
+    assert [(s["first_epoch"], s["last_epoch"], s["machine"]) for s in record["segments"]] == [(1, 1, here), (2, 3, here)]
+    assert record_machine_kind(record) == here and "resumes after epoch" not in stderr
+    def metrics(r):
+        return [(e["epoch"], e["test_acc"], e["train_loss"]) for e in r["curves"]]
+
+    assert metrics(record) == metrics(runs["straight"][0])  # segments change nothing of what is computed
+
+
+def test_resumed_on_another_machine_warns_once_and_records_both(runs):
+    record, stderr = runs["other"]
+    here = machine_kind(record["env"])
+    assert [(s["first_epoch"], s["last_epoch"], s["machine"]) for s in record["segments"]] == [(1, 1, OTHER), (2, 3, here)]
+    assert record_machine_kind(record) == f"{OTHER} + {here}"
+    warnings = [line for line in stderr.splitlines() if "resumes after epoch" in line]
+    assert len(warnings) == 1
+    assert warnings[0].startswith("warning: individual-") and f"resumes after epoch 1 on {here}" in warnings[0]
+    assert f"but epochs 1-1 on {OTHER}, 64 threads, torch {torch.__version__}: each rounds differently" in warnings[0]
+
+
+def test_a_checkpoint_from_before_segments_says_its_machine_is_not_recorded(runs):
+    record, stderr = runs["old"]
+    here = machine_kind(record["env"])
+    assert [(s["first_epoch"], s["last_epoch"], s["machine"]) for s in record["segments"]] == [
+        (1, 1, "not recorded"), (2, 3, here)]
+    assert record_machine_kind(record) == f"not recorded + {here}"
+    assert "but epochs 1-1 on a machine the checkpoint does not record" in stderr
+
+
+def test_tables_name_a_comparison_with_a_run_resumed_across_machines():
+    spec = {"comparisons": [{"a": "a", "b": "b"}]}
+    assert mixed_machine_notes(frame({"a": ["X"] * 2, "b": ["X", "X + Y"]}), spec) == ["a vs b: runs from X and X + Y"]
+    assert mixed_machine_notes(frame({"a": ["X + Y"] * 2, "b": ["X + Y"] * 2}), spec) == ["a vs b: runs from X + Y"]
+    assert mixed_machine_notes(frame({"a": ["X"] * 2, "b": ["X"] * 2}), spec) == []
+
+
+def record_with(segments, epochs=3):
+    curves = [{"epoch": e, "stage": "train", "test_acc": {"model": 50.0}, "train_loss": {"model": 1.0}}
+              for e in range(1, epochs + 1)]
+    return {"schema": 1, "run_id": "individual-0123456789ab", "status": "complete", "seed": 0, "data": {},
+            "config": {"method": "individual", "seed": 0}, "timings": {"train_s": 1.0}, "env": {"device": "cpu"},
+            "curves": curves, "segments": segments,
+            "models": {"model": {"role": "individual", "arch": "a", "params": 1, "final_test_acc": 50.0,
+                                 "best_test_acc_test_selected": 50.0}}}
+
+
+@pytest.mark.parametrize("segments, problem", [
+    ([{"first_epoch": 1, "last_epoch": 1, "machine": "X"}, {"first_epoch": 3, "last_epoch": 3, "machine": "Y"}],
+     "segments[1] covers epochs 3-3, but the next epoch to cover is 2"),
+    ([{"first_epoch": 1, "last_epoch": 2, "machine": "X"}],
+     "segments cover epochs 1-2, but the run has 3 epochs of curves"),
+    ([{"first_epoch": 1, "last_epoch": 3}], "segments[0] is not a machine with first_epoch and last_epoch"),
+    ("X", 'segments = "X" is not a list'),
+])
+def test_impossible_segments_are_a_one_line_error_naming_the_record(segments, problem):
+    with pytest.raises(Exception, match="impossible run record") as e:
+        validate_record(record_with(segments), "r.json")
+    assert str(e.value) == f"r.json: impossible run record ({problem})"
+    good = [{"first_epoch": 1, "last_epoch": 1, "machine": "X"}, {"first_epoch": 2, "last_epoch": 3, "machine": "Y"}]
+    assert validate_record(json.loads(json.dumps(record_with(good))))["segments"] == good
