@@ -289,3 +289,24 @@ def test_git_commit_is_dirty_for_package_changes_only(tmp_path):
         assert envinfo.git_commit() == head + "+dirty"
     finally:
         envinfo.__file__ = original
+
+
+def test_a_teacher_resumed_across_kinds_of_machine_is_not_replaced_silently(tmp_path, tiny_cifar):
+    """Its record's segments name two kinds of machine: no machine can retrain the same teacher."""
+    import json
+
+    from mutualbench.errors import UserError
+
+    data, root = tiny_cifar
+    runner = Runner(tmp_path, data_root=root, device="cpu")
+    first = runner.run(run_config("kd", data))
+    t_rid = first["teacher"]["run_id"]
+    path = tmp_path / f"{t_rid}.json"
+    record = json.loads(path.read_text())
+    (seg,) = record["segments"]
+    record["segments"] = [dict(seg, last_epoch=1, machine="Other CPU AVX512"), dict(seg, first_epoch=2)]
+    path.write_text(json.dumps(record))
+    (tmp_path / t_rid / "final.pt").unlink()
+    (tmp_path / f"{first['run_id']}.json").unlink()
+    with pytest.raises(UserError, match=f"made on Other CPU AVX512 \\+ {seg['machine']}\\)"):
+        runner.run(run_config("kd", data))

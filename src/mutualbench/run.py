@@ -28,7 +28,14 @@ from .config import BASE_DEFAULTS, default_config, run_id, validate
 from .data import ImageDataset, load_dataset
 from .data.sources import sha256_file
 from .engine import TrainingDiverged
-from .envinfo import current_machine_kind, environment, load_average, machine_kind, resolve_device
+from .envinfo import (
+    current_machine_kind,
+    environment,
+    load_average,
+    machine_kind,
+    record_machine_kind,
+    resolve_device,
+)
 from .errors import UserError, warn
 from .io_utils import atomic_torch_save, move_aside, safe_torch_load
 from .locks import LOCK, FolderLock
@@ -285,7 +292,7 @@ class Runner:
         the same teacher (training is deterministic there); on another kind float32 rounds
         differently and it would be a different teacher under the old record's name, so that
         is refused unless MUTUALBENCH_RETRAIN_TEACHERS=1 says to replace it."""
-        made_on = machine_kind(stored.get("env") or {})
+        made_on = record_machine_kind(stored)  # a teacher resumed across kinds: made on no single one
         here = current_machine_kind(self.device)
         if made_on != here and os.environ.get(RETRAIN_TEACHERS_ENV) != "1":
             raise UserError(
