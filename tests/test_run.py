@@ -208,26 +208,38 @@ def test_teacher_with_missing_weights_is_retrained_identically(tmp_path, tiny_ci
     assert metrics(read_record(tmp_path / f"{t_rid}.json")) == metrics(before)
 
 
-def test_a_teacher_recorded_on_another_kind_of_machine_is_not_replaced_silently(tmp_path, tiny_cifar, monkeypatch):
-    """Its record is here but not its weights, and it was made on another kind of machine:
-    retraining would put a different teacher under the old record's name, so it is a one-line
-    error naming the fixes; with MUTUALBENCH_RETRAIN_TEACHERS=1 it is retrained."""
-    import json
-
-    from mutualbench.errors import UserError
-
+def _kd_with_teacher_record_only(tmp_path, tiny_cifar, edit):
+    """A KD run and its teacher, then the teacher's record changed by ``edit`` and its weights
+    and the KD record removed: (runner, first KD record, teacher run id, teacher record path)."""
     data, root = tiny_cifar
     runner = Runner(tmp_path, data_root=root, device="cpu")
     first = runner.run(run_config("kd", data))
     t_rid = first["teacher"]["run_id"]
     path = tmp_path / f"{t_rid}.json"
     record = json.loads(path.read_text())
-    other = "AVX2" if record["env"]["cpu"]["isa"] == "AVX512" else "AVX512"
-    record["env"]["cpu"]["isa"] = other  # as if made on a machine of another instruction set
+    edit(record)
     path.write_text(json.dumps(record))
-    before = path.read_bytes()
     (tmp_path / t_rid / "final.pt").unlink()
     (tmp_path / f"{first['run_id']}.json").unlink()
+    return runner, first, t_rid, path
+
+
+def test_a_teacher_recorded_on_another_kind_of_machine_is_not_replaced_silently(tmp_path, tiny_cifar, monkeypatch):
+    """Its record is here but not its weights, and it was made on another kind of machine:
+    retraining would put a different teacher under the old record's name, so it is a one-line
+    error naming the fixes; with MUTUALBENCH_RETRAIN_TEACHERS=1 it is retrained."""
+    from mutualbench.errors import UserError
+
+    data, _ = tiny_cifar
+    other = None
+
+    def other_isa(record):
+        nonlocal other
+        other = "AVX2" if record["env"]["cpu"]["isa"] == "AVX512" else "AVX512"
+        record["env"]["cpu"]["isa"] = other  # as if made on a machine of another instruction set
+
+    runner, first, t_rid, path = _kd_with_teacher_record_only(tmp_path, tiny_cifar, other_isa)
+    before = path.read_bytes()
     with pytest.raises(UserError) as e:
         runner.run(run_config("kd", data))
     msg = str(e.value)
@@ -293,20 +305,16 @@ def test_git_commit_is_dirty_for_package_changes_only(tmp_path):
 
 def test_a_teacher_resumed_across_kinds_of_machine_is_not_replaced_silently(tmp_path, tiny_cifar):
     """Its record's segments name two kinds of machine: no machine can retrain the same teacher."""
-    import json
-
     from mutualbench.errors import UserError
 
-    data, root = tiny_cifar
-    runner = Runner(tmp_path, data_root=root, device="cpu")
-    first = runner.run(run_config("kd", data))
-    t_rid = first["teacher"]["run_id"]
-    path = tmp_path / f"{t_rid}.json"
-    record = json.loads(path.read_text())
-    (seg,) = record["segments"]
-    record["segments"] = [dict(seg, last_epoch=1, machine="Other CPU AVX512"), dict(seg, first_epoch=2)]
-    path.write_text(json.dumps(record))
-    (tmp_path / t_rid / "final.pt").unlink()
-    (tmp_path / f"{first['run_id']}.json").unlink()
+    data, _ = tiny_cifar
+    seg = None
+
+    def split_across_machines(record):
+        nonlocal seg
+        (seg,) = record["segments"]
+        record["segments"] = [dict(seg, last_epoch=1, machine="Other CPU AVX512"), dict(seg, first_epoch=2)]
+
+    runner, *_ = _kd_with_teacher_record_only(tmp_path, tiny_cifar, split_across_machines)
     with pytest.raises(UserError, match=f"made on Other CPU AVX512 \\+ {seg['machine']}\\)"):
         runner.run(run_config("kd", data))

@@ -5,9 +5,6 @@ tables then count such a run as "A + B"."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -16,13 +13,9 @@ from mutualbench.envinfo import machine_kind, record_machine_kind
 from mutualbench.records import read_record, validate_record
 from mutualbench.results import mixed_machine_notes
 from test_ensemble_and_machines import frame
+from test_run import cli
 
 OTHER = "Other CPU AVX512"
-
-
-def cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "mutualbench.cli", *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=600)
 
 
 def run_args(data, root, out):
@@ -86,6 +79,7 @@ def test_resumed_on_the_same_machine_two_segments_no_warning(runs):
     here = machine_kind(record["env"])
     assert [(s["first_epoch"], s["last_epoch"], s["machine"]) for s in record["segments"]] == [(1, 1, here), (2, 3, here)]
     assert record_machine_kind(record) == here and "resumes after epoch" not in stderr
+
     def metrics(r):
         return [(e["epoch"], e["test_acc"], e["train_loss"]) for e in r["curves"]]
 
