@@ -318,3 +318,25 @@ def test_a_teacher_resumed_across_kinds_of_machine_is_not_replaced_silently(tmp_
     runner, *_ = _kd_with_teacher_record_only(tmp_path, tiny_cifar, split_across_machines)
     with pytest.raises(UserError, match=f"made on Other CPU AVX512 \\+ {seg['machine']}\\)"):
         runner.run(run_config("kd", data))
+
+
+def test_epoch_lines_are_throttled_and_every_run_ends_with_one_closing_line(tmp_path, tiny_cifar, monkeypatch):
+    import mutualbench.engine as engine
+
+    data, root = tiny_cifar
+    cfg = run_config("mutual", data, cohort=2)
+    lines = []
+    # second-long epochs (a smoke profile's): no epoch lines, the run's closing line only
+    monkeypatch.setattr(engine, "EPOCH_LINE_INTERVAL_S", 3600.0)
+    record = Runner(tmp_path / "quick", data_root=root, device="cpu", log=lines.append).run(cfg)
+    rid = record["run_id"]
+    accs = {n: m["final_test_acc"] for n, m in record["models"].items()}
+    ens = record["ensemble"]["final_test_acc"]
+    assert lines == [f"{rid}: final test accuracy student1={accs['student1']:.2f}% student2={accs['student2']:.2f}% "
+                     f"ensemble={ens:.2f}% after 2 epochs ({record['timings']['train_s']:.1f} s of training); "
+                     f"wrote {tmp_path / 'quick' / (rid + '.json')}"]
+    # long epochs: a line each, then the closing line
+    lines.clear()
+    monkeypatch.setattr(engine, "EPOCH_LINE_INTERVAL_S", 0.0)
+    Runner(tmp_path / "long", data_root=root, device="cpu", log=lines.append).run(cfg)
+    assert [line.split(":")[0] for line in lines] == [f"{rid} mutual epoch 1/2", f"{rid} mutual epoch 2/2", rid]

@@ -63,6 +63,10 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+# seconds between two epoch lines of one run (the first epoch's line comes after as long)
+EPOCH_LINE_INTERVAL_S = 10.0
+
+
 class Engine:
     def __init__(self, models: dict[str, nn.Module], stages: list[Stage], train_loader, test_loader, *,
                  device: torch.device, checkpoint_path: Path | None = None, run_id: str = "",
@@ -77,6 +81,7 @@ class Engine:
         self.segment = dict(segment) if segment else None  # this process's machine, threads, torch, commit
         self.segments: list[dict] = []
         self._mine: dict | None = None  # this process's entry of ``segments``, once it trains an epoch
+        self._last_line: float | None = None  # when the last epoch line was logged (perf_counter)
 
     # -------------------------------------------------------------- checkpoints
     def _save(self, stage_index: int, stage_epoch: int, global_epoch: int) -> None:
@@ -200,6 +205,7 @@ class Engine:
 
     # -------------------------------------------------------------- the loop
     def run(self) -> list[dict]:
+        self._last_line = time.perf_counter()
         state = self._load()
         start_stage, start_epoch, global_epoch = 0, 0, 0
         if state is not None:
@@ -266,8 +272,14 @@ class Engine:
             entry["train_loss_terms"] = {n: {t: float(v.item()) / max(steps, 1) for t, v in ts.items()}
                                          for n, ts in terms.items()}
         self.curves.append(entry)
-        accs_txt = " ".join(f"{n}={a:.2f}%" for n, a in accs.items())
-        self.log(f"{self.desc} {stage.name} epoch {epoch + 1}/{stage.epochs}: {accs_txt} ({train_s:.1f}s train)")
+        # an epoch's line is progress on long work: at most one line per EPOCH_LINE_INTERVAL_S,
+        # so a long run logs every epoch and a run of second-long epochs (a smoke profile's)
+        # only its closing line (run.Runner)
+        now = time.perf_counter()
+        if self._last_line is None or now - self._last_line >= EPOCH_LINE_INTERVAL_S:
+            self._last_line = now
+            accs_txt = " ".join(f"{n}={a:.2f}%" for n, a in accs.items())
+            self.log(f"{self.desc} {stage.name} epoch {epoch + 1}/{stage.epochs}: {accs_txt} ({train_s:.1f}s train)")
 
     def _check_finite(self, sums: dict[str, torch.Tensor], stage: Stage, epoch: int, steps: int) -> None:
         for name, value in sums.items():

@@ -42,6 +42,7 @@ from .locks import LOCK, FolderLock
 from .methods import METHODS, get_method
 from .methods.base import config_dtype
 from .methods.pretrain import check_pretrain, pretrain_sections, uses_teacher
+from .progress import closing_line
 from .records import (
     complete_record,
     finish_record,
@@ -346,7 +347,7 @@ class Runner:
                       resumed_from_epoch=engine.resumed_from_epoch, segments=engine.segments, ensemble=ensemble)
         path = write_record(self.out_dir, record)
         (work / "checkpoint.pt").unlink(missing_ok=True)
-        self.log(f"{rid}: wrote {path}")
+        self.log(f"{rid}: {closing_line(models, ensemble, curves, timings['train_s'])}; wrote {path}")
         if self.on_record is not None:
             self.on_record(record)
         return record
