@@ -312,3 +312,29 @@ def test_a_profile_may_set_its_own_seed_count(tmp_path, spec, tiny_cifar):
     assert three != SPEC
     assert planned(three) == ([0, 1, 2], [0, 1, 2])
     assert planned(three, seeds=1) == ([0], [0])
+
+
+def test_a_study_continued_with_fewer_seeds_or_no_ablations_keeps_its_stored_runs(tmp_path, spec, tiny_cifar, capsys):
+    """A study folder's manifest plans what it planned before as well as what is asked: a
+    rerun with --seeds 1 and --no-ablations trains nothing and leaves the table of the
+    two-seed study with its ablation as it was, byte for byte."""
+    data, root = tiny_cifar
+    out = tmp_path / "study"
+    assert replicate(spec, data, root, out, "--quiet", "--seeds", "2") == 0
+    table = (out / "table.md").read_bytes()
+    runs = json.loads((out / "study.json").read_text())["runs"]
+    mtimes = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*.json")}
+    capsys.readouterr()
+    assert replicate(spec, data, root, out, "--seeds", "1", "--no-ablations") == 0
+    # the counts are of what was asked: seed 0's three main runs
+    assert "all 3 runs of tiny/smoke are complete" in capsys.readouterr().err
+    manifest = json.loads((out / "study.json").read_text())
+    assert manifest["seeds"] == [0, 1] and manifest["runs"] == runs
+    assert manifest["asked"] == {"seeds": [0], "ablations": []}
+    assert (out / "table.md").read_bytes() == table and "Ablation: update_order" in table.decode()
+    assert {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*.json")} == mtimes
+    # only the asked runs run: a third seed asked alone trains seed 2's main runs (and its
+    # teacher), not its ablation run; the plan shows that run as not selected
+    assert replicate(spec, data, root, out, "--dry-run", "--seeds", "3", "--no-ablations") == 0
+    text = capsys.readouterr().out
+    assert text.count("not selected (--ablations)") == 1 and "8 runs complete, 3 to run" in text

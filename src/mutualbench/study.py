@@ -24,7 +24,7 @@ from .layout import MANIFEST, RUNS, default_out
 from .progress import count_runs
 from .records import complete_record
 from .run import Runner, resolve
-from .spec import expand, in_profile, load_spec
+from .spec import expand, in_profile, load_spec, selected_ablations
 from .spec_schema import MAX_SEEDS
 
 MANIFEST_SCHEMA = 1
@@ -63,7 +63,14 @@ def plan_study(spec_path: Path, profile: str, out: Path, *, data: str | None = N
         seed_list = [s for s in seed_list if s % shard[1] == shard[0]]
     out = Path(out)
     runner = Runner(out / RUNS, data_root=data_root, device=device, log=log, on_record=on_record)
-    plan = expand(spec, profile, seed_list, data, ablations)
+    # the manifest plans what is asked and what the folder's manifest already planned (a
+    # study continued with fewer seeds or without its ablations keeps its stored runs in its
+    # tables); only what is asked runs
+    asked_ablations = [a["name"] for a in selected_ablations(spec, ablations)]
+    stored_seeds, stored_ablations = stored_scope(out, spec, profile)
+    planned_ablations = [a["name"] for a in spec.ablations
+                         if a["name"] in asked_ablations or a["name"] in stored_ablations]
+    plan = expand(spec, profile, sorted(set(seed_list) | stored_seeds), data, planned_ablations or False)
     for p in plan:  # every key's type and range, every method's section: before any data is loaded
         resolve(p.config)
     entries, pending, seen = [], [], set()
@@ -72,7 +79,8 @@ def plan_study(spec_path: Path, profile: str, out: Path, *, data: str | None = N
         _, rid, ds, _ = runner.prepare(p.config)
         entries.append({"arm": p.arm, "seed": p.seed, "ablation": p.ablation, "value": p.value, "run_id": rid,
                         "method": p.config["method"]})
-        if (arms is None or p.arm in arms) and rid not in seen:
+        asked = p.seed in seed_list and (p.ablation is None or p.ablation in asked_ablations)
+        if asked and (arms is None or p.arm in arms) and rid not in seen:
             seen.add(rid)
             if complete_record(runner.out_dir, rid) is None:
                 pending.append(p.config)
@@ -83,12 +91,36 @@ def plan_study(spec_path: Path, profile: str, out: Path, *, data: str | None = N
         "spec_sha256": spec.sha256,
         "spec": copy.deepcopy(spec.raw),
         "profile": profile,
-        "seeds": seed_list,
+        "seeds": sorted(set(seed_list) | stored_seeds),
         "data": {"source": data, "name": ds.name, "sha256": ds.sha256, "spec_data": spec.data},
         "runs": entries,
+        # what this invocation asked for (the runs it may train); ``runs`` may plan more
+        "asked": {"seeds": seed_list, "ablations": asked_ablations},
         "written_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     return spec, runner, manifest, pending
+
+
+def stored_scope(out: Path, spec, profile: str) -> tuple[set[int], set[str]]:
+    """The seeds and ablation names that the manifest in ``out`` plans, when it is a manifest
+    of this study and profile (``check_folder_owner`` refuses another's); none otherwise."""
+    try:
+        manifest = json.loads((Path(out) / MANIFEST).read_bytes().decode("utf-8"))
+        if (manifest["spec"]["study"]["name"], manifest["profile"]) != (spec.name, profile):
+            return set(), set()
+        seeds = {s for s in manifest["seeds"] if isinstance(s, int) and not isinstance(s, bool) and 0 <= s < MAX_SEEDS}
+        ablations = {e["ablation"] for e in manifest["runs"] if isinstance(e, dict) and isinstance(e.get("ablation"), str)}
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):  # none yet, or a damaged one (rewritten)
+        return set(), set()
+    return seeds, ablations
+
+
+def is_asked(entry: dict, manifest: dict) -> bool:
+    """Whether a manifest entry is in what its ``replicate`` asked for (``manifest["asked"]``)."""
+    asked = manifest.get("asked")
+    if asked is None:
+        return True
+    return entry["seed"] in asked["seeds"] and (entry["ablation"] is None or entry["ablation"] in asked["ablations"])
 
 
 def check_folder_owner(out: Path, spec, profile: str) -> None:
@@ -137,7 +169,8 @@ def dry_run(spec_path: Path, profile: str, out: Path, **kwargs) -> tuple[list[di
     """The plan of a study, printed by ``replicate --dry-run``: one row per arm x seed x
     ablation value (its run id; "complete" when its record is in ``out``, "to run", or
     "same run as" an earlier row), each run to do with its estimated time on this machine,
-    and their total; runs left out by ``arms`` are "not selected". Trains nothing, writes nothing."""
+    and their total; runs left out by ``arms``, or planned by the folder's manifest beyond the
+    asked seeds and ablations, are "not selected". Trains nothing, writes nothing."""
     _, runner, manifest, pending = plan_study(spec_path, profile, out, **kwargs)
     timer = RunTimer(runner)
     estimates = {}
@@ -156,7 +189,9 @@ def dry_run(spec_path: Path, profile: str, out: Path, **kwargs) -> tuple[list[di
             row["status"] = "to run"
             row["estimate"] = format_duration(est.train_s + est.eval_s)
         elif complete_record(runner.out_dir, rid) is None:
-            row["status"], row["estimate"] = "not selected (--arms)", ""
+            why = ("--seeds" if e["seed"] not in manifest["asked"]["seeds"] else
+                   "--ablations" if not is_asked(e, manifest) else "--arms")
+            row["status"], row["estimate"] = f"not selected ({why})", ""
         else:
             row["status"], row["estimate"] = "complete", ""
         first_row.setdefault(rid, len(rows) + 1)
@@ -177,7 +212,7 @@ def replicate(spec_path: Path, profile: str, out: Path, *, data: str | None = No
                                                  data_root=data_root, device=plan_device, ablations=ablations,
                                                  arms=arms, shard=shard, on_record=on_record, log=log)
     out = Path(out)
-    seen = {e["run_id"] for e in manifest["runs"]}
+    seen = {e["run_id"] for e in manifest["runs"] if is_asked(e, manifest)}
     if shard is None:
         atomic_write_json(out / MANIFEST, manifest)
     total = len(seen)
@@ -185,7 +220,8 @@ def replicate(spec_path: Path, profile: str, out: Path, *, data: str | None = No
         return {"manifest": manifest, "ran": 0, "total": total, "pending": len(pending), "errors": []}
     left = 0
     # with --arms, the counts are of the selected arms' runs, not of the whole study's
-    selected = total if arms is None else len({e["run_id"] for e in manifest["runs"] if e["arm"] in arms})
+    selected = total if arms is None else len({e["run_id"] for e in manifest["runs"]
+                                               if e["arm"] in arms and is_asked(e, manifest)})
     which = count_runs(selected) + ("" if arms is None else f" of the selected arms ({', '.join(arms)})")
     if not pending:
         every, are = ("the", "is") if selected == 1 else ("all", "are")
