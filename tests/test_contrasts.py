@@ -41,7 +41,7 @@ def test_an_arm_with_fewer_seeds_is_named_and_the_common_seeds_used():
     df = frame({("a", "model"): [10.0, 20.0, 30.0], ("b", "model"): [5.0, 5.0]})
     row = linear_contrasts(df, [{"name": "a-b", "weights": {"a": 1, "b": -1}}]).iloc[0]
     assert row["n"] == 2 and row["mean"] == pytest.approx(10.0)
-    assert "b has 2 seeds" in row["note"] and "computed on the 2 seeds all share" in row["note"]
+    assert "b has 2 seeds" in row["note"] and "computed on the 2 seeds they all share" in row["note"]
 
 
 def test_a_contrast_whose_arms_share_no_seed_says_it_is_not_computed():
@@ -172,3 +172,9 @@ def test_publish_logs_the_contrast_table(tmp_path, monkeypatch):
     table = logged["contrasts"]
     assert list(table["contrast"]) == ["dml - student"]
     assert table["mean"].iloc[0] == pytest.approx(pd.read_csv(folder / "contrasts.csv")["mean"].iloc[0])
+
+
+def test_one_shared_seed_is_named_as_one():
+    df = frame({("a", "model"): [10.0, 20.0, 30.0], ("b", "model"): [5.0]})
+    row = linear_contrasts(df, [{"name": "a-b", "weights": {"a": 1, "b": -1}}]).iloc[0]
+    assert row["n"] == 1 and row["note"] == "arms with fewer seeds: b has 1 seed; computed on the 1 seed they all share"

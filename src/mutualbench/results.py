@@ -272,7 +272,7 @@ def linear_contrasts(df: pd.DataFrame, contrasts: list[dict], arms: set[str] | N
         short = [f"{arm} has {len(v)} seed{'s' if len(v) != 1 else ''}" for arm, v in seed_sets.items()
                  if len(v) < widest]
         if short and common:
-            note = "arms with fewer seeds: " + ", ".join(short) + f"; computed on the {len(common)} seeds all share"
+            note = "arms with fewer seeds: " + ", ".join(short) + f"; computed on the {len(common)} seed{'s' if len(common) != 1 else ''} they all share"
         elif short or not common:
             note = "not computed: its arms share no seed" + (" (" + ", ".join(short) + ")" if short else "")
         else:
