@@ -5,7 +5,8 @@ around 1e-16, far below anything a test image or a loss can show over a smoke-si
 a float64 rerun must reproduce the stored records themselves, not only their means: for
 every run id of the seeds both studies hold, the same final and per-epoch test accuracies
 (exactly, every model and the cohort's ensemble) and every epoch's training losses within
-a relative ``LOSS_RTOL``. A stored study is exact when every complete record in it trained in
+a relative ``LOSS_RTOL``, or the profile's own ``loss_rtol`` where its training amplifies
+rounding differences more (the rerun's spec says; its accuracies must still be equal). A stored study is exact when every complete record in it trained in
 float64 (``precision`` of the record, ``speed.dtype``); float32 studies are compared
 statistically (``mutualbench.results``).
 """
@@ -33,6 +34,7 @@ class ExactComparison:
     new_seeds: list[int]
     problems: list[str] = field(default_factory=list)
     missing: int = 0  # stored runs without a complete record of the same id here
+    rtol: float = LOSS_RTOL
 
     @property
     def ok(self) -> bool:
@@ -48,12 +50,14 @@ class ExactComparison:
         also = (f"; seed{'s' if len(unused) > 1 else ''} {_seed_text(unused)} "
                 f"{'are' if len(unused) > 1 else 'is'} on one side only, not compared") if unused else ""
         if self.ok:
-            return [f"reproduced exactly: {count_runs(self.runs)} (seed{'s' if len(self.seeds) > 1 else ''} {seeds}){also}"]
+            within = f"; losses within a relative {self.rtol:g}, the profile's loss_rtol" if self.rtol != LOSS_RTOL else ""
+            return [f"reproduced exactly: {count_runs(self.runs)} (seed{'s' if len(self.seeds) > 1 else ''} {seeds}"
+                    f"{within}){also}"]
         if self.missing == self.runs:
             return [f"not reproduced exactly: none of the {self.runs} stored runs of seeds {seeds} is here (their run "
                     "ids hash every setting: these runs were made with other settings, code defaults or data)"]
         head = (f"not reproduced exactly: {len(self.problems)} of {self.runs} runs differ (seeds {seeds}{also}; "
-                f"accuracies must be equal, losses within a relative {LOSS_RTOL:g}):")
+                f"accuracies must be equal, losses within a relative {self.rtol:g}):")
         more = len(self.problems) - SHOWN
         return [head] + [f"  {p}" for p in self.problems[:SHOWN]] + ([f"  ... and {more} more"] if more > 0 else [])
 
@@ -121,9 +125,23 @@ def run_difference(stored: dict, new: dict, rtol: float = LOSS_RTOL) -> str | No
     return None
 
 
-def compare_exact(new: Study, stored: Study, rtol: float = LOSS_RTOL) -> ExactComparison:
+def loss_rtol(study: Study) -> float:
+    """The relative loss tolerance of a study's profile: its spec's ``[profiles.<name>]
+    loss_rtol``, else ``LOSS_RTOL``."""
+    try:
+        value = study.manifest["spec"]["profiles"][study.manifest["profile"]].get("loss_rtol")
+    except (KeyError, TypeError, AttributeError):
+        return LOSS_RTOL
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+        return LOSS_RTOL
+    return float(value)
+
+
+def compare_exact(new: Study, stored: Study, rtol: float | None = None) -> ExactComparison:
     """Every complete stored run of the seeds both studies hold, by run id, against the new
-    study's record of the same run id (a missing or incomplete one is a difference)."""
+    study's record of the same run id (a missing or incomplete one is a difference). ``rtol``:
+    the losses' relative tolerance, by default the rerun's profile's (``loss_rtol``)."""
+    rtol = loss_rtol(new) if rtol is None else rtol
     stored_seeds, new_seeds = _seeds(stored), _seeds(new)
     seeds = sorted(set(stored_seeds) & set(new_seeds))
     problems, compared, missing, seen = [], 0, 0, set()
@@ -144,4 +162,4 @@ def compare_exact(new: Study, stored: Study, rtol: float = LOSS_RTOL) -> ExactCo
         diff = run_difference(rec, other, rtol)
         if diff is not None:
             problems.append(f"{name} ({rid}): {diff}")
-    return ExactComparison(compared, seeds, stored_seeds, new_seeds, problems, missing)
+    return ExactComparison(compared, seeds, stored_seeds, new_seeds, problems, missing, rtol)

@@ -98,6 +98,8 @@ class Profile(_Table):
     description: str = ""
     tolerance: Annotated[Number, Field(ge=0)]
     seeds: Annotated[int, Field(ge=1, le=MAX_SEEDS)] = None  # type: ignore[assignment]  # default: [study] seeds
+    # a float64 profile's loss tolerance in the exact comparison (default mutualbench.exact.LOSS_RTOL)
+    loss_rtol: Annotated[Number, Field(gt=0, lt=1)] = None  # type: ignore[assignment]
     set: Settings = {}
 
 
@@ -166,6 +168,7 @@ HELP: dict[tuple, tuple[str, str]] = {
     ("profiles",): ("[profiles.<name>] tables, at least one", "[profiles.smoke] tolerance = 0.5"),
     ("profiles", "*"): ("a table ([profiles.<name>]) with tolerance", "[profiles.smoke] tolerance = 0.5"),
     ("profiles", "*", "tolerance"): ("a finite number >= 0 (accuracy points)", "tolerance = 0.5"),
+    ("profiles", "*", "loss_rtol"): ("a relative tolerance between 0 and 1, exclusive", "loss_rtol = 1e-6"),
     ("profiles", "*", "description"): ("a string", 'description = "..."'),
     ("profiles", "*", "seeds"): (f"a positive integer (the profile's number of seeds, run when replicate --seeds is "
                                  f"not given), at most {MAX_SEEDS}", "seeds = 2"),
