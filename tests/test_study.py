@@ -338,3 +338,21 @@ def test_a_study_continued_with_fewer_seeds_or_no_ablations_keeps_its_stored_run
     assert replicate(spec, data, root, out, "--dry-run", "--seeds", "3", "--no-ablations") == 0
     text = capsys.readouterr().out
     assert text.count("not selected (--ablations)") == 1 and "8 runs complete, 3 to run" in text
+
+
+def test_not_asked_names_the_option_that_left_a_planned_run_out():
+    """The one test of "asked" that planning, ``replicate`` and ``--dry-run`` share: a run of
+    a seed not asked is left out by --seeds (even when its ablation is also not asked), an
+    ablation run of an asked seed by --ablations; a manifest from before ``asked`` asks all."""
+    from mutualbench.study import is_asked, not_asked
+
+    asked = {"seeds": [0, 1], "ablations": ["update_order"]}
+    run = {"seed": 0, "ablation": None}
+    assert not_asked(run, asked) is None
+    assert not_asked({"seed": 2, "ablation": None}, asked) == "--seeds"
+    assert not_asked({"seed": 2, "ablation": "temperature"}, asked) == "--seeds"
+    assert not_asked({"seed": 1, "ablation": "temperature"}, asked) == "--ablations"
+    assert not_asked({"seed": 1, "ablation": "update_order"}, asked) is None
+    assert not_asked({"seed": 9, "ablation": "temperature"}, None) is None
+    assert is_asked(run, {"asked": asked}) and not is_asked({"seed": 2, "ablation": None}, {"asked": asked})
+    assert is_asked({"seed": 2, "ablation": None}, {})

@@ -81,7 +81,7 @@ class Engine:
         self.segment = dict(segment) if segment else None  # this process's machine, threads, torch, commit
         self.segments: list[dict] = []
         self._mine: dict | None = None  # this process's entry of ``segments``, once it trains an epoch
-        self._last_line: float | None = None  # when the last epoch line was logged (perf_counter)
+        self._last_line = 0.0  # when the last epoch line was logged (perf_counter; run() starts the clock)
 
     # -------------------------------------------------------------- checkpoints
     def _save(self, stage_index: int, stage_epoch: int, global_epoch: int) -> None:
@@ -276,7 +276,7 @@ class Engine:
         # so a long run logs every epoch and a run of second-long epochs (a smoke profile's)
         # only its closing line (run.Runner)
         now = time.perf_counter()
-        if self._last_line is None or now - self._last_line >= EPOCH_LINE_INTERVAL_S:
+        if now - self._last_line >= EPOCH_LINE_INTERVAL_S:
             self._last_line = now
             accs_txt = " ".join(f"{n}={a:.2f}%" for n, a in accs.items())
             self.log(f"{self.desc} {stage.name} epoch {epoch + 1}/{stage.epochs}: {accs_txt} ({train_s:.1f}s train)")

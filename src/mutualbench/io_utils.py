@@ -14,9 +14,10 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -69,12 +70,15 @@ def _new_temp(path: Path) -> tuple[int, str]:
     return fd, tmp
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Write ``path`` whole or not at all: ``write`` fills a temporary file beside it, which is
+    synced and renamed over ``path``; on any failure the temporary file is removed and ``path``
+    keeps its old content. An OSError (a full disk, no permission) becomes a one-line UserError."""
     path = Path(path)
     fd, tmp = _new_temp(path)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -84,6 +88,10 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    _atomic_write(path, lambda f: f.write(data))
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -91,22 +99,9 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 
 def atomic_torch_save(path: Path, obj: Any) -> None:
-    path = Path(path)
-    fd, tmp = _new_temp(path)
-    try:
-        # Through a Python file object: a full disk then raises OSError(ENOSPC), where a path
-        # given to torch.save fails with an opaque RuntimeError.
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
-        raise write_error(path, e) from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # Through a Python file object: a full disk then raises OSError(ENOSPC), where a path
+    # given to torch.save fails with an opaque RuntimeError.
+    _atomic_write(path, lambda f: torch.save(obj, f))
 
 
 WEIGHTS_ONLY_REFUSAL = re.compile(r"Unsupported global: GLOBAL (?P<name>[\w.]+)|Unsupported operand (?P<op>\S+)")

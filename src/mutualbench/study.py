@@ -42,7 +42,8 @@ def plan_study(spec_path: Path, profile: str, out: Path, *, data: str | None = N
     these arms (their main runs and ablation runs); the manifest still lists every run."""
     spec = load_spec(spec_path)
     spec.profile(profile)
-    check_folder_owner(Path(out), spec, profile)
+    stored = read_manifest(Path(out))
+    check_folder_owner(Path(out), spec, profile, stored)
     _check_selected_arms(spec, profile, arms)
     if data is None and spec.data not in KNOWN_DATASETS:
         raise UserError(f"{spec.path} is a study of {spec.data}, which cannot be downloaded: give --data, a local copy "
@@ -67,7 +68,8 @@ def plan_study(spec_path: Path, profile: str, out: Path, *, data: str | None = N
     # study continued with fewer seeds or without its ablations keeps its stored runs in its
     # tables); only what is asked runs
     asked_ablations = [a["name"] for a in selected_ablations(spec, ablations)]
-    stored_seeds, stored_ablations = stored_scope(out, spec, profile)
+    asked = {"seeds": seed_list, "ablations": asked_ablations}
+    stored_seeds, stored_ablations = stored_scope(stored)
     planned_ablations = [a["name"] for a in spec.ablations
                          if a["name"] in asked_ablations or a["name"] in stored_ablations]
     plan = expand(spec, profile, sorted(set(seed_list) | stored_seeds), data, planned_ablations or False)
@@ -79,8 +81,7 @@ def plan_study(spec_path: Path, profile: str, out: Path, *, data: str | None = N
         _, rid, ds, _ = runner.prepare(p.config)
         entries.append({"arm": p.arm, "seed": p.seed, "ablation": p.ablation, "value": p.value, "run_id": rid,
                         "method": p.config["method"]})
-        asked = p.seed in seed_list and (p.ablation is None or p.ablation in asked_ablations)
-        if asked and (arms is None or p.arm in arms) and rid not in seen:
+        if not_asked(entries[-1], asked) is None and (arms is None or p.arm in arms) and rid not in seen:
             seen.add(rid)
             if complete_record(runner.out_dir, rid) is None:
                 pending.append(p.config)
@@ -95,44 +96,63 @@ def plan_study(spec_path: Path, profile: str, out: Path, *, data: str | None = N
         "data": {"source": data, "name": ds.name, "sha256": ds.sha256, "spec_data": spec.data},
         "runs": entries,
         # what this invocation asked for (the runs it may train); ``runs`` may plan more
-        "asked": {"seeds": seed_list, "ablations": asked_ablations},
+        "asked": asked,
         "written_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     return spec, runner, manifest, pending
 
 
-def stored_scope(out: Path, spec, profile: str) -> tuple[set[int], set[str]]:
-    """The seeds and ablation names that the manifest in ``out`` plans, when it is a manifest
-    of this study and profile (``check_folder_owner`` refuses another's); none otherwise."""
+def read_manifest(out: Path) -> dict | None:
+    """The manifest in ``out`` as a dict of this study's shape, or None: none yet, or the
+    folder's own damaged one (``replicate`` rewrites it)."""
     try:
         manifest = json.loads((Path(out) / MANIFEST).read_bytes().decode("utf-8"))
-        if (manifest["spec"]["study"]["name"], manifest["profile"]) != (spec.name, profile):
-            return set(), set()
+        owner = (manifest["spec"]["study"]["name"], manifest["profile"])  # what every reader needs
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+        return None
+    return manifest if all(isinstance(k, str) for k in owner) else None
+
+
+def stored_scope(manifest: dict | None) -> tuple[set[int], set[str]]:
+    """The seeds and ablation names that a folder's stored manifest plans (``check_folder_owner``
+    has refused a manifest of another study or profile); none when there is none or it is damaged."""
+    if manifest is None:
+        return set(), set()
+    try:
         seeds = {s for s in manifest["seeds"] if isinstance(s, int) and not isinstance(s, bool) and 0 <= s < MAX_SEEDS}
         ablations = {e["ablation"] for e in manifest["runs"] if isinstance(e, dict) and isinstance(e.get("ablation"), str)}
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):  # none yet, or a damaged one (rewritten)
+    except (KeyError, TypeError):  # a damaged one: rewritten
         return set(), set()
     return seeds, ablations
 
 
+def not_asked(entry: dict, asked: dict | None) -> str | None:
+    """Why a manifest entry is outside what its ``replicate`` asked for (``asked``: the
+    manifest's {seeds, ablations}): the option that left it out, "--seeds" or "--ablations";
+    None when it was asked for (or the manifest predates ``asked``). The one test of it."""
+    if asked is None:
+        return None
+    if entry["seed"] not in asked["seeds"]:
+        return "--seeds"
+    if entry["ablation"] is not None and entry["ablation"] not in asked["ablations"]:
+        return "--ablations"
+    return None
+
+
 def is_asked(entry: dict, manifest: dict) -> bool:
     """Whether a manifest entry is in what its ``replicate`` asked for (``manifest["asked"]``)."""
-    asked = manifest.get("asked")
-    if asked is None:
-        return True
-    return entry["seed"] in asked["seeds"] and (entry["ablation"] is None or entry["ablation"] in asked["ablations"])
+    return not_asked(entry, manifest.get("asked")) is None
 
 
-def check_folder_owner(out: Path, spec, profile: str) -> None:
+def check_folder_owner(out: Path, spec, profile: str, manifest: dict | None = None) -> None:
     """A study folder belongs to one study and profile: ``replicate`` of another spec or profile
     into it would replace its manifest, and its table would describe the new study over the old
-    records. A manifest that cannot be read is the folder's own damaged one (it is rewritten)."""
-    path = Path(out) / MANIFEST
-    try:
-        manifest = json.loads(path.read_bytes().decode("utf-8"))
-        name, held = manifest["spec"]["study"]["name"], manifest["profile"]
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):  # none yet, or the folder's own damaged one
+    records. ``manifest``: the folder's, as ``read_manifest`` gives it (read here when not
+    given); none, or a damaged one, is the folder's own (it is rewritten)."""
+    manifest = read_manifest(Path(out)) if manifest is None else manifest
+    if manifest is None:
         return
+    name, held = manifest["spec"]["study"]["name"], manifest["profile"]
     if (name, held) != (spec.name, profile):
         raise UserError(f"{out} holds the study {name}/{held} (from {manifest.get('spec_path', '?')}), not "
                         f"{spec.name}/{profile} (from {spec.path}): a study folder belongs to one study and profile; "
@@ -189,8 +209,7 @@ def dry_run(spec_path: Path, profile: str, out: Path, **kwargs) -> tuple[list[di
             row["status"] = "to run"
             row["estimate"] = format_duration(est.train_s + est.eval_s)
         elif complete_record(runner.out_dir, rid) is None:
-            why = ("--seeds" if e["seed"] not in manifest["asked"]["seeds"] else
-                   "--ablations" if not is_asked(e, manifest) else "--arms")
+            why = not_asked(e, manifest["asked"]) or "--arms"
             row["status"], row["estimate"] = f"not selected ({why})", ""
         else:
             row["status"], row["estimate"] = "complete", ""
