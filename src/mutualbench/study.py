@@ -144,12 +144,11 @@ def is_asked(entry: dict, manifest: dict) -> bool:
     return not_asked(entry, manifest.get("asked")) is None
 
 
-def check_folder_owner(out: Path, spec, profile: str, manifest: dict | None = None) -> None:
+def check_folder_owner(out: Path, spec, profile: str, manifest: dict | None) -> None:
     """A study folder belongs to one study and profile: ``replicate`` of another spec or profile
     into it would replace its manifest, and its table would describe the new study over the old
-    records. ``manifest``: the folder's, as ``read_manifest`` gives it (read here when not
-    given); none, or a damaged one, is the folder's own (it is rewritten)."""
-    manifest = read_manifest(Path(out)) if manifest is None else manifest
+    records. ``manifest``: the folder's, as ``read_manifest`` gives it; none (None), or a
+    damaged one, is the folder's own (it is rewritten)."""
     if manifest is None:
         return
     name, held = manifest["spec"]["study"]["name"], manifest["profile"]
