@@ -7,6 +7,7 @@ the one-line message and what is left on disk."""
 import errno
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -343,22 +344,26 @@ def test_leftover_temporaries_are_removed_and_only_those(tmp_path, tiny_cifar, c
     data, root = tiny_cifar
     out = tmp_path / "out"
     rid = run_id(data, root, **{"train.epochs": 1})
-    leftovers = [out / f".{rid}.json.k3j_h5g6.tmp", out / rid / ".checkpoint.pt.abcdefgh.tmp",
-                 out / "other" / ".final.pt.0a1b2c3d.tmp"]
+    dead, busy = _dead_pid(), "individual-00000000beef"
+    leftovers = [out / f".{rid}.json.mutualbench-{dead}-k3j_h5g6.tmp",
+                 out / rid / f".checkpoint.pt.mutualbench-{dead}-abcdefgh.tmp"]
     kept = [out / "notes.tmp", out / ".keep.tmp", out / "my.json.abcdefgh.tmp", out / rid / "checkpoint.tmp",
-            out / "busy" / ".final.pt.zzzzzzzz.tmp"]  # the last: a live process holds busy/.lock
+            out / f".{rid}.json.k3j_h5g6.tmp", out / rid / ".final.pt.abcdefgh.tmp",  # not named as ours
+            out / "other" / f".final.pt.mutualbench-{dead}-0a1b2c3d.tmp",  # not a run's work folder
+            out / rid / f".final.pt.mutualbench-{os.getpid()}-0a1b2c3d.tmp",  # its process is alive
+            out / busy / f".final.pt.mutualbench-{dead}-zzzzzzzz.tmp"]  # a live process holds busy/.lock
     for p in leftovers + kept:
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(b"partial")
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     try:
-        (out / "busy" / ".lock").write_text(json.dumps({"pid": sleeper.pid}))
+        (out / busy / ".lock").write_text(json.dumps({"pid": sleeper.pid}))
         assert main(run_args(data, root, out, epochs=1)) == 0
     finally:
         sleeper.kill()
         sleeper.wait()
     err = capsys.readouterr().err
-    assert f"removed 3 temporary file(s) left by an interrupted write in {out}" in err
+    assert f"removed 2 temporary file(s) left by an interrupted write in {out}" in err
     assert not any(p.exists() for p in leftovers)
     assert all(p.read_bytes() == b"partial" for p in kept)
 
@@ -401,6 +406,99 @@ def test_damaged_manifest_is_an_error_naming_it(tmp_path, capsys):
     assert main(["table", str(study)]) == 2
     line = one_line_error(capsys.readouterr().err)
     assert line.startswith(f"error: {study / 'study.json'}: malformed study manifest (UnicodeDecodeError)")
+
+
+def files_and_times(folder: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file under ``folder``: its bytes and modification time."""
+    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+ONE_MANIFEST = {"schema": 1, "spec": {"study": {"name": "one"}, "profiles": {"smoke": {"tolerance": 0.5}}},
+                "profile": "smoke", "seeds": [0], "data": {"name": "tiny-cifar", "sha256": "0" * 64},
+                "runs": [{"arm": "student", "seed": 0, "ablation": None, "value": None,
+                          "run_id": "individual-000000000001", "method": "individual"}]}
+
+
+def _damaged_manifest(damage: str) -> bytes:
+    if damage == "truncated":
+        text = json.dumps(ONE_MANIFEST, indent=2)
+        return text[:len(text) // 2].encode()
+    manifest = json.loads(json.dumps(ONE_MANIFEST))
+    if damage == "arm null":
+        manifest["runs"][0]["arm"] = None
+    else:
+        del manifest[damage.removeprefix("no ")]
+    return json.dumps(manifest).encode()
+
+
+@pytest.mark.parametrize("spec_name,damage,problem", [
+    ("one", "truncated", "not JSON: "),
+    ("one", "no profile", "profile is missing"),
+    ("one", "no seeds", "seeds is missing"),
+    ("one", "arm null", "runs[0].arm is null, not a string"),
+    ("other", "truncated", "not JSON: "),  # another study would take the folder
+    ("other", "no profile", "profile is missing"),
+])
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_damaged_manifest_beside_records_is_refused_not_replaced(tmp_path, tiny_cifar, one_spec, capsys, monkeypatch,
+                                                                 spec_name, damage, problem, dry_run):
+    """A study.json that is truncated or lacks a key, in a folder that holds run records, is
+    not taken for no manifest (which ``replicate`` of this or another spec replaced, with the
+    tables, exit 0): a one-line error names the repair, before any data is loaded, and
+    nothing in the folder changes."""
+    data, root = tiny_cifar
+    out = tmp_path / "study"
+    (out / "runs").mkdir(parents=True)
+    (out / "runs" / "individual-000000000001.json").write_text('{"status": "complete"}')
+    (out / "study.json").write_bytes(_damaged_manifest(damage))
+    (out / "table.md").write_text("# one: profile `smoke`\n")
+    before = files_and_times(out)
+    spec = one_spec
+    if spec_name == "other":
+        spec = tmp_path / "other.toml"
+        spec.write_text(ONE_RUN_SPEC.replace('name = "one"', 'name = "other"'))
+    no_data_loading(monkeypatch)
+    assert main(replicate_args(spec, data, root, out, *(["--dry-run"] if dry_run else []))) == 2
+    line = one_line_error(capsys.readouterr().err)
+    path = out / "study.json"
+    assert line.startswith(f"error: {path}: damaged study manifest ({problem}"), line
+    assert line.endswith(f"restore it from version control (git checkout -- {path}) or move the folder aside")
+    assert files_and_times(out) == before
+
+
+def test_a_replicate_that_trains_nothing_changes_no_file(tmp_path, tiny_cifar, one_spec, capsys):
+    """``replicate --arms student`` of a complete study with fewer seeds, from another copy of
+    the data and after the spec gained another profile, trains nothing and so changes no
+    file: not the manifest (it rewrote its asked, data path, spec hash and time), not the
+    tables or plots (their bytes and times). A manifest holds no local path of the data; one
+    written before, that does, is read and kept. An edit of this profile is written."""
+    data, root = tiny_cifar
+    out = tmp_path / "study"
+    assert main(replicate_args(one_spec, data, root, out, "--quiet", "--seeds", "2")) == 0
+    text = (out / "study.json").read_text()
+    manifest = json.loads(text)
+    assert str(data.parent) not in text and str(root) not in text
+    assert set(manifest["data"]) == {"name", "sha256", "spec_data"}
+    manifest["data"]["source"] = "../shared/data/tiny.tar.gz"  # as manifests written before this held it
+    (out / "study.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    before = files_and_times(out)
+    assert {"study.json", "table.md", "table.csv", "runs.csv", "curves.png"} <= set(before)
+    elsewhere = tmp_path / "elsewhere" / data.name
+    elsewhere.parent.mkdir()
+    shutil.copyfile(data, elsewhere)
+    one_spec.write_text(ONE_RUN_SPEC + "\n[profiles.cpu]  # added since: a new spec hash, the same runs here\n"
+                        "tolerance = 2.0\n")
+    capsys.readouterr()
+    assert main(replicate_args(one_spec, elsewhere, root, out, "--seeds", "1", "--arms", "student")) == 0
+    assert "nothing to run" in capsys.readouterr().err
+    assert files_and_times(out) == before
+    # an edit of this profile's part of the spec is the study's to record, trained or not
+    one_spec.write_text(ONE_RUN_SPEC.replace("tolerance = 0.5", "tolerance = 0.7"))
+    assert main(replicate_args(one_spec, elsewhere, root, out, "--quiet", "--seeds", "1", "--arms", "student")) == 0
+    manifest = json.loads((out / "study.json").read_text())
+    assert manifest["spec"]["profiles"]["smoke"]["tolerance"] == 0.7 and "source" not in manifest["data"]
+    assert manifest["seeds"] == [0, 1] and len(manifest["runs"]) == 2
 
 
 def test_run_moves_its_own_damaged_record_aside_and_runs_again(tmp_path, tiny_cifar, capsys):

@@ -5,6 +5,7 @@ work (or does what was asked), and leaves nothing written outside its folder."""
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -19,7 +20,15 @@ import torch
 from conftest import png_bytes, write_tar
 from mutualbench.cli import main
 from mutualbench.errors import UserError
-from test_faults import ONE_RUN_SPEC, no_data_loading, one_line_error, replicate_args
+from test_faults import (
+    ONE_RUN_SPEC,
+    _dead_pid,
+    no_data_loading,
+    one_line_error,
+    replicate_args,
+    run_args,
+    run_id,
+)
 
 
 @pytest.fixture
@@ -81,6 +90,126 @@ def test_every_plot_resolves_inside_its_folder(tmp_path):
     (tmp_path / "elsewhere.png").symlink_to(tmp_path.parent / "outside.png")  # a link out of the folder
     with pytest.raises(UserError, match="would be written outside"):
         safe_child(tmp_path, "elsewhere.png")
+
+
+RID = "individual-0123456789ab"
+TARGETS = {"record": f"runs/{RID}.json", "checkpoint": f"runs/{RID}/checkpoint.pt", "lock": f"runs/{RID}/.lock",
+           "moved aside": f"runs/{RID}/checkpoint.pt"}
+
+
+def _write(kind: str, study: Path) -> None:
+    """The write of ``kind`` a run of the study in ``study`` makes (``TARGETS``), confined to ``study``."""
+    from mutualbench.io_utils import atomic_torch_save, move_aside
+    from mutualbench.locks import LOCK, FolderLock
+    from mutualbench.records import write_record
+
+    runs = study / "runs"
+    if kind == "record":
+        write_record(runs, {"run_id": RID}, root=study)
+    elif kind == "checkpoint":
+        atomic_torch_save(runs / RID / "checkpoint.pt", {"w": torch.zeros(2)}, root=study)
+    elif kind == "lock":
+        FolderLock(runs / RID / LOCK, "busy", root=study).acquire().release()
+    else:
+        move_aside(runs / RID / "checkpoint.pt", root=study)
+
+
+@pytest.mark.parametrize("kind,where", [(kind, where) for kind in TARGETS for where in ("runs folder", "run folder", "file")
+                                        if not (kind == "record" and where == "run folder")])
+def test_no_write_follows_a_link_out_of_the_study_folder(tmp_path, kind, where):
+    study, outside = tmp_path / "study", tmp_path / "outside"
+    (outside / RID).mkdir(parents=True)
+    (outside / RID / "checkpoint.pt").write_bytes(b"theirs")
+    study.mkdir()
+    if where == "runs folder":
+        planted = study / "runs"
+        planted.symlink_to(outside, target_is_directory=True)
+    elif where == "run folder":
+        (study / "runs").mkdir()
+        planted = study / "runs" / RID
+        planted.symlink_to(outside / RID, target_is_directory=True)
+    else:
+        (study / "runs" / RID).mkdir(parents=True)
+        planted = study / TARGETS[kind]
+        planted.symlink_to(outside / RID / "checkpoint.pt")
+    before = {p: p.read_bytes() for p in outside.rglob("*") if p.is_file()}
+    with pytest.raises(UserError, match=re.escape(f"{planted} is a symbolic link (to {os.readlink(planted)})")) as e:
+        _write(kind, study)
+    assert str(e.value).endswith(f"nothing is written through a link in {study}: remove the link and run again")
+    assert {p: p.read_bytes() for p in outside.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in outside.rglob("*")) == ["checkpoint.pt", RID] and planted.is_symlink()
+
+
+def _planned_run_id(spec: Path, data: Path, root: Path, out: Path) -> str:
+    """The run id of the one run of ``spec`` (planning writes nothing)."""
+    from mutualbench.study import plan_study
+
+    _, _, manifest, _ = plan_study(spec, "smoke", out, data=str(data), data_root=root, device="cpu", log=lambda m: None)
+    (entry,) = manifest["runs"]
+    return entry["run_id"]
+
+
+@pytest.mark.parametrize("where", ["run folder", "runs folder"])
+def test_replicate_refuses_a_symlink_planted_in_the_study_folder(tmp_path, tiny_cifar, one_spec, capsys, where):
+    data, root = tiny_cifar
+    out, outside = tmp_path / "study", tmp_path / "outside"
+    outside.mkdir()
+    rid = _planned_run_id(one_spec, data, root, out)
+    if where == "run folder":  # runs/<run id>/ replaced by a link out of the study
+        (out / "runs").mkdir(parents=True)
+        planted, on_the_way = out / "runs" / rid, out / "runs" / rid / ".lock"
+    else:
+        out.mkdir()
+        planted, on_the_way = out / "runs", out / "runs" / f"{rid}.json"
+    planted.symlink_to(outside, target_is_directory=True)
+    assert main(replicate_args(one_spec, data, root, out, "--quiet")) == 2
+    line = one_line_error(capsys.readouterr().err)
+    assert line == (f"error: {planted} is a symbolic link (to {outside}), on the way to {on_the_way}; nothing is "
+                    f"written through a link in {out}: remove the link and run again")
+    assert not list(outside.iterdir())  # no final.pt, checkpoint, lock or record where the link points
+    assert sorted(os.listdir(out)) == ["runs"] and planted.is_symlink()  # no manifest, no lock left
+
+
+def test_run_refuses_a_symlinked_checkpoint_and_leaves_its_target_alone(tmp_path, tiny_cifar, capsys):
+    data, root = tiny_cifar
+    out = tmp_path / "out"
+    rid = run_id(data, root, **{"train.epochs": 1})
+    (out / rid).mkdir(parents=True)
+    victim = tmp_path / "elsewhere" / "precious.pt"
+    victim.parent.mkdir()
+    victim.write_bytes(b"not a checkpoint")
+    ckpt = out / rid / "checkpoint.pt"
+    ckpt.symlink_to(victim)
+    assert main(run_args(data, root, out, "--quiet", epochs=1)) == 2
+    line = one_line_error(capsys.readouterr().err)
+    assert line == (f"error: {ckpt} is a symbolic link (to {victim}); nothing is written through a link in {out}: "
+                    "remove the link and run again")
+    assert victim.read_bytes() == b"not a checkpoint" and os.listdir(victim.parent) == ["precious.pt"]
+    assert ckpt.is_symlink() and os.listdir(out / rid) == ["checkpoint.pt"] and not (out / f"{rid}.json").exists()
+
+
+def test_temporary_files_are_cleaned_only_when_ours_stale_and_in_our_folders(tmp_path, one_spec, capsys):
+    out = tmp_path / "existing"  # --out at a folder that holds other programs' files too
+    dead = _dead_pid()
+    ours = [out / f".study.json.mutualbench-{dead}-0a1b2c3d.tmp",
+            out / "runs" / f".{RID}.json.mutualbench-{dead}-k3j_h5g6.tmp",
+            out / "runs" / RID / f".checkpoint.pt.mutualbench-{dead}-abcdefgh.tmp"]
+    others = [out / ".x.abcd1234.tmp", out / "notes" / ".x.abcd1234.tmp", out / "runs" / ".x.abcd1234.tmp",
+              out / "runs" / RID / ".final.pt.abcdefgh.tmp",
+              out / "notes" / f".draft.mutualbench-{dead}-abcdefgh.tmp",  # named as ours, not in a folder of ours
+              out / "runs" / RID / f".final.pt.mutualbench-{os.getpid()}-abcdefgh.tmp"]  # its writer is alive
+    for p in ours + others:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"partial")
+    missing = tmp_path / "missing.tar.gz"  # the run then fails at its data
+    assert main(replicate_args(one_spec, missing, tmp_path / "root", out)) == 2
+    err = capsys.readouterr().err
+    line = one_line_error(err)
+    assert str(missing) in line and "not found" in line
+    assert f"removed 1 temporary file(s) left by an interrupted write in {out}: {ours[0].name}" in err
+    assert f"removed 2 temporary file(s) left by an interrupted write in {out / 'runs'}" in err
+    assert not any(p.exists() for p in ours)
+    assert all(p.read_bytes() == b"partial" for p in others)
 
 
 # ----------------------------------------------------------------------------- 2. a folder is one study's
@@ -371,6 +500,20 @@ def test_a_killed_cache_write_leaves_a_temporary_the_next_load_removes(tmp_path,
     assert f"removed 1 temporary file(s) left by an interrupted write in {root / 'cache'}: {leftover.name}" in err
     assert not leftover.exists() and len(list((root / "cache").glob("tiny-cifar-*.npz"))) == 1
     assert not list((root / "cache").glob(".*.tmp")) and not (root / "cache" / ".lock").exists()
+
+
+def test_a_symlinked_cache_folder_is_not_written_through(tmp_path, tiny_cifar, capsys):
+    data, _ = tiny_cifar
+    root, elsewhere = tmp_path / "root", tmp_path / "elsewhere"
+    root.mkdir()
+    elsewhere.mkdir()
+    (root / "cache").symlink_to(elsewhere, target_is_directory=True)
+    assert main(["data", str(data), "--data-root", str(root)]) == 0  # used without a cache
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: ")]
+    assert line.startswith(f"warning: {root / 'cache'} is a symbolic link (to {elsewhere}), on the way to {root / 'cache'}")
+    assert f"nothing is written through a link in {root}: remove the link and run again; until then " in line
+    assert line.endswith("is used without a cache (decoded again next time)")
+    assert not list(elsewhere.iterdir()) and (root / "cache").is_symlink()
 
 
 # ----------------------------------------------------------------------------- 8. smaller

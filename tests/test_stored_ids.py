@@ -19,7 +19,8 @@ def test_stored_run_ids_are_derived_unchanged(folder):
     manifest = json.loads((folder / "study.json").read_text())
     spec = load_spec(ROOT / manifest["spec_path"])
     ran = sorted({e["ablation"] for e in manifest["runs"] if e["ablation"]})  # opt-in ones included
-    plan = expand(spec, manifest["profile"], manifest["seeds"], manifest["data"]["source"], ran or False)
+    # where the data was read from is not in a run id (nor, since, in a manifest): the spec's data set stands for it
+    plan = expand(spec, manifest["profile"], manifest["seeds"], spec.data, ran or False)
     derived = {(p.arm, p.seed, p.ablation, p.value): run_id(resolve(p.config), manifest["data"]["sha256"])
                for p in plan}
     stored = {(e["arm"], e["seed"], e["ablation"], e["value"]): e["run_id"] for e in manifest["runs"]}

@@ -317,12 +317,15 @@ def test_a_profile_may_set_its_own_seed_count(tmp_path, spec, tiny_cifar):
 def test_a_study_continued_with_fewer_seeds_or_no_ablations_keeps_its_stored_runs(tmp_path, spec, tiny_cifar, capsys):
     """A study folder's manifest plans what it planned before as well as what is asked: a
     rerun with --seeds 1 and --no-ablations trains nothing and leaves the table of the
-    two-seed study with its ablation as it was, byte for byte."""
+    two-seed study with its ablation as it was, byte for byte (and its manifest: a replicate
+    that trains nothing changes no file)."""
     data, root = tiny_cifar
     out = tmp_path / "study"
     assert replicate(spec, data, root, out, "--quiet", "--seeds", "2") == 0
     table = (out / "table.md").read_bytes()
-    runs = json.loads((out / "study.json").read_text())["runs"]
+    stored = (out / "study.json").read_bytes()
+    runs = json.loads(stored)["runs"]
+    assert json.loads(stored)["asked"] == {"seeds": [0, 1], "ablations": ["update_order"]}
     mtimes = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*.json")}
     capsys.readouterr()
     assert replicate(spec, data, root, out, "--seeds", "1", "--no-ablations") == 0
@@ -330,7 +333,7 @@ def test_a_study_continued_with_fewer_seeds_or_no_ablations_keeps_its_stored_run
     assert "all 3 runs of tiny/smoke are complete" in capsys.readouterr().err
     manifest = json.loads((out / "study.json").read_text())
     assert manifest["seeds"] == [0, 1] and manifest["runs"] == runs
-    assert manifest["asked"] == {"seeds": [0], "ablations": []}
+    assert (out / "study.json").read_bytes() == stored  # its asked too: what the replicate that planned the runs asked
     assert (out / "table.md").read_bytes() == table and "Ablation: update_order" in table.decode()
     assert {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*.json")} == mtimes
     # only the asked runs run: a third seed asked alone trains seed 2's main runs (and its

@@ -82,9 +82,10 @@ class Assembly:
         return sum(stage.epochs for stage in self.stages)
 
     def engine(self, *, checkpoint_path: Path | None = None, run_id: str = "", desc: str = "",
-               log: Callable[[str], None] | None = None, segment: dict | None = None) -> Engine:
+               log: Callable[[str], None] | None = None, segment: dict | None = None,
+               root: Path | None = None) -> Engine:
         return Engine(self.models, self.stages, self.train_loader, self.test_loader, device=self.device,
-                      checkpoint_path=checkpoint_path, run_id=run_id, desc=desc, log=log, segment=segment)
+                      checkpoint_path=checkpoint_path, run_id=run_id, desc=desc, log=log, segment=segment, root=root)
 
     def parameter_counts(self) -> dict[str, int]:
         """Each model's parameters, as the method counts them."""

@@ -70,8 +70,10 @@ EPOCH_LINE_INTERVAL_S = 10.0
 class Engine:
     def __init__(self, models: dict[str, nn.Module], stages: list[Stage], train_loader, test_loader, *,
                  device: torch.device, checkpoint_path: Path | None = None, run_id: str = "",
-                 desc: str = "", log: Callable[[str], None] | None = None, segment: dict | None = None) -> None:
+                 desc: str = "", log: Callable[[str], None] | None = None, segment: dict | None = None,
+                 root: Path | None = None) -> None:
         self.models, self.stages = models, stages
+        self.root = root  # the folder the checkpoint must stay in (``io_utils.safe_target``), when given
         self.train_loader, self.test_loader = train_loader, test_loader
         self.device, self.checkpoint_path, self.run_id = device, checkpoint_path, run_id
         self.desc, self.log = desc, log or (lambda msg: None)
@@ -101,7 +103,7 @@ class Engine:
             "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
             "segments": self.segments,
         }
-        atomic_torch_save(self.checkpoint_path, state)
+        atomic_torch_save(self.checkpoint_path, state, root=self.root)
         global _checkpoints_written
         _checkpoints_written += 1
         fault = os.environ.get(FAULT_ENV)
@@ -121,7 +123,7 @@ class Engine:
             if state is None:
                 return None
         except _Unusable as e:
-            aside = move_aside(path)
+            aside = move_aside(path, root=self.root)
             warn(f"checkpoint {path} is unusable ({e}); moved it to {aside} and starting {self.desc or self.run_id} "
                  "from the beginning")
             return None

@@ -1,10 +1,16 @@
 """Atomic file writes, safe checkpoint loading, and the checks and clean-ups around them.
 
-Every write goes to a temporary file ``.<name>.<8 random characters>.tmp`` in the target's
-folder and is renamed over the target once complete, so a reader never sees a partial file.
+Every write goes to a temporary file ``.<name>.mutualbench-<pid>-<8 random characters>.tmp``
+in the target's folder and is renamed over the target once complete, so a reader never sees a
+partial file. The name says whose it is (this package's, of process <pid>), so that a clean-up
+removes only what a writer of ours left, never another program's file.
 The finished file gets the mode a plain ``open()`` would give a new file (``0o666 & ~umask``).
 A full disk or an unwritable folder is a ``UserError`` naming the folder, and the temporary
-file is removed; what was there before stays as it was."""
+file is removed; what was there before stays as it was.
+
+A write given a ``root`` (the study folder, a run folder, the data root) is confined to it
+(``safe_target``): a symbolic link planted at the target or at any folder between ``root`` and
+it is refused, so nothing is written outside ``root`` through a link."""
 
 from __future__ import annotations
 
@@ -23,8 +29,12 @@ import torch
 
 from .errors import UserError
 
-# The temporary files of atomic writes (tempfile.mkstemp: 8 characters of [a-z0-9_]).
-TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp$")
+# The temporary files of atomic writes: the writer's pid, then tempfile.mkstemp's 8 characters
+# of [a-z0-9_]. No other program makes such a name, so a clean-up never takes another's file.
+TEMP_TAG = "mutualbench"
+TEMP_NAME = re.compile(rf"^\.(?P<target>.+)\.{TEMP_TAG}-(?P<pid>[1-9][0-9]{{0,9}})-[a-z0-9_]{{8}}\.tmp$")
+# A run's work folder (``<run folder>/<run id>/``): run ids are ``<method>-<12 hex digits>``.
+WORK_FOLDER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*-[0-9a-f]{12}$")
 MIN_FREE_BYTES = 64 << 20  # the least free space an output folder must have before a run starts
 DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 
@@ -57,10 +67,58 @@ def write_error(path: Path, e: OSError) -> UserError:
                      "or choose another output folder")
 
 
+def temp_prefix(path: Path) -> str:
+    """The start of the name of a temporary file for ``path`` made by this process (``TEMP_NAME``:
+    ``tempfile.mkstemp`` adds 8 random characters and ``.tmp``)."""
+    return f".{Path(path).name}.{TEMP_TAG}-{os.getpid()}-"
+
+
+def safe_target(root: Path, path: Path) -> Path:
+    """``path``, checked before it is written (or a folder or lock made there) to stay inside
+    ``root``: neither ``path`` nor any folder between ``root`` and it is a symbolic link, and
+    its resolved path lies inside ``root``'s. Else a one-line UserError naming the link: a link
+    planted in a study folder would have a run write its weights, checkpoints and locks wherever
+    it points. ``root`` itself may be a link (the user chose it); what lies below it may not."""
+    root, path = Path(root), Path(path)
+    base = Path(os.path.abspath(root))
+    if root.parts and path.parts[:len(root.parts)] == root.parts:
+        rel = Path(*path.parts[len(root.parts):])
+    elif path.parts.count("..") > root.parts.count(".."):
+        rel = Path("..")  # a '..' below root is refused: it would step back over a link unchecked
+    else:
+        try:
+            rel = Path(os.path.abspath(path)).relative_to(base)
+        except ValueError:
+            rel = Path("..")
+    if ".." in rel.parts or rel.is_absolute():
+        raise UserError(f"{path} lies outside the folder {root} it must be written in; give a path inside it")
+    target = base / rel
+    here = base
+    for part in rel.parts:
+        here = here / part
+        if here.is_symlink():
+            try:
+                dest = f" (to {os.readlink(here)})"
+            except OSError:
+                dest = ""
+            link = root / here.relative_to(base)
+            way = "" if here == target else f", on the way to {path}"
+            raise UserError(f"{link} is a symbolic link{dest}{way}; nothing is written through a link in {root}: "
+                            "remove the link and run again")
+    try:
+        inside = target.resolve().is_relative_to(base.resolve())
+    except (OSError, RuntimeError):
+        inside = False
+    if not inside:
+        raise UserError(f"{path} resolves outside the folder {root} it must be written in; remove what redirects it "
+                        "and run again")
+    return path
+
+
 def _new_temp(path: Path) -> tuple[int, str]:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=".tmp", dir=path.parent)
     except OSError as e:
         raise write_error(path, e) from None
     try:
@@ -70,11 +128,14 @@ def _new_temp(path: Path) -> tuple[int, str]:
     return fd, tmp
 
 
-def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
+def _atomic_write(path: Path, write: Callable[[BinaryIO], None], root: Path | None = None) -> None:
     """Write ``path`` whole or not at all: ``write`` fills a temporary file beside it, which is
     synced and renamed over ``path``; on any failure the temporary file is removed and ``path``
-    keeps its old content. An OSError (a full disk, no permission) becomes a one-line UserError."""
+    keeps its old content. An OSError (a full disk, no permission) becomes a one-line UserError.
+    ``root``: the folder the write must stay in (``safe_target``), checked first."""
     path = Path(path)
+    if root is not None:
+        safe_target(root, path)
     fd, tmp = _new_temp(path)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -90,18 +151,18 @@ def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
         raise
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    _atomic_write(path, lambda f: f.write(data))
+def atomic_write_bytes(path: Path, data: bytes, root: Path | None = None) -> None:
+    _atomic_write(path, lambda f: f.write(data), root)
 
 
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n").encode())
+def atomic_write_json(path: Path, obj: Any, root: Path | None = None) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n").encode(), root)
 
 
-def atomic_torch_save(path: Path, obj: Any) -> None:
+def atomic_torch_save(path: Path, obj: Any, root: Path | None = None) -> None:
     # Through a Python file object: a full disk then raises OSError(ENOSPC), where a path
     # given to torch.save fails with an opaque RuntimeError.
-    _atomic_write(path, lambda f: torch.save(obj, f))
+    _atomic_write(path, lambda f: torch.save(obj, f), root)
 
 
 WEIGHTS_ONLY_REFUSAL = re.compile(r"Unsupported global: GLOBAL (?P<name>[\w.]+)|Unsupported operand (?P<op>\S+)")
@@ -132,10 +193,12 @@ def safe_torch_load(path: Path, what: str = "checkpoint", fix: str | None = None
         raise UserError(f"{what} {path} is unreadable ({why}); {fix}") from None
 
 
-def move_aside(path: Path, why: str = "unreadable") -> Path:
+def move_aside(path: Path, why: str = "unreadable", root: Path | None = None) -> Path:
     """Rename ``path`` to ``<name>.<why>-<UTC time>`` (kept for inspection, out of the way);
-    returns the new path."""
+    returns the new path. ``root``: the folder both names must stay in (``safe_target``)."""
     path = Path(path)
+    if root is not None:
+        safe_target(root, path)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     target = path.with_name(f"{path.name}.{why}-{stamp}")
     n = 1
@@ -191,7 +254,7 @@ def check_output_folder(folder: Path, option: str = "--out") -> None:
         raise DiskFull(f"no space left on device for {option} {folder} (folder {probe}: {free >> 20} MiB free, a run "
                        f"needs at least {MIN_FREE_BYTES >> 20} MiB); free space there or choose another folder")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".mutualbench-write-test.", suffix=".tmp", dir=probe)
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(probe / "write-test"), suffix=".tmp", dir=probe)
         try:
             os.write(fd, b"\0" * 4096)
             os.fsync(fd)
@@ -207,14 +270,18 @@ def check_output_folder(folder: Path, option: str = "--out") -> None:
 
 
 def leftover_temporaries(folder: Path, busy=lambda path: False) -> list[Path]:
-    """Temporary files of interrupted atomic writes (``.<name>.<8 characters>.tmp``) in
-    ``folder`` and its direct subfolders, except those ``busy(path)`` says a live writer may
-    still be writing."""
+    """Temporary files of interrupted atomic writes of this package (``TEMP_NAME``:
+    ``.<name>.mutualbench-<pid>-<8 characters>.tmp``) in ``folder`` and in its run work folders
+    (direct subfolders named like a run id), except those ``busy(path)`` says a live writer may
+    still be writing. Other files and other subfolders are never listed: they may be another
+    program's; nor is anything behind a symbolic link."""
     folder = Path(folder)
+    if folder.is_symlink():
+        return []
     found = []
     dirs = [folder]
     try:
-        dirs += sorted(p for p in folder.iterdir() if p.is_dir() and not p.is_symlink())
+        dirs += sorted(p for p in folder.iterdir() if WORK_FOLDER.match(p.name) and p.is_dir() and not p.is_symlink())
     except OSError:
         return []
     for d in dirs:

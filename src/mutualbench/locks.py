@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from .errors import UserError, warn
-from .io_utils import TEMP_NAME, file_mode, leftover_temporaries, remove_temporaries
+from .io_utils import TEMP_NAME, file_mode, leftover_temporaries, remove_temporaries, safe_target
 
 LOCK = ".lock"
 
@@ -111,10 +111,11 @@ class FolderLock:
     """``with FolderLock(folder / LOCK, "study folder X is in use by another replicate"):``.
 
     Creates the missing folders above the lock (and removes those it created, when they are
-    empty again on release)."""
+    empty again on release). ``root``: the folder the lock and those folders must stay in
+    (``io_utils.safe_target``: no symbolic link between it and the lock)."""
 
-    def __init__(self, path: Path, busy: str) -> None:
-        self.path, self.busy = Path(path), busy
+    def __init__(self, path: Path, busy: str, root: Path | None = None) -> None:
+        self.path, self.busy, self.root = Path(path), busy, root
         self.token = secrets.token_hex(8)
         self._created: list[Path] = []
         self.held = False
@@ -140,6 +141,8 @@ class FolderLock:
                            "slurm_job": os.environ.get("SLURM_JOB_ID")}) + "\n"
 
     def acquire(self) -> FolderLock:
+        if self.root is not None:
+            safe_target(self.root, self.path)
         self._make_folders()
         for _ in range(5):
             try:
@@ -211,19 +214,28 @@ class FolderLock:
 
 
 def _busy(path: Path) -> bool:
-    """Whether a live writer may still be writing the temporary file ``path``: another live
-    process holds the lock of its folder or, for a run record, of its run."""
+    """Whether a live writer may still be writing the temporary file ``path``: the process its
+    name gives is alive here, or another live process holds the lock of its folder or, for a
+    run record, of its run (a writer on another host that shares the folder)."""
+    m = TEMP_NAME.match(path.name)
+    if m is None:
+        return True  # not a temporary file of ours: never removed
+    try:
+        if _alive(int(m["pid"])):
+            return True
+    except OverflowError:
+        return True
     if held_by_other(path.parent / LOCK):
         return True
-    m = TEMP_NAME.match(path.name)
-    target = m["target"] if m else ""
+    target = m["target"]
     return target.endswith(".json") and held_by_other(path.parent / target[: -len(".json")] / LOCK) is not None
 
 
 def clean_temporaries(folder: Path, log: Callable[[str], None]) -> list[Path]:
-    """Remove the temporary files that interrupted atomic writes left in ``folder`` and its
-    direct subfolders (only names ``.<name>.<8 characters>.tmp``, none a live writer may be
-    writing), and say so in the log."""
+    """Remove the temporary files that interrupted atomic writes of this package left in
+    ``folder`` and its run work folders: only names ``.<name>.mutualbench-<pid>-<8 characters>.tmp``
+    (no other program makes them) whose process is gone and which no live writer may be
+    writing; and say so in the log. Any other file, however named, is left alone."""
     removed = remove_temporaries(leftover_temporaries(folder, busy=_busy))
     if removed:
         names = ", ".join(str(p.relative_to(folder)) for p in removed[:5]) + (" ..." if len(removed) > 5 else "")

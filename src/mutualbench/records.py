@@ -73,9 +73,11 @@ def record_path(out_dir: Path, run_id: str) -> Path:
     return Path(out_dir) / f"{run_id}.json"
 
 
-def write_record(out_dir: Path, record: dict) -> Path:
+def write_record(out_dir: Path, record: dict, root: Path | None = None) -> Path:
+    """Write ``record`` as ``<out_dir>/<run_id>.json``, never through a symbolic link below
+    ``root`` (default ``out_dir``: ``io_utils.safe_target``)."""
     path = record_path(out_dir, record["run_id"])
-    atomic_write_json(path, record)
+    atomic_write_json(path, record, root=root if root is not None else out_dir)
     return path
 
 

@@ -215,6 +215,18 @@ def plot_loss_terms(terms: pd.DataFrame, out: Path, title: str) -> list[Path]:
     return written
 
 
+def _write_changed(path: Path, data: bytes, root: Path) -> None:
+    """``atomic_write_bytes`` unless ``path`` holds ``data`` already: tables and plots that come
+    out the same (a ``replicate`` with nothing to train, ``table`` run twice) change no file,
+    not even its time."""
+    try:
+        if path.is_file() and not path.is_symlink() and path.stat().st_size == len(data) and path.read_bytes() == data:
+            return
+    except OSError:
+        pass
+    atomic_write_bytes(path, data, root=root)
+
+
 def _save(fig, path: Path) -> Path:
     import io
 
@@ -224,7 +236,7 @@ def _save(fig, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(buf, format="png", dpi=110, metadata={"Software": None})
     plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    _write_changed(path, buf.getvalue(), root=path.parent)
     return path
 
 
@@ -241,18 +253,20 @@ def write_report(folder: Path | Study) -> dict[str, Path]:
     claims = evaluate(study)
     md = markdown(manifest, study.summary, study.paired, study.ablations, study.contrasts,
                   study.mixed_machine_notes(), claims_markdown({manifest["profile"]: claims}))
-    atomic_write_bytes(folder / "table.md", md.encode())
-    atomic_write_bytes(folder / "table.csv", study.summary.to_csv(index=False, float_format="%.4f").encode())
-    atomic_write_bytes(folder / "comparisons.csv", study.paired.to_csv(index=False, float_format="%.6f").encode())
-    atomic_write_bytes(folder / "ablation_comparisons.csv",
-                       study.ablations.to_csv(index=False, float_format="%.6f").encode())
+    _write_changed(folder / "table.md", md.encode(), root=folder)
+    _write_changed(folder / "table.csv", study.summary.to_csv(index=False, float_format="%.4f").encode(), root=folder)
+    _write_changed(folder / "comparisons.csv", study.paired.to_csv(index=False, float_format="%.6f").encode(),
+                   root=folder)
+    _write_changed(folder / "ablation_comparisons.csv",
+                   study.ablations.to_csv(index=False, float_format="%.6f").encode(), root=folder)
     if not study.contrasts.empty:
-        atomic_write_bytes(folder / "contrasts.csv", study.contrasts.to_csv(index=False, float_format="%.6f").encode())
+        _write_changed(folder / "contrasts.csv", study.contrasts.to_csv(index=False, float_format="%.6f").encode(),
+                       root=folder)
     if not claims.empty:
-        atomic_write_bytes(folder / "claims.csv", claims.to_csv(index=False, float_format="%.6f").encode())
+        _write_changed(folder / "claims.csv", claims.to_csv(index=False, float_format="%.6f").encode(), root=folder)
     # every table row's runs: (ablation, value, arm, member) -> seed, run id, the record's numbers
     runs = df.drop(columns=["device"]).sort_values(["ablation", "value", "arm", "member", "seed"], kind="stable")
-    atomic_write_bytes(folder / "runs.csv", runs.to_csv(index=False, float_format="%.4f").encode())
+    _write_changed(folder / "runs.csv", runs.to_csv(index=False, float_format="%.4f").encode(), root=folder)
     title = f"{manifest['spec']['study']['name']} ({manifest['profile']}, {manifest['data']['name']})"
     plots = plot_curves(study.curves(), folder, title) + plot_loss_terms(study.loss_terms(), folder, title)
     out = {name: folder / name for name in ("table.md", "table.csv", "comparisons.csv", "ablation_comparisons.csv",

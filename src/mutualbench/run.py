@@ -37,7 +37,7 @@ from .envinfo import (
     resolve_device,
 )
 from .errors import UserError, warn
-from .io_utils import atomic_torch_save, move_aside, safe_torch_load
+from .io_utils import atomic_torch_save, move_aside, safe_target, safe_torch_load
 from .locks import LOCK, FolderLock
 from .methods import METHODS, get_method
 from .methods.base import config_dtype
@@ -192,11 +192,15 @@ def check_subsets(resolved: dict, ds: ImageDataset) -> None:
 
 class Runner:
     """Executes runs into one output folder, sharing the loaded data set and reusing
-    teachers (and any complete run) found there."""
+    teachers (and any complete run) found there. ``root``: the folder nothing a run writes may
+    leave (a study's folder for its ``runs/``; by default ``out_dir``): every record, checkpoint,
+    weights file and lock is checked not to go through a symbolic link below it."""
 
     def __init__(self, out_dir: Path, *, data_root: Path | None = None, device: str = "auto",
-                 log: Callable[[str], None] | None = None, on_record: Callable[[dict], None] | None = None) -> None:
+                 log: Callable[[str], None] | None = None, on_record: Callable[[dict], None] | None = None,
+                 root: Path | None = None) -> None:
         self.out_dir = Path(out_dir)
+        self.root = Path(root) if root is not None else self.out_dir
         self.on_record = on_record  # called with each newly completed record (e.g. W&B logging)
         self.data_root = data_root
         self.device = resolve_device(device)
@@ -220,7 +224,9 @@ class Runner:
             extra = sha256_file(ckpt)
         ds = self.dataset(resolved["data"]["source"])
         check_subsets(resolved, ds)
-        return resolved, run_id(resolved, ds.sha256 + extra), ds, ckpt
+        rid = run_id(resolved, ds.sha256 + extra)
+        self._check_confined(rid)
+        return resolved, rid, ds, ckpt
 
     def has_weights(self, config: dict) -> bool:
         """Whether ``config`` has a complete record and its trained weights here."""
@@ -236,7 +242,8 @@ class Runner:
             return done
         # One process trains a run at a time: <out>/<run_id>/.lock (a second process on the same
         # run, e.g. `mutualbench run` into a running study's runs/, refuses at once).
-        with FolderLock(self.out_dir / rid / LOCK, f"run {rid} in {self.out_dir} is being trained by another process"):
+        with FolderLock(self.out_dir / rid / LOCK, f"run {rid} in {self.out_dir} is being trained by another process",
+                        root=self.root):
             done = None if force else complete_record(self.out_dir, rid)
             if done is not None:  # finished by another process meanwhile
                 self.log(f"{rid}: complete record found, nothing to run")
@@ -248,13 +255,22 @@ class Runner:
                 teacher, teacher_info = self._teacher(resolved, config, ds, ckpt)
             return self._execute(resolved, rid, ds, method, teacher, teacher_info)
 
+    def _check_confined(self, rid: str) -> None:
+        """Every file run ``rid`` writes stays inside ``root``, checked before any run of a study
+        is trained: a symbolic link planted at its work folder, checkpoint, weights, lock or record
+        (or at a folder above them) is an error, also one that points back inside (a link may be
+        changed later). Each write checks again."""
+        work = self.out_dir / rid
+        for path in (record_path(self.out_dir, rid), work / LOCK, work / "checkpoint.pt", work / "final.pt"):
+            safe_target(self.root, path)
+
     def _set_aside_damaged_record(self, rid: str) -> None:
         """A record of this run that cannot be read (not UTF-8, not JSON, the wrong shape) is a
         damaged result of this very run: keep it as ``<run_id>.json.unreadable-<UTC time>``,
         warn, and run again (``table`` and ``compare`` treat such a record as an error)."""
         problem = record_problem(self.out_dir, rid)
         if problem is not None:
-            aside = move_aside(record_path(self.out_dir, rid))
+            aside = move_aside(record_path(self.out_dir, rid), root=self.root)
             warn(f"{problem}; moved it to {aside} and running {rid} again")
 
     # ------------------------------------------------------------------ teacher
@@ -318,7 +334,8 @@ class Runner:
         # plain str and int: the checkpoint that keeps it loads with weights_only
         segment = {"machine": str(machine_kind(env)), "threads": int(env["cpu"]["threads"]),
                    "torch": str(env["torch"]), "git_commit": str(env["git_commit"])}
-        engine = run.engine(checkpoint_path=work / "checkpoint.pt", run_id=rid, desc=rid, log=self.log, segment=segment)
+        engine = run.engine(checkpoint_path=work / "checkpoint.pt", run_id=rid, desc=rid, log=self.log, segment=segment,
+                            root=self.root)
         data = dict(ds.provenance(), train_used=run.train_loader.num_samples, test_used=run.test_loader.num_samples)
         record = started_record(rid, resolved, data, teacher_info, run_precision(resolved), started, env)
         try:
@@ -326,13 +343,14 @@ class Runner:
         except TrainingDiverged as e:
             finish_record(record, status="failed", error=str(e), curves=engine.curves,
                           timings=dict(engine.timings, total_s=round(time.perf_counter() - t0, 3)))
-            write_record(self.out_dir, record)
+            write_record(self.out_dir, record, root=self.root)
             raise
         params = run.parameter_counts()
         models = {name: model_result(slot.role, slot.arch, params[name], curves, name)
                   for name, slot in run.slots.items()}
         ensemble = run.evaluate()
-        atomic_torch_save(work / "final.pt", {"models": {n: m.state_dict() for n, m in run.models.items()}})
+        atomic_torch_save(work / "final.pt", {"models": {n: m.state_dict() for n, m in run.models.items()}},
+                          root=self.root)
         train_s = engine.timings["train_s"]
         timings = {
             "train_s": round(train_s, 3),
@@ -345,7 +363,7 @@ class Runner:
         finish_record(record, status="complete", models=models, curves=curves, timings=timings,
                       stages=[{"name": s.name, "epochs": s.epochs, **s.describe()} for s in run.stages],
                       resumed_from_epoch=engine.resumed_from_epoch, segments=engine.segments, ensemble=ensemble)
-        path = write_record(self.out_dir, record)
+        path = write_record(self.out_dir, record, root=self.root)
         (work / "checkpoint.pt").unlink(missing_ok=True)
         self.log(f"{rid}: {closing_line(models, ensemble, curves, timings['train_s'])}; wrote {path}")
         if self.on_record is not None:

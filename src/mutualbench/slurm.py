@@ -76,7 +76,9 @@ class RunJob:
         if restarts > self.max_requeues:
             raise RuntimeError(f"the job was requeued {restarts} times, more than --max-requeues {self.max_requeues}; "
                                "submit the study again with a longer --time-min (the run resumes from its checkpoint)")
-        runner = Runner(Path(out_dir), data_root=Path(data_root) if data_root else None, device=device, log=print)
+        # out_dir is a study's runs/: nothing the run writes may leave the study folder
+        runner = Runner(Path(out_dir), data_root=Path(data_root) if data_root else None, device=device, log=print,
+                        root=Path(out_dir).parent)
         return runner.run(config)["run_id"]
 
     def checkpoint(self, *args, **kwargs):
@@ -245,7 +247,7 @@ def submit_study(configs: list[dict], runner, *, data_root: Path | None, device:
     for rid, job in submitted.items():
         entries[rid] = {"job_id": str(job.job_id), "log": str(job.paths.stdout), "stderr": str(job.paths.stderr),
                         "submitted_at": now, "method": names[rid]["method"], "seed": names[rid]["seed"]}
-    atomic_write_json(jobs_path(runs_dir), {"schema": JOBS_SCHEMA, "runs": entries})
+    atomic_write_json(jobs_path(runs_dir), {"schema": JOBS_SCHEMA, "runs": entries}, root=Path(runs_dir).parent)
     return {rid: str(job.job_id) for rid, job in submitted.items()}
 
 

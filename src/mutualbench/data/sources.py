@@ -180,19 +180,29 @@ def _read_cache(path: Path, source: str, sha: str) -> ImageDataset | None:
 
 def _write_cache(path: Path, ds: ImageDataset) -> None:
     """Write the cache; a data root that cannot hold it (a file, read-only, a full disk) is a
-    one-line warning and the data set is used without a cache (decoded again next time). The
-    temporary file is named as every atomic write's (``.<name>.<8 characters>.tmp``) and the
+    one-line warning and the data set is used without a cache (decoded again next time); so is a
+    symbolic link at ``cache/`` or at the cache file (nothing is written through a link below the
+    data root: ``io_utils.safe_target``). The temporary file is named as every atomic write's
+    (``.<name>.mutualbench-<pid>-<8 characters>.tmp``) and the
     cache folder's lock (``cache/.lock``) is held while it is written, so that a write cut short
     (kill -9) leaves a temporary file the next load removes, and a live writer's is left alone.
     Another process writing a cache there meanwhile: this one is not cached, it is decoded next time."""
     import tempfile
 
-    from ..errors import UserError
+    from ..errors import UserError, warn
+    from ..io_utils import safe_target, temp_prefix
     from ..locks import LOCK, FolderLock, held_by_other
 
+    root = path.parent.parent
+    try:
+        safe_target(root, path)
+    except UserError as e:
+        warn(f"{e}; until then {ds.name} is used without a cache (decoded again next time)")
+        return
     meta = {"format": CACHE_FORMAT, "name": ds.name, "classes": ds.classes, "sha256": ds.sha256,
             "mean": list(ds.mean), "std": list(ds.std)}
-    lock = FolderLock(path.parent / LOCK, f"the data cache folder {path.parent} is being written by another process")
+    lock = FolderLock(path.parent / LOCK, f"the data cache folder {path.parent} is being written by another process",
+                      root=root)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         if held_by_other(path.parent / LOCK):  # another live writer holds the cache folder
@@ -202,7 +212,7 @@ def _write_cache(path: Path, ds: ImageDataset) -> None:
         except UserError as e:
             raise OSError(errno.EACCES, str(e)) from None
         try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=".tmp", dir=path.parent)
             try:
                 with os.fdopen(fd, "wb") as f:
                     np.savez(f, meta=np.array(json.dumps(meta)), train_images=ds.train_images,
@@ -216,9 +226,6 @@ def _write_cache(path: Path, ds: ImageDataset) -> None:
         finally:
             lock.release()
     except OSError as e:
-        from ..errors import warn
-
-        root = path.parent.parent
         why = "no space left on device" if e.errno == errno.ENOSPC else (e.strerror or type(e).__name__)
         warn(f"cannot write the data cache {path} ({why}); using {ds.name} without a cache (decoded again next "
              f"time): point --data-root or MUTUALBENCH_DATA_ROOT at a writable folder instead of {root}")
