@@ -139,12 +139,13 @@ def numbers(diff, n=3, p=0.01, pos=3, neg=0):
     return {"final": t, "last5": dict(t)}
 
 
-def test_outcome_needs_significance_every_seed_and_both_statistics():
+def test_outcome_needs_significance_at_both_statistics_not_every_seed():
     assert outcome(numbers(2.0)) == "positive"
     assert outcome(numbers(-2.0, pos=0, neg=3)) == "negative"
     assert outcome(numbers(2.0, p=0.2)) == "not significant"
-    assert outcome(numbers(2.0, pos=2, neg=1)) == "not significant"  # one seed the other way
-    assert outcome(numbers(2.0, pos=2, neg=1), Rule(every_seed=False)) == "positive"
+    assert outcome(numbers(2.0, pos=2, neg=1)) == "positive"  # one seed the other way: reported, not required
+    assert outcome(numbers(2.0, pos=2, neg=1), Rule(seeds_fraction=0.8)) == "not significant"  # 2/3 < 0.8
+    assert outcome(numbers(2.0, pos=2, neg=1), Rule(seeds_fraction=0.6)) == "positive"
     t = numbers(2.0)
     t["last5"]["p_holm"] = 0.3
     assert outcome(t) == "not significant"

@@ -192,7 +192,7 @@ def cmd_replicate(args: argparse.Namespace) -> int:
     if args.shard:  # a process of a study whose parent holds the lock
         return _replicate(args)
     log = _log(args.quiet)
-    with FolderLock(out / LOCK, f"study folder {out} is in use by another replicate"):
+    with FolderLock(out / LOCK, f"study folder {out} is in use by another replicate", root=out):
         clean_temporaries(out, log)
         clean_temporaries(out / RUNS, log)
         return _replicate(args)
@@ -372,6 +372,22 @@ def cmd_claims(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .errors import UserError
+    from .planning import render
+    from .results import load_study
+
+    study = load_study(Path(args.folder))
+    spec = args.spec or study.manifest.get("spec_path")
+    if not spec or not Path(spec).is_file():
+        raise UserError(f"plan: the spec of {args.folder} ({spec or 'not recorded'}) is not here; give it with --spec "
+                        "PATH, e.g. --spec replication/seed_blog.toml")
+    print(render(study, Path(spec), data=args.data), end="")
+    return 0
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -512,6 +528,13 @@ def build_parser() -> argparse.ArgumentParser:
                        "(the first folder's verdict leads)")
     p.add_argument("folders", nargs="+", help="study folders of one study, e.g. results/seed_blog/full results/seed_blog/cpu")
     p.set_defaults(func=cmd_claims)
+
+    p = sub.add_parser("plan", help="per claim, the seeds its test needs for 80%% power, and the runs missing to "
+                       "reach the profile's planned seeds, in order, with their time and replicate commands")
+    p.add_argument("folder", help="a study folder, e.g. results/seed_blog/full")
+    p.add_argument("--spec", default=None, help="the study's spec (default: the one its manifest names)")
+    p.add_argument("--data", default=None, help="the local copy of the data set, written into the commands")
+    p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("compare", help="check a study against stored results (exit 0 same, 1 different, 2 bad input)")
     p.add_argument("folder")

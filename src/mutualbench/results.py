@@ -40,7 +40,8 @@ def load_manifest(folder: Path) -> dict:
     except OSError as e:
         raise UserError(f"{path}: unreadable study manifest ({e.strerror or type(e).__name__})") from None
     except (UnicodeDecodeError, json.JSONDecodeError, AssertionError) as e:
-        raise UserError(f"{path}: malformed study manifest ({type(e).__name__}); rerun `mutualbench replicate`") from None
+        raise UserError(f"{path}: malformed study manifest ({type(e).__name__}); restore it from version control (git "
+                        f"checkout -- {path}), or move the folder aside and rerun `mutualbench replicate`") from None
     for i, e in enumerate(manifest["runs"]):
         for field in ("run_id", "arm", "ablation", "value"):
             if e.get(field) is not None and name_problem(e[field]) and not (field == "run_id"
@@ -170,6 +171,21 @@ def arm_accuracy(df: pd.DataFrame, statistic: str = "final") -> pd.DataFrame:
         df = df.assign(**{col: math.nan})
     df = df[(df["member"] != ENSEMBLE) & df[col].notna()]
     return df.groupby(["ablation", "value", "arm", "seed"], sort=False)[col].mean().reset_index()
+
+
+def seed_values(df: pd.DataFrame, weights: dict[str, float], statistic: str = "final") -> pd.Series:
+    """Per seed, sum_a w_a * acc_a of the main study at ``statistic`` (a cohort as its members'
+    mean), over the seeds every arm of ``weights`` has: a comparison a vs b is ``{a: 1, b: -1}``.
+    The values behind a comparison's or contrast's test, for tests that need them whole
+    (equivalence, power)."""
+    main = df[df["ablation"] == MAIN] if not df.empty else df
+    if main.empty:
+        return pd.Series(dtype=float)
+    acc = arm_accuracy(main, statistic)
+    col = _ACC[statistic]
+    per_arm = {arm: acc[acc["arm"] == arm].set_index("seed")[col] for arm in weights}
+    common = sorted(set.intersection(*(set(s.index) for s in per_arm.values()))) if per_arm else []
+    return pd.Series({s: sum(w * per_arm[a].loc[s] for a, w in weights.items()) for s in common}, dtype=float)
 
 
 def profile_arms(spec: dict, profile: str | None) -> set[str]:

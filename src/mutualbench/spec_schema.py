@@ -100,6 +100,9 @@ class Profile(_Table):
     seeds: Annotated[int, Field(ge=1, le=MAX_SEEDS)] = None  # type: ignore[assignment]  # default: [study] seeds
     # a float64 profile's loss tolerance in the exact comparison (default mutualbench.exact.LOSS_RTOL)
     loss_rtol: Annotated[Number, Field(gt=0, lt=1)] = None  # type: ignore[assignment]
+    # the smallest effect that matters, in accuracy points: a claim's test equivalent within
+    # +-delta (two one-sided tests) reads "negligible" (mutualbench.claims); none: never
+    delta: Annotated[Number, Field(gt=0)] = None  # type: ignore[assignment]
     set: Settings = {}
 
 
@@ -169,9 +172,11 @@ HELP: dict[tuple, tuple[str, str]] = {
     ("profiles", "*"): ("a table ([profiles.<name>]) with tolerance", "[profiles.smoke] tolerance = 0.5"),
     ("profiles", "*", "tolerance"): ("a finite number >= 0 (accuracy points)", "tolerance = 0.5"),
     ("profiles", "*", "loss_rtol"): ("a relative tolerance between 0 and 1, exclusive", "loss_rtol = 1e-6"),
+    ("profiles", "*", "delta"): ("a number > 0: the smallest effect that matters, in accuracy points", "delta = 1.0"),
     ("profiles", "*", "description"): ("a string", 'description = "..."'),
-    ("profiles", "*", "seeds"): (f"a positive integer (the profile's number of seeds, run when replicate --seeds is "
-                                 f"not given), at most {MAX_SEEDS}", "seeds = 2"),
+    ("profiles", "*", "seeds"): (f"a positive integer (the seeds the profile plans: run when replicate --seeds is "
+                                 f"not given, and the n at which its claims are decided), at most {MAX_SEEDS}",
+                                 "seeds = 2"),
     ("profiles", "*", "set"): ("a table of config keys", 'set = { "train.epochs" = 2 }'),
     ("comparisons",): ("[[comparisons]] tables", '[[comparisons]] a = "dml", b = "student"'),
     ("comparisons", "*"): ("a table ([[comparisons]]) with a and b", '[[comparisons]] a = "dml", b = "student"'),

@@ -68,6 +68,41 @@ def paired(a: pd.Series, b: pd.Series) -> dict:
             "a_wins": d["positive"], "b_wins": d["negative"]}
 
 
+@_quiet
+def equivalence_p(values: Sequence[float], delta: float) -> float:
+    """Two one-sided tests (TOST, statsmodels' ``ttost_paired`` against zero) that the mean of
+    per-seed values lies inside (-delta, +delta): the larger of the two one-sided p-values. NaN
+    when there is no delta, fewer than 2 values, or no spread (every value equal)."""
+    from statsmodels.stats.weightstats import ttost_paired
+
+    v = np.asarray(list(values), dtype=float)
+    if delta is None or not delta > 0 or len(v) < 2 or not np.std(v) > 0:
+        return math.nan
+    return float(ttost_paired(v, np.zeros_like(v), -float(delta), float(delta))[0])
+
+
+def power(effect: float, sd: float, n: int, alpha: float = ALPHA) -> float:
+    """The probability that the two-sided one-sample t-test at ``alpha`` on ``n`` seeds finds an
+    effect of mean ``effect`` and seed-to-seed spread ``sd`` significant *in its own direction*
+    (noncentral t; statsmodels' ``TTestPower`` one-sided at alpha / 2). NaN without a spread."""
+    from statsmodels.stats.power import TTestPower
+
+    if n < 2 or not sd > 0 or math.isnan(effect):
+        return math.nan
+    return float(TTestPower().power(effect_size=abs(effect) / sd, nobs=n, alpha=alpha / 2, alternative="larger"))
+
+
+def seeds_for_power(effect: float, sd: float, alpha: float = ALPHA, target: float = 0.8, most: int = 200) -> int | None:
+    """The fewest seeds (>= 2) at which ``power`` reaches ``target``; None when no spread is
+    known or more than ``most`` would be needed."""
+    if not sd > 0 or math.isnan(effect) or effect == 0:
+        return None
+    for n in range(2, most + 1):
+        if power(effect, sd, n, alpha) >= target:
+            return n
+    return None
+
+
 def holm(p_values: Sequence[float]) -> list[float]:
     """Holm's step-down adjusted p-values of one family of tests (controls the family-wise
     error rate). A NaN p-value is a test that was not computed: it is left NaN and does not

@@ -3,7 +3,7 @@
 The output folder holds ``study.json`` (the manifest: spec, profile, seeds, data, and the
 run id of every arm x seed x ablation value), ``runs/`` (records and weights), and the
 table and plots. Runs whose valid, complete record exists are skipped, so an interrupted
-study resumes where it stopped and a finished one reruns nothing."""
+study resumes where it stopped and a finished one reruns nothing, and changes no file."""
 
 from __future__ import annotations
 
@@ -42,8 +42,7 @@ def plan_study(spec_path: Path, profile: str, out: Path, *, data: str | None = N
     these arms (their main runs and ablation runs); the manifest still lists every run."""
     spec = load_spec(spec_path)
     spec.profile(profile)
-    stored = read_manifest(Path(out))
-    check_folder_owner(Path(out), spec, profile, stored)
+    stored = read_manifest(Path(out), spec, profile)
     _check_selected_arms(spec, profile, arms)
     if data is None and spec.data not in KNOWN_DATASETS:
         raise UserError(f"{spec.path} is a study of {spec.data}, which cannot be downloaded: give --data, a local copy "
@@ -63,7 +62,7 @@ def plan_study(spec_path: Path, profile: str, out: Path, *, data: str | None = N
     if shard is not None:
         seed_list = [s for s in seed_list if s % shard[1] == shard[0]]
     out = Path(out)
-    runner = Runner(out / RUNS, data_root=data_root, device=device, log=log, on_record=on_record)
+    runner = Runner(out / RUNS, data_root=data_root, device=device, log=log, on_record=on_record, root=out)
     # the manifest plans what is asked and what the folder's manifest already planned (a
     # study continued with fewer seeds or without its ablations keeps its stored runs in its
     # tables); only what is asked runs
@@ -93,7 +92,8 @@ def plan_study(spec_path: Path, profile: str, out: Path, *, data: str | None = N
         "spec": copy.deepcopy(spec.raw),
         "profile": profile,
         "seeds": sorted(set(seed_list) | stored_seeds),
-        "data": {"source": data, "name": ds.name, "sha256": ds.sha256, "spec_data": spec.data},
+        # what identifies the data, never where this machine read it from (--data: a local path)
+        "data": {"name": ds.name, "sha256": ds.sha256, "spec_data": spec.data},
         "runs": entries,
         # what this invocation asked for (the runs it may train); ``runs`` may plan more
         "asked": asked,
@@ -102,28 +102,125 @@ def plan_study(spec_path: Path, profile: str, out: Path, *, data: str | None = N
     return spec, runner, manifest, pending
 
 
-def read_manifest(out: Path) -> dict | None:
-    """The manifest in ``out`` as a dict of this study's shape, or None: none yet, or the
-    folder's own damaged one (``replicate`` rewrites it)."""
+def read_manifest(out: Path, spec, profile: str) -> dict | None:
+    """The manifest in ``out``, of the shape ``manifest_problem`` checks, or None: none yet.
+    One of another study or profile is refused (``check_folder_owner``). A damaged one
+    (unreadable, not JSON, a key missing or of the wrong type) is refused where the folder
+    holds run records: a new manifest would put this spec's plan, or another study's, over
+    records it cannot vouch for; without records it is None (``replicate`` writes a new one)."""
+    path = Path(out) / MANIFEST
+    manifest = None
     try:
-        manifest = json.loads((Path(out) / MANIFEST).read_bytes().decode("utf-8"))
-        owner = (manifest["spec"]["study"]["name"], manifest["profile"])  # what every reader needs
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+        manifest = json.loads(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
         return None
-    return manifest if all(isinstance(k, str) for k in owner) else None
+    except OSError as e:
+        problem = f"unreadable: {e.strerror or type(e).__name__}"
+    except UnicodeDecodeError as e:
+        problem = f"not UTF-8 text: byte 0x{e.object[e.start]:02x} at offset {e.start}"
+    except json.JSONDecodeError as e:  # a truncated file among them
+        problem = f"not JSON: {e.msg} at line {e.lineno} column {e.colno}"
+    except (ValueError, RecursionError) as e:
+        problem = f"not JSON: {type(e).__name__}"
+    else:
+        problem = manifest_problem(manifest)
+    check_folder_owner(Path(out), spec, profile, manifest)
+    if problem is None:
+        return manifest
+    if not any(p.is_file() for p in (Path(out) / RUNS).glob("*.json")):
+        return None
+    raise UserError(f"{path}: damaged study manifest ({problem}), in a study folder that holds run records: replicate "
+                    "will not replace it (the tables would describe a new plan over those records); restore it from "
+                    f"version control (git checkout -- {path}) or move the folder aside")
+
+
+_KINDS = {dict: "an object", list: "a list", str: "a string", int: "an integer", float: "a number",
+          bool: "true or false", type(None): "null"}
+_MISSING = object()
+# the keys ``replicate`` and the tables read from a stored manifest, and their JSON types
+_MANIFEST_KEYS = (("spec", dict), ("spec.study", dict), ("spec.study.name", str), ("profile", str), ("seeds", list),
+                  ("runs", list), ("data", dict), ("data.name", str), ("data.sha256", str))
+_ENTRY_KEYS = (("run_id", (str,)), ("arm", (str,)), ("seed", (int,)), ("ablation", (str, type(None))),
+               ("value", (str, type(None))))
+
+
+def _kind(value) -> str:
+    return _KINDS.get(type(value), type(value).__name__)
+
+
+def _wrong(value, kinds: tuple[type, ...], key: str) -> str | None:
+    """Why ``value`` (``key``: its path in the manifest; ``_MISSING`` when absent) is not one of
+    the JSON ``kinds`` (an integer: one >= 0, as seeds are); None when it is."""
+    if value is _MISSING:
+        return f"{key} is missing"
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        return f"{key} is {_kind(value)}, not {' or '.join(_KINDS[k] for k in kinds)}"
+    if kinds == (int,) and value < 0:
+        return f"{key} = {value} is below 0"
+    return None
+
+
+def manifest_problem(manifest) -> str | None:
+    """What makes a stored manifest unusable, with the key's path (``runs[3].seed is a string,
+    not an integer``), or None: every key ``replicate`` and the tables read, of its JSON type,
+    and each run entry's run id, arm, seed, ablation and value."""
+    if not isinstance(manifest, dict):
+        return f"{_kind(manifest)}, not an object"
+    for key, kind in _MANIFEST_KEYS:
+        *parents, name = key.split(".")
+        holder = manifest
+        for part in parents:  # checked to be objects before
+            holder = holder[part]
+        if problem := _wrong(holder.get(name, _MISSING), (kind,), key):
+            return problem
+    for i, seed in enumerate(manifest["seeds"]):
+        if problem := _wrong(seed, (int,), f"seeds[{i}]"):
+            return problem
+    for i, entry in enumerate(manifest["runs"]):
+        if not isinstance(entry, dict):
+            return f"runs[{i}] is {_kind(entry)}, not an object"
+        for field, kinds in _ENTRY_KEYS:
+            if problem := _wrong(entry.get(field, _MISSING), kinds, f"runs[{i}].{field}"):
+                return problem
+    if "asked" in manifest:  # written since a study may be continued with fewer seeds or ablations
+        asked = manifest["asked"]
+        return _wrong(asked, (dict,), "asked") or _wrong(asked.get("seeds", _MISSING), (list,), "asked.seeds") or \
+            _wrong(asked.get("ablations", _MISSING), (list,), "asked.ablations")
+    return None
 
 
 def stored_scope(manifest: dict | None) -> tuple[set[int], set[str]]:
-    """The seeds and ablation names that a folder's stored manifest plans (``check_folder_owner``
-    has refused a manifest of another study or profile); none when there is none or it is damaged."""
+    """The seeds and ablation names that a folder's stored manifest plans (``read_manifest`` has
+    checked its shape, and refused one of another study or profile); none when there is none."""
     if manifest is None:
         return set(), set()
-    try:
-        seeds = {s for s in manifest["seeds"] if isinstance(s, int) and not isinstance(s, bool) and 0 <= s < MAX_SEEDS}
-        ablations = {e["ablation"] for e in manifest["runs"] if isinstance(e, dict) and isinstance(e.get("ablation"), str)}
-    except (KeyError, TypeError):  # a damaged one: rewritten
-        return set(), set()
-    return seeds, ablations
+    seeds = {s for s in manifest["seeds"] if s < MAX_SEEDS}
+    return seeds, {e["ablation"] for e in manifest["runs"] if e["ablation"] is not None}
+
+
+# what a manifest may differ in from the stored one of a study whose runs are all complete,
+# without being written: what was asked, when, and the spec file's path and bytes (a comment)
+_NOT_CONTENT = ("asked", "written_at", "spec_path", "spec_sha256")
+
+
+def says_the_same(stored: dict | None, manifest: dict) -> bool:
+    """Whether the folder's stored manifest says what ``manifest`` says: the same runs (every
+    arm x seed x ablation value's run id, which covers the config and the data's checksum),
+    seeds, data set and spec, of the spec only this profile's part (an edit of another
+    profile changes nothing here). A ``replicate`` with nothing to train then keeps it as it
+    is: it changes no file. Where the data was read from (a manifest written before held it)
+    is no part of what it says."""
+    if stored is None:
+        return False
+
+    def content(m: dict) -> dict:
+        m = json.loads(json.dumps(m))  # a copy, in JSON's types as stored
+        if isinstance(m["spec"].get("profiles"), dict):
+            m["spec"]["profiles"] = {m["profile"]: m["spec"]["profiles"].get(m["profile"])}
+        m["data"].pop("source", None)
+        return {k: v for k, v in m.items() if k not in _NOT_CONTENT}
+
+    return content(stored) == content(manifest)
 
 
 def not_asked(entry: dict, asked: dict | None) -> str | None:
@@ -144,15 +241,16 @@ def is_asked(entry: dict, manifest: dict) -> bool:
     return not_asked(entry, manifest.get("asked")) is None
 
 
-def check_folder_owner(out: Path, spec, profile: str, manifest: dict | None) -> None:
+def check_folder_owner(out: Path, spec, profile: str, manifest) -> None:
     """A study folder belongs to one study and profile: ``replicate`` of another spec or profile
     into it would replace its manifest, and its table would describe the new study over the old
-    records. ``manifest``: the folder's, as ``read_manifest`` gives it; none (None), or a
-    damaged one, is the folder's own (it is rewritten)."""
-    if manifest is None:
+    records. ``manifest``: the folder's as parsed (None: none, or not JSON); one whose study and
+    profile cannot be read is left to ``read_manifest``, which refuses it beside records."""
+    try:
+        name, held = manifest["spec"]["study"]["name"], manifest["profile"]
+    except (KeyError, TypeError):
         return
-    name, held = manifest["spec"]["study"]["name"], manifest["profile"]
-    if (name, held) != (spec.name, profile):
+    if isinstance(name, str) and isinstance(held, str) and (name, held) != (spec.name, profile):
         raise UserError(f"{out} holds the study {name}/{held} (from {manifest.get('spec_path', '?')}), not "
                         f"{spec.name}/{profile} (from {spec.path}): a study folder belongs to one study and profile; "
                         f"give {spec.name}/{profile} another --out, e.g. {default_out(spec.path, profile)}")
@@ -217,6 +315,25 @@ def dry_run(spec_path: Path, profile: str, out: Path, **kwargs) -> tuple[list[di
     return rows, sum(e.train_s + e.eval_s for e in estimates.values())
 
 
+def in_plan_order(pending: list[dict], runner, manifest: dict, out: Path, spec_path: Path,
+                  log: Callable[[str], None]) -> list[dict]:
+    """``pending`` with the main runs that ``mutualbench plan`` orders first (those that complete
+    the most claims soonest, ``planning.plan_order``), the rest after them in study order: what
+    a time budget should spend its hours on. Unchanged when the folder has no results yet to
+    plan from."""
+    from .planning import plan_order
+    from .results import has_complete_runs
+
+    if not has_complete_runs(out):
+        return pending
+    order = {key: i for i, key in enumerate(plan_order(out, spec_path))}
+    where = {e["run_id"]: (e["arm"], e["seed"]) for e in manifest["runs"] if not e.get("ablation")}
+    keyed = [(order.get(where.get(runner.prepare(c)[1]), len(order) + i), c) for i, c in enumerate(pending)]
+    if order:
+        log("runs in the order of `mutualbench plan` (the runs that complete the most claims first)")
+    return [c for _, c in sorted(keyed, key=lambda kc: kc[0])]
+
+
 def replicate(spec_path: Path, profile: str, out: Path, *, data: str | None = None, seeds: int | None = None,
               launcher: str = "local", data_root: Path | None = None, device: str = "auto",
               ablations: bool | list[str] = True, arms: list[str] | None = None, shard: tuple[int, int] | None = None,
@@ -231,7 +348,8 @@ def replicate(spec_path: Path, profile: str, out: Path, *, data: str | None = No
                                                  arms=arms, shard=shard, on_record=on_record, log=log)
     out = Path(out)
     seen = {e["run_id"] for e in manifest["runs"] if is_asked(e, manifest)}
-    if shard is None:
+    # one with nothing to train keeps a stored manifest that says the same: it changes no file
+    if shard is None and (pending or not says_the_same(read_manifest(out, spec, profile), manifest)):
         atomic_write_json(out / MANIFEST, manifest)
     total = len(seen)
     if plan_only:
@@ -262,6 +380,8 @@ def replicate(spec_path: Path, profile: str, out: Path, *, data: str | None = No
             errors = wait_for_jobs(runner.out_dir, [runner.prepare(c)[1] for c in pending], log)
         else:
             timer = RunTimer(runner)
+            if time_budget_s is not None and arms is None:
+                pending = in_plan_order(pending, runner, manifest, out, spec_path, log)
             if announce_estimate:
                 expected = sum(e.train_s + e.eval_s for e in map(timer.estimate, pending))
                 log(f"estimated time for the {count_runs(len(pending))} to run: {format_duration(expected)} on this machine "
