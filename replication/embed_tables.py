@@ -7,8 +7,9 @@ Markers, for every study in results/: <!-- <study>/<profile>-table:start --> ...
 <!-- <study>/<profile>-table:end --> for each results/<study>/<profile>/table.md, and
 <!-- <study>/scale-comparison:start --> ... :end --> for the spec's paired comparisons at the
 `cpu` and the `full` scale side by side, <!-- <study>/claims:start --> for the spec's claims
-at both scales, and <!-- seed_blog/<profile>-factorial:start --> for the 2x2 factorial
-(all computed from the stored records, like the tables).
+at both scales, <!-- seed_blog/<profile>-factorial:start --> for the 2x2 factorial, and
+<!-- seed_blog/<profile>-provenance:start --> for which kind of machine ran which run of
+results/seed_blog/<profile> (all computed from the stored records, like the tables).
 The blog's study (seed_blog) also answers to the unprefixed names (<!-- cpu-table:start -->).
 """
 
@@ -159,6 +160,74 @@ def cohort_size_plot(folder: Path) -> str | None:
     return "\n".join(["| K | arm | accuracy of | n | mean | 95% CI |", "|---|---|---|---|---|---|", *rows])
 
 
+def _seed_list(seeds) -> str:
+    return ", ".join(str(s) for s in sorted(seeds))
+
+
+def provenance_markdown(manifest: dict, records: dict[str, dict], where: str) -> str | None:
+    """Which kind of machine ran which of a study's complete runs, one row per kind
+    (``envinfo.record_machine_kind``: CPU model and instruction set, or the GPU's name; a run
+    resumed on other kinds is a row "A + B" of its own): its arms and seeds (an ablation's own
+    runs as ``arm (ablation = value)``; a run the main study and an ablation share counts
+    once, under its arm), native bfloat16 (the records' ``env.cpu.bf16_flags``), the number
+    of runs and their summed training hours; then a line counting the kinds. ``where``
+    names the study folder in that line (e.g. ``seed_blog/full``)."""
+    sys.path.insert(0, str(ROOT / "src"))
+    from mutualbench.envinfo import MIXED, record_machine_kind
+
+    entries: dict[str, dict] = {}  # run id -> the manifest entry that names it (the main study's first)
+    for entry in manifest["runs"]:
+        known = entries.get(entry["run_id"])
+        if known is None or (known.get("ablation") and not entry.get("ablation")):
+            entries[entry["run_id"]] = entry
+    order: dict[str, int] = {}  # labels in the manifest's order, the main study's arms first
+    rows: dict[str, dict] = {}
+    for rid, entry in sorted(entries.items(), key=lambda kv: bool(kv[1].get("ablation"))):
+        rec = records.get(rid)
+        if rec is None or rec.get("status") != "complete":
+            continue
+        label = entry["arm"] if not entry.get("ablation") else f"{entry['arm']} ({entry['ablation']} = {entry['value']})"
+        order.setdefault(label, len(order))
+        kind = record_machine_kind(rec)
+        row = rows.setdefault(kind, {"seeds": {}, "runs": 0, "train_s": 0.0, "bf16": set()})
+        row["seeds"].setdefault(label, set()).add(entry["seed"])
+        row["runs"] += 1
+        row["train_s"] += float((rec.get("timings") or {}).get("train_s") or 0.0)
+        cpu = (rec.get("env") or {}).get("cpu")
+        if (rec.get("env") or {}).get("cuda"):
+            row["bf16"].add("(GPU)")
+        elif MIXED in kind or not isinstance(cpu, dict) or "bf16_flags" not in cpu:
+            row["bf16"].add("not recorded")
+        else:
+            row["bf16"].add(", ".join(f"`{f}`" for f in cpu["bf16_flags"]) or "none")
+    if not rows:
+        return None
+    lines = ["| kind of machine | runs | training hours | native bf16 | arms and seeds |", "|---|---|---|---|---|"]
+    for kind in sorted(rows):
+        row = rows[kind]
+        arms = "; ".join(f"{label} {_seed_list(row['seeds'][label])}" for label in sorted(row["seeds"], key=order.get))
+        lines.append(f"| {kind} | {row['runs']} | {row['train_s'] / 3600:.1f} | {' / '.join(sorted(row['bf16']))} | {arms} |")
+    runs, hours = sum(r["runs"] for r in rows.values()), sum(r["train_s"] for r in rows.values()) / 3600
+    kinds = sorted({k for kind in rows for k in kind.split(MIXED)})
+    lines += [f"| all | {runs} | {hours:.1f} | | |", "",
+              f"{len(kinds)} kind{'s' if len(kinds) != 1 else ''} of machine ran the {runs} complete "
+              f"run{'s' if runs != 1 else ''} in `{where}` ({hours:.1f} hours of training)"
+              + ("; a run resumed on another kind is counted in a row of its own, \"A + B\"."
+                 if any(MIXED in kind for kind in rows) else ".")]
+    return "\n".join(lines)
+
+
+def provenance_table(folder: Path) -> str | None:
+    """``provenance_markdown`` of the study folder's manifest and stored records."""
+    sys.path.insert(0, str(ROOT / "src"))
+    from mutualbench.results import load_manifest, load_records
+
+    if not (folder / "study.json").exists():
+        return None
+    manifest = load_manifest(folder)
+    return provenance_markdown(manifest, load_records(folder, manifest), f"{folder.parent.name}/{folder.name}")
+
+
 CLAIM_PROFILES = ("full", "cpu")  # the primary profile (the source's scale) first
 
 
@@ -208,6 +277,15 @@ def main() -> int:
             if body is not None:
                 text = _embed(text, f"seed_blog/{profile}-{name}", body)
                 print(f"embedded the {name} block of {blog.relative_to(ROOT)}")
+    blogs = ROOT / "results" / "seed_blog"
+    for blog in sorted(p for p in blogs.iterdir() if p.is_dir()) if blogs.is_dir() else []:
+        marker = f"seed_blog/{blog.name}-provenance"
+        if f"<!-- {marker}:start -->" not in text:
+            continue
+        body = provenance_table(blog)
+        if body is not None:
+            text = _embed(text, marker, body)
+            print(f"embedded the provenance block of {blog.relative_to(ROOT)}")
     report.write_text(text)
     return 0
 

@@ -4,6 +4,7 @@ outside the embedded (generated) tables must be one that a stored study's CSV ho
 two decimals the tables print. A number that went stale when a record was added fails here."""
 
 import csv
+import importlib.util
 import re
 from pathlib import Path
 
@@ -73,3 +74,55 @@ def test_a_stale_quote_is_caught():
     assert quoted_means(stale) == [("79.39 ± 1.10", (79.39, 1.10))]
     assert (0.08, 1.70) not in stored_intervals() and (79.39, 1.10) not in stored_means()
     assert quoted_intervals(f"<!-- x/y:start -->\n{stale}<!-- x/y:end -->\n") == []
+
+
+def embed_tables():
+    """replication/embed_tables.py, the script that writes the generated blocks."""
+    spec = importlib.util.spec_from_file_location("embed_tables", ROOT / "replication" / "embed_tables.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_provenance_blocks_are_what_the_stored_records_give():
+    """Which kind of machine ran which run is generated, never typed: every provenance block
+    in REPLICATION.md is what embed_tables.py makes of the stored records now, so a record
+    added or replaced without regenerating the report fails here."""
+    text = (ROOT / "REPLICATION.md").read_text(encoding="utf-8")
+    blocks = dict(re.findall(r"<!-- seed_blog/(\S+)-provenance:start -->\n(.*?)\n<!-- seed_blog/\1-provenance:end -->",
+                             text, flags=re.S))
+    assert "full" in blocks
+    embed = embed_tables()
+    for profile, body in blocks.items():
+        generated = embed.provenance_table(ROOT / "results" / "seed_blog" / profile)
+        assert generated is not None and body == generated.strip(), f"seed_blog/{profile}-provenance is stale"
+
+
+def test_the_provenance_block_counts_each_run_once_under_its_kind():
+    """A run the main study and an ablation share counts once, under its arm; an ablation's own
+    run is named with its value; a run resumed on another kind is a row "A + B" of its own;
+    a planned run without a record is not counted."""
+    def record(kind: str, flags: list[str], train_s: float, segments=()) -> dict:
+        model, isa = kind.split()
+        return {"status": "complete", "env": {"cpu": {"model": model, "isa": isa, "bf16_flags": flags}},
+                "timings": {"train_s": train_s}, "segments": [{"machine": m} for m in segments]}
+
+    def entry(run_id, arm, seed, ablation=None, value=None):
+        return {"run_id": run_id, "arm": arm, "seed": seed, "ablation": ablation, "value": value}
+
+    manifest = {"runs": [entry("a", "teacher", 0), entry("b", "dml", 0), entry("b", "dml", 0, "order", "simultaneous"),
+                         entry("c", "dml", 0, "order", "sequential"), entry("d", "teacher", 1), entry("e", "dml", 1)]}
+    records = {"a": record("EPYC AVX2", [], 3600), "b": record("EPYC AVX2", [], 1800),
+               "c": record("Xeon AVX512", ["avx512_bf16"], 1080),
+               "d": record("Xeon AVX512", ["avx512_bf16"], 3600, segments=("EPYC AVX2", "Xeon AVX512"))}
+    assert embed_tables().provenance_markdown(manifest, records, "x/y").splitlines() == [
+        "| kind of machine | runs | training hours | native bf16 | arms and seeds |",
+        "|---|---|---|---|---|",
+        "| EPYC AVX2 | 2 | 1.5 | none | teacher 0; dml 0 |",
+        "| EPYC AVX2 + Xeon AVX512 | 1 | 1.0 | not recorded | teacher 1 |",
+        "| Xeon AVX512 | 1 | 0.3 | `avx512_bf16` | dml (order = sequential) 0 |",
+        "| all | 4 | 2.8 | | |",
+        "",
+        "2 kinds of machine ran the 4 complete runs in `x/y` (2.8 hours of training); a run resumed "
+        'on another kind is counted in a row of its own, "A + B".',
+    ]
