@@ -194,10 +194,10 @@ def _equivalence(study: Study, found: dict[str, dict]) -> None:
         for stat, _ in STATISTICS:
             t[stat]["p_equiv"] = (equivalence_p(seed_values(study.runs, t["weights"], stat), t["delta"])
                                   if t["delta"] else math.nan)
+    families: dict[str, list[str]] = {}
+    for key, t in found.items():
+        families.setdefault(t["family"], []).append(key)
     for stat, _ in STATISTICS:
-        families: dict[str, list[str]] = {}
-        for key, t in found.items():
-            families.setdefault(t["family"], []).append(key)
         for keys in families.values():
             for key, p in zip(keys, holm([found[k][stat]["p_equiv"] for k in keys]), strict=True):
                 found[key][stat]["p_equiv_holm"] = p
@@ -254,9 +254,9 @@ def verdict(claim: dict, test: dict | None) -> str:
     return "negligible" if equivalent(test, rule) else "undecided"
 
 
-def look(n: int, planned: int | None) -> str:
+def look(n: int, planned: int) -> str:
     """``final`` at (or past) the planned seeds, else ``interim``."""
-    return "interim" if planned is not None and n < planned else "final"
+    return "interim" if n < planned else "final"
 
 
 CLAIM_COLUMNS = ["claim", "text", "test", "expect", "published", "verdict", "look", "achieved_n", "planned_n", "rule", "delta",
@@ -265,11 +265,11 @@ CLAIM_COLUMNS = ["claim", "text", "test", "expect", "published", "verdict", "loo
                  "last5_seeds_expected_sign"]
 
 
-def evaluate(study: Study) -> pd.DataFrame:
+def evaluate(study: Study, found: dict[str, dict] | None = None) -> pd.DataFrame:
     """One row per claim of the study's spec: its test's numbers at both statistics, the
     verdict, and whether this look is final (the profile's planned seeds reached by every
     statistic the rule names) or interim. Empty when the spec states no claims."""
-    found = tests(study)
+    found = tests(study) if found is None else found
     planned = planned_seeds(study.spec, study.manifest.get("profile"))
     rows = []
     for c in study.spec.get("claims", []):
@@ -279,7 +279,7 @@ def evaluate(study: Study) -> pd.DataFrame:
         achieved = min((t[s]["n"] for s in rule.statistics), default=0) if t else 0
         row = {"claim": c["name"], "text": c["text"], "test": key if "comparison" in c else f"contrast {key}",
                "expect": c["expect"], "published": c.get("published", ""), "verdict": verdict(c, t),
-               "look": look(achieved, planned), "achieved_n": achieved, "planned_n": planned if planned is not None else math.nan,
+               "look": look(achieved, planned), "achieved_n": achieved, "planned_n": planned,
                "rule": rule.describe(), "delta": t["delta"] if t and t["delta"] else math.nan}
         for stat, _ in STATISTICS:
             pre = "" if stat == "final" else f"{stat}_"

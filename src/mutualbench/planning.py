@@ -74,7 +74,7 @@ def claim_needs(study: Study, found: dict[str, dict] | None = None) -> list[Clai
     from .claims import evaluate
 
     found = tests(study) if found is None else found
-    verdicts = evaluate(study).set_index("claim")["verdict"] if study.spec.get("claims") else {}
+    verdicts = evaluate(study, found).set_index("claim")["verdict"] if study.spec.get("claims") else {}
     out = []
     for c in study.spec.get("claims", []):
         key = c.get("comparison") or c.get("contrast")
@@ -186,9 +186,9 @@ def missing_runs(study: Study, spec_path: Path, *, data: str | None = None,
     done = {(a, int(s)) for a, s in study.runs[study.runs["ablation"] == "main"][["arm", "seed"]].itertuples(index=False)}
     claims = spec.raw.get("claims", [])
     ordered = _with_teachers(order_runs(missing, done, found, claims))
-    have = set(done)
+    have, claim_arms = set(done), _claim_arms(found, claims)
     for r in ordered:  # what each run completes, in the final order
-        r.completes = [name for name, arms in _claim_arms(found, claims).items()
+        r.completes = [name for name, arms in claim_arms.items()
                        if r.arm in arms and all((a, r.seed) in have or a == r.arm for a in arms)]
         have.add((r.arm, r.seed))
     return planned, ordered
