@@ -61,7 +61,7 @@ def read_lock(path: Path) -> tuple[str, dict | None]:
     Raises FileNotFoundError when there is no lock."""
     text = ""
     for _ in range(6):
-        text = Path(path).read_text(errors="replace")
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
         if text.strip():
             break
         time.sleep(0.2)
@@ -166,17 +166,36 @@ class FolderLock:
                 self._remove_created()
                 raise UserError(f"cannot create the lock file {self.path} ({e.strerror}); choose a folder you can "
                                 "write to") from None
-            with os.fdopen(fd, "w") as f:
-                f.write(self._content())
-                f.flush()
-                os.fsync(f.fileno())
+            created = None
+            try:
+                with os.fdopen(fd, "w") as f:
+                    created = os.fstat(f.fileno())
+                    f.write(self._content())
+                    f.flush()
+                    os.fsync(f.fileno())
+            except BaseException:
+                # not written (a full disk): remove the lock file this call created, so that no empty
+                # lock is left for the next process to wait on and report as stale
+                self._remove_unwritten(created)
+                raise
             self.held = True
             return self
         raise UserError(f"{self.busy}: the lock {self.path} keeps changing hands; try again")
 
+    def _remove_unwritten(self, created: os.stat_result | None) -> None:
+        """Remove the lock file ``acquire`` created (``created``: its status) and could not write,
+        unless another process has replaced it meanwhile; then the folders it created."""
+        try:
+            now = os.stat(self.path)
+            if created is not None and (now.st_dev, now.st_ino) == (created.st_dev, created.st_ino):
+                self.path.unlink()
+        except OSError:
+            pass
+        self._remove_created()
+
     def _remove_stale(self, text: str, info: dict | None) -> None:
         try:
-            if Path(self.path).read_text(errors="replace") != text:
+            if Path(self.path).read_text(encoding="utf-8", errors="replace") != text:
                 return  # replaced meanwhile by another process: look again
             self.path.unlink()
         except FileNotFoundError:

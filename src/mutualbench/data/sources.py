@@ -12,7 +12,10 @@ happens once: the arrays are then cached in ``<data root>/cache/<name>-<sha256 p
 keyed by the source's checksum, and written atomically so that a failure never leaves a
 partial cache behind.
 Archives are never extracted to disk; members that are links, absolute paths or contain
-``..`` are rejected.
+``..`` are rejected, and so are tar members that are neither files nor folders. Every size is
+bounded before it is read or decoded: each member and all of them together (from the archive's
+headers), each tar extended header (a long name, pax records), and each image's pixels and all
+images' decoded bytes (from the image headers).
 
 The CIFAR download waits at most ``$MUTUALBENCH_NET_TIMEOUT`` seconds (default 60) for each
 answer from the server; a download that fails removes the files it created in the data root.
@@ -29,6 +32,7 @@ import shutil
 import socket
 import stat
 import tarfile
+import warnings
 import zipfile
 import zlib
 from collections.abc import Sequence
@@ -53,6 +57,22 @@ SPLITS = ("train", "test")
 # CIFAR as BMP) is refused: the marks of an archive bomb, not of a data set for this suite.
 MAX_MEMBER_BYTES = 1 << 20
 MAX_TOTAL_BYTES = 1 << 30
+# Limits on what the images decode to, checked from each image's header before it is decoded:
+# the limits above count encoded bytes, and a PNG of one colour compresses some 1000:1 (a 2 KB
+# .tar.gz of four 12000x12000 PNGs once took 3.4 GB of memory and wrote a 1.7 GB cache). One
+# image may have at most 4096x4096 pixels (16,000 times a 32x32 CIFAR image, and under Pillow's
+# own decompression-bomb threshold of about 89 million, so its warning never fires for an image
+# we decode), and all images together may decode to at most 2 GiB as RGB uint8: CIFAR-10 or -100
+# is 184 MB (60,000 x 32 x 32 x 3), Tiny-ImageNet (110,000 x 64 x 64 x 3) 1.35 GB.
+MAX_IMAGE_PIXELS = 4096 * 4096
+MAX_DECODED_BYTES = 2 << 30
+# Limits on a tar archive's extended headers (a GNU long name or link, pax records), which the
+# tar reader reads whole into memory before the member they describe: a path is at most a few KB
+# and pax records a few hundred bytes, so a header over 64 KiB, or more than 8 of them in a row
+# before one member (real archives have at most 3 or 4: a global and a member's pax record, a
+# long name and a long link), is refused before it is read.
+MAX_HEADER_BYTES = 64 << 10
+MAX_HEADER_CHAIN = 8
 LAYOUT_HELP = (
     "expected layout: train/<class>/<image> and test/<class>/<image> (optionally inside one "
     "top-level folder), the same classes in both splits"
@@ -60,7 +80,19 @@ LAYOUT_HELP = (
 
 
 def default_data_root() -> Path:
-    return Path(os.environ.get("MUTUALBENCH_DATA_ROOT") or Path.home() / ".cache" / "mutualbench")
+    """``$MUTUALBENCH_DATA_ROOT`` (``~`` expanded) or ``~/.cache/mutualbench``."""
+    value = os.environ.get("MUTUALBENCH_DATA_ROOT")
+    return _expand_root(value, "MUTUALBENCH_DATA_ROOT") if value else Path.home() / ".cache" / "mutualbench"
+
+
+def _expand_root(value: str | os.PathLike, what: str) -> Path:
+    """A data root with a leading ``~`` or ``~user`` expanded (a shell leaves it alone in an
+    environment variable or in ``--data-root=~/x``: it would make a folder named ``~``)."""
+    expanded = os.path.expanduser(os.fspath(value))
+    if expanded.startswith("~"):
+        raise DataError(f"{what} {os.fspath(value)!r}: cannot expand '~' (no home folder, or no such user); give the "
+                        "data root as an absolute path")
+    return Path(expanded)
 
 
 @dataclass
@@ -141,7 +173,7 @@ def sha256_tree(root: Path) -> str:
     """Checksum of a folder: every file's relative path and contents, in sorted order. Empty
     folders count too (a tree without any has the same checksum as before they counted)."""
     h = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.is_file() or _is_empty_dir(p)):
+    for path in [p for p in _walk(root) if p.is_file() or _is_empty_dir(p)]:
         if path.is_dir():
             h.update(path.relative_to(root).as_posix().encode() + b"/\0")
             continue
@@ -152,6 +184,40 @@ def sha256_tree(root: Path) -> str:
 
 def _is_empty_dir(path: Path) -> bool:
     return path.is_dir() and not path.is_symlink() and next(path.iterdir(), None) is None
+
+
+def _walk(root: Path) -> list[Path]:
+    """Every entry below ``root``, sorted: what ``sorted(root.rglob("*"))`` gives (links are
+    listed, not followed), except that a folder that cannot be read raises its ``OSError``
+    where ``rglob`` skips it without a word (an unreadable class folder looked empty)."""
+    found: list[Path] = []
+    folders = [root]
+    while folders:
+        folder = folders.pop()
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                path = folder / entry.name
+                found.append(path)
+                if entry.is_dir(follow_symlinks=False):
+                    folders.append(path)
+    return sorted(found)
+
+
+def _unreadable(source: Path, e: OSError) -> DataError:
+    """The error for a data source, or a file or folder in one, that cannot be read (``e``
+    names it, a PermissionError most often)."""
+    why = e.strerror or str(e) or type(e).__name__
+    name = Path(os.fsdecode(e.filename)) if isinstance(e.filename, (str, bytes, os.PathLike)) else source
+    if name != source:
+        try:
+            rel = name.relative_to(source).as_posix()
+        except ValueError:
+            rel = str(name)
+        return DataError(f"{source}: cannot read {rel} ({why}); make it readable by this user (e.g. chmod -R u+rX "
+                         f"{source}) or remove it from the data folder")
+    chmod = f"chmod -R u+rX {source}" if os.path.isdir(source) else f"chmod u+r {source}"
+    return DataError(f"{source}: cannot read it ({why}); make it readable by this user (e.g. {chmod}) or point --data "
+                     "at a copy you can read")
 
 
 # ----------------------------------------------------------------------------- cache
@@ -286,32 +352,69 @@ def _assemble(entries: list[tuple[tuple[str, ...], bytes | None]], source: Path,
             f"({sorted(set(grouped['train']) ^ set(grouped['test']))}); {LAYOUT_HELP}"
         )
     classes = sorted(grouped["train"])
-    from PIL import Image, UnidentifiedImageError
-
     total = sum(len(v) for split in SPLITS for v in grouped[split].values())
     arrays: dict[str, np.ndarray] = {}
-    shape = None
+    size: tuple[int, int] | None = None  # (width, height) of every image: the first one's
     with progress(total=total, desc=f"decoding {name}", unit="img") as bar:
         for split in SPLITS:
-            images, labels = [], []
-            for label, cls in enumerate(classes):
-                for fname, data in sorted(grouped[split][cls]):
-                    try:
-                        with Image.open(io.BytesIO(data)) as im:
-                            arr = np.asarray(im.convert("RGB"))
-                    except (UnidentifiedImageError, OSError, ValueError) as e:
-                        raise DataError(f"{source}: cannot decode {split}/{cls}/{fname} ({e}); the source is corrupt") from None
-                    if shape is None:
-                        shape = arr.shape
-                    elif arr.shape != shape:
-                        raise DataError(f"{source}: {split}/{cls}/{fname} is {arr.shape[1]}x{arr.shape[0]}, "
-                                        f"others are {shape[1]}x{shape[0]}; all images must share one size")
-                    images.append(arr)
-                    labels.append(label)
-                    bar.update(1)
-            arrays[f"{split}_images"] = np.stack(images)
-            arrays[f"{split}_labels"] = np.asarray(labels, dtype=np.int64)
+            members = [(label, f"{split}/{cls}/{fname}", data) for label, cls in enumerate(classes)
+                       for fname, data in sorted(grouped[split][cls])]
+            images: np.ndarray | None = None  # filled in place: no second copy as np.stack would make
+            for i, (_, where, data) in enumerate(members):
+                arr = _decode(source, where, data, size, total)
+                if images is None:
+                    size = (arr.shape[1], arr.shape[0])
+                    images = np.empty((len(members), *arr.shape), dtype=np.uint8)
+                images[i] = arr
+                bar.update(1)
+            arrays[f"{split}_images"] = images
+            arrays[f"{split}_labels"] = np.asarray([m[0] for m in members], dtype=np.int64)
     return ImageDataset(name=name, classes=classes, sha256=sha, source=str(source), **arrays)
+
+
+def _decode(source: Path, where: str, data: bytes, size: tuple[int, int] | None, count: int) -> np.ndarray:
+    """Image ``where`` (encoded ``data``) as RGB uint8 ``[H, W, 3]``. Its header is checked first
+    (``Image.open`` reads no pixels): at most ``MAX_IMAGE_PIXELS``, the ``size`` (width, height)
+    of the images before it, and, for the first of the ``count`` images, all of them at its size
+    within ``MAX_DECODED_BYTES``."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns of images over its own threshold when it opens them; they are refused
+            # here, so its warning would only be noise on stderr
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                width, height = im.size
+                if width * height > MAX_IMAGE_PIXELS:
+                    raise _too_many_pixels(source, where, f"is {width:,}x{height:,} ({width * height:,} pixels)")
+                if size is None and count * width * height * 3 > MAX_DECODED_BYTES:
+                    raise DataError(
+                        f"{source}: its {count:,} images of {width}x{height} (the size of {where}) decode to "
+                        f"{count * width * height * 3:,} bytes as RGB, over the limit of {MAX_DECODED_BYTES:,} for a "
+                        "data set (CIFAR decodes to 184 MB); refusing to decode them; give --data a data set of "
+                        "fewer or smaller images")
+                if size is not None and (width, height) != size:
+                    raise _other_size(source, where, (width, height), size)
+                arr = np.asarray(im.convert("RGB"))
+    except Image.DecompressionBombError:  # over Pillow's threshold, refused by Image.open itself
+        raise _too_many_pixels(source, where, "declares more pixels than Pillow opens") from None
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise DataError(f"{source}: cannot decode {where} ({e}); the source is corrupt") from None
+    if arr.shape[:2] != (height, width):  # a decoder that gave another size than its header
+        raise _other_size(source, where, (arr.shape[1], arr.shape[0]), size or (width, height))
+    return arr
+
+
+def _too_many_pixels(source: Path, where: str, what: str) -> DataError:
+    return DataError(f"{source}: {where} {what}, over the limit of {MAX_IMAGE_PIXELS:,} pixels (4096x4096) for one "
+                     "image; refusing to decode it (a decompression bomb?); give --data a data set of small images "
+                     "(CIFAR's are 32x32)")
+
+
+def _other_size(source: Path, where: str, have: tuple[int, int], others: tuple[int, int]) -> DataError:
+    return DataError(f"{source}: {where} is {have[0]}x{have[1]}, others are {others[0]}x{others[1]}; all images must "
+                     "share one size")
 
 
 def _check_empty_classes(folders: list[tuple[str, ...]], grouped: dict, source: Path) -> None:
@@ -346,11 +449,74 @@ def _check_size(source: Path, name: str, size: int, total: int) -> int:
     return total
 
 
+# tar member types: files (read when images, else only counted), folders, links and devices (not
+# followed, refused by _read_tar with their name), and the extended headers that describe the
+# next member (checked by _BoundedTarInfo before they are read). Any other type is refused.
+_TAR_FILE_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE)
+_TAR_LINK_TYPES = (tarfile.SYMTYPE, tarfile.LNKTYPE, tarfile.CHRTYPE, tarfile.BLKTYPE, tarfile.FIFOTYPE)
+_TAR_HEADER_TYPES = {tarfile.GNUTYPE_LONGNAME: "GNU long name", tarfile.GNUTYPE_LONGLINK: "GNU long link",
+                     tarfile.XHDTYPE: "pax extended", tarfile.XGLTYPE: "pax global",
+                     tarfile.SOLARIS_XHDTYPE: "Solaris extended"}
+_TAR_OTHER_TYPES = {tarfile.GNUTYPE_SPARSE: "a GNU sparse file", b"V": "a GNU volume label",
+                    b"M": "a GNU multi-volume continuation", b"D": "a GNU dump folder", b"N": "a GNU old long name"}
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """A tar header that is checked before the tar reader acts on it: ``TarInfo._proc_member``
+    reads an extended header's data whole (``size`` bytes) and skips a member of a type it does
+    not know as if it were a file (``size`` bytes, decompressed and dropped), both before the
+    member is given to ``_read_tar``. A ``DataError`` raised here comes out of ``tarfile.open``
+    and ``TarFile.next()`` unchanged (they turn only header and zlib errors into ``ReadError``).
+    ``_source``: the archive (set by ``_read_tar`` on a subclass of its own); ``_chain``: how many
+    extended headers came in a row up to this one."""
+
+    _source: Path
+    _chain = 0
+
+    def _proc_member(self, tar):
+        cls = type(self)
+        header = _TAR_HEADER_TYPES.get(self.type)
+        if header is not None:
+            cls._chain += 1
+            if self.size > MAX_HEADER_BYTES:
+                raise DataError(
+                    f"{self._source}: a tar {header} header ({self.name!r}) declares {self.size:,} bytes, over the "
+                    f"limit of {MAX_HEADER_BYTES:,} for one (a path is a few KB); refusing to read it (an archive "
+                    "bomb?); point --data at an archive written by tar or zip from a folder of images")
+            if cls._chain > MAX_HEADER_CHAIN:
+                raise DataError(
+                    f"{self._source}: more than {MAX_HEADER_CHAIN} tar extended headers (long names, pax records) "
+                    "in a row before one member; refusing to read further (a damaged or malicious archive); "
+                    "point --data at an archive written by tar or zip from a folder of images")
+            return super()._proc_member(tar)
+        cls._chain = 0
+        if self.type in _TAR_FILE_TYPES:
+            # the skip of its data uses the size in this header, which a pax record may replace
+            # by a smaller one afterwards: the header's own size is checked too
+            _check_size(self._source, self.name, self.size, 0)
+        elif self.type != tarfile.DIRTYPE and self.type not in _TAR_LINK_TYPES:
+            what = _TAR_OTHER_TYPES.get(self.type, "a type tar does not define")
+            raise DataError(
+                f"{self._source}: member {self.name!r} has tar type {self.type.decode('latin-1')!r} ({what}), not a "
+                "regular file or a folder; refusing to read it; point --data at an archive of plain files and "
+                "folders (e.g. written by `tar czf` from a folder of images)")
+        return super()._proc_member(tar)
+
+    def _refuse_sparse(self, next, *args):
+        raise DataError(f"{self._source}: member {next.name!r} is a GNU sparse file (pax records), not a regular file; "
+                        "refusing to read it; point --data at an archive of plain files and folders (e.g. written "
+                        "by `tar czf` from a folder of images)")
+
+    # a pax-described sparse file: its map is parsed from data the header sizes do not bound
+    _proc_gnusparse_00 = _proc_gnusparse_01 = _proc_gnusparse_10 = _refuse_sparse
+
+
 def _read_tar(path: Path) -> list[tuple[tuple[str, ...], bytes | None]]:
     files = []
     total = 0
+    bounded = type("_BoundedTarInfo", (_BoundedTarInfo,), {"_source": path})
     try:
-        with tarfile.open(path, "r|*") as tar:  # streaming: never extracted to disk
+        with tarfile.open(path, "r|*", tarinfo=bounded) as tar:  # streaming: never extracted to disk
             for member in tar:
                 parts = _safe_parts(member.name, path)
                 if member.issym() or member.islnk() or member.isdev():
@@ -396,7 +562,7 @@ def _check_tree(root: Path) -> None:
     symbolic link (it could point anywhere, and was once skipped without a word), a FIFO or a
     device is refused, before anything is read."""
     total = 0
-    for p in sorted(root.rglob("*")):
+    for p in _walk(root):
         rel = p.relative_to(root).as_posix()
         if p.is_symlink():
             raise DataError(f"{root}: {rel} is a symbolic link; links in a data folder are not followed (one could "
@@ -412,7 +578,7 @@ def _check_tree(root: Path) -> None:
 
 def _read_tree(root: Path) -> list[tuple[tuple[str, ...], bytes | None]]:
     files = []
-    for p in sorted(root.rglob("*")):
+    for p in _walk(root):
         parts = p.relative_to(root).parts
         if p.is_file() and not p.is_symlink() and _is_image(parts):
             files.append((parts, p.read_bytes()))
@@ -460,7 +626,7 @@ def copy_problem(expected: str, ds: ImageDataset, expected_classes: Sequence[str
 
 def load_dataset(source: str | os.PathLike, root: str | os.PathLike | None = None) -> ImageDataset:
     """Load ``source`` (``cifar10``, ``cifar100``, a folder or an archive), using the cache."""
-    root = Path(root) if root is not None else default_data_root()
+    root = _expand_root(root, "data root") if root is not None else default_data_root()
     src = str(source)
     if not src.strip():
         raise DataError(f"data source {src!r} is empty: give cifar10, cifar100, a class-per-folder image tree, or a "
@@ -469,27 +635,34 @@ def load_dataset(source: str | os.PathLike, root: str | os.PathLike | None = Non
     if src.lower() in TORCHVISION_SETS and not Path(src).exists():
         return _load_torchvision(src.lower(), root)
     path = Path(src).expanduser()
-    if not path.exists():
-        raise DataError(
-            f"data source {src!r} not found: give cifar10, cifar100, a class-per-folder image "
-            f"tree, or a .tar.gz/.zip archive of one ({LAYOUT_HELP})"
-        )
-    if path.is_dir():
-        _check_tree(path)
-        name, sha, reader = path.resolve().name, sha256_tree(path), _read_tree
-    elif not stat.S_ISREG(path.stat().st_mode):
-        raise DataError(f"{path}: not a regular file or a folder (a device, FIFO or socket, which could be read "
-                        f"forever); give a .tar.gz/.tgz/.tar/.zip archive or a folder; {LAYOUT_HELP}")
-    elif path.name.lower().endswith(ARCHIVE_SUFFIXES):
-        name, sha = archive_stem(path), sha256_file(path)
-        reader = _read_zip if path.name.lower().endswith(".zip") else _read_tar
-    else:
-        raise DataError(f"{path}: not a folder or a .tar.gz/.tgz/.tar/.zip archive; {LAYOUT_HELP}")
+    try:  # a file or folder of the source that cannot be read (an unreadable class folder)
+        if not path.exists():
+            raise DataError(
+                f"data source {src!r} not found: give cifar10, cifar100, a class-per-folder image "
+                f"tree, or a .tar.gz/.zip archive of one ({LAYOUT_HELP})"
+            )
+        if path.is_dir():
+            _check_tree(path)
+            name, sha, reader = path.resolve().name, sha256_tree(path), _read_tree
+        elif not stat.S_ISREG(path.stat().st_mode):
+            raise DataError(f"{path}: not a regular file or a folder (a device, FIFO or socket, which could be read "
+                            f"forever); give a .tar.gz/.tgz/.tar/.zip archive or a folder; {LAYOUT_HELP}")
+        elif path.name.lower().endswith(ARCHIVE_SUFFIXES):
+            name, sha = archive_stem(path), sha256_file(path)
+            reader = _read_zip if path.name.lower().endswith(".zip") else _read_tar
+        else:
+            raise DataError(f"{path}: not a folder or a .tar.gz/.tgz/.tar/.zip archive; {LAYOUT_HELP}")
+    except OSError as e:
+        raise _unreadable(path, e) from None
     cache = _cache_path(root, name, sha)
     cached = _read_cache(cache, str(path), sha)
     if cached is not None:
         return cached
-    ds = _assemble(reader(path), path, name, sha)
+    try:
+        entries = reader(path)  # the archive readers say themselves what they cannot read
+    except OSError as e:
+        raise _unreadable(path, e) from None
+    ds = _assemble(entries, path, name, sha)
     _write_cache(cache, ds)
     return ds
 
