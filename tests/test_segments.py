@@ -137,3 +137,36 @@ def test_impossible_segments_are_a_one_line_error_naming_the_record(segments, pr
     assert str(e.value) == f"r.json: impossible run record ({problem})"
     good = [{"first_epoch": 1, "last_epoch": 1, "machine": "X"}, {"first_epoch": 2, "last_epoch": 3, "machine": "Y"}]
     assert validate_record(json.loads(json.dumps(record_with(good))))["segments"] == good
+
+
+def _damage(state, what):
+    if what == "rng":
+        state["rng"] = torch.zeros(7, dtype=torch.uint8)
+    elif what == "stage state":
+        state["stage_state"] = {"optimizers": {"x": "not an optimizer's state"}}
+    else:  # an Adam moment of the wrong shape: torch loads it, the first step would fail
+        (opt,) = state["stage_state"]["optimizers"].values()
+        moments = next(s for s in opt["optimizer"]["state"].values() if "exp_avg" in s)
+        moments["exp_avg"] = torch.zeros(3)
+
+
+def test_a_checkpoint_with_damaged_rng_or_stage_state_is_moved_aside_and_the_run_starts_over(tiny_cifar, tmp_path):
+    """The right run id, the models intact, but its RNG or stage state damaged: every rerun used to
+    crash on it; now it is moved aside and the run equals one that never saw it."""
+    data, root = tiny_cifar
+    straight, _ = finished(data, root, tmp_path / "straight")
+    for what in ("rng", "stage state", "optimizer moment"):
+        out = tmp_path / what.replace(" ", "_")
+        ckpt = killed_after_one_epoch(data, root, out)
+        edit_checkpoint(ckpt, lambda s, what=what: _damage(s, what))
+        record, err = finished(data, root, out)
+        assert f"warning: checkpoint {ckpt} is unusable (" in err and "from the beginning" in err, (what, err)
+        assert len(list(ckpt.parent.glob("checkpoint.pt.unreadable-*"))) == 1, what
+        assert record["resumed_from_epoch"] == 0, what
+        assert _learning(record) == _learning(straight), what
+
+
+def _learning(record):
+    """What a run learned, epoch by epoch (its timings left out)."""
+    return [(c["test_acc"], c["train_loss"]) for c in record["curves"]], {
+        n: m["final_test_acc"] for n, m in record["models"].items()}

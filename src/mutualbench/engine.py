@@ -58,6 +58,20 @@ class _Unusable(Exception):
     """A checkpoint that cannot be resumed from (the message says why)."""
 
 
+def _usable_rng(rng: torch.Tensor) -> bool:
+    """Whether ``rng`` is a CPU generator state this torch accepts (tried, then undone)."""
+    now = torch.get_rng_state()
+    if rng.dtype != now.dtype or rng.shape != now.shape:
+        return False
+    try:
+        torch.set_rng_state(rng)
+    except (RuntimeError, TypeError, ValueError):
+        return False
+    finally:
+        torch.set_rng_state(now)
+    return True
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -123,16 +137,32 @@ class Engine:
             if state is None:
                 return None
         except _Unusable as e:
-            aside = move_aside(path, root=self.root)
-            warn(f"checkpoint {path} is unusable ({e}); moved it to {aside} and starting {self.desc or self.run_id} "
-                 "from the beginning")
+            self._move_aside(e)
             return None
+        self._fresh = (torch.get_rng_state(), self.curves, self.timings, self.segments)  # what starting over restores
         self.curves, self.timings = list(state["curves"]), dict(state["timings"])
         self.segments = [dict(s) for s in state["segments"]]
         torch.set_rng_state(state["rng"])
         if self.device.type == "cuda" and state["cuda_rng"]:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         return state
+
+    def _move_aside(self, why: object) -> None:
+        path = self.checkpoint_path
+        aside = move_aside(path, root=self.root)
+        warn(f"checkpoint {path} is unusable ({why}); moved it to {aside} and starting {self.desc or self.run_id} "
+             "from the beginning")
+
+    def _start_over(self, why: str) -> None:
+        """Undo a resume whose checkpoint proved unusable only once applied (its stage state does
+        not fit the stage): the checkpoint is moved aside, and the models, RNG, curves and
+        segments are as before it was read, so the run then equals one that never saw it."""
+        self._move_aside(why)
+        for n, m in self.models.items():
+            m.load_state_dict(self._initial[n])
+        rng, self.curves, self.timings, self.segments = self._fresh
+        torch.set_rng_state(rng)
+        self.resumed_from_epoch = 0
 
     def _read_checkpoint(self, path: Path) -> dict | None:
         """Load ``path`` into the models (None: another run's or format's checkpoint, left
@@ -156,6 +186,8 @@ class Engine:
             wrong += [f"models.{n}" for n in self.models if not isinstance(state["models"].get(n), dict)]
             if not 0 <= state["stage_index"] < len(self.stages):
                 wrong.append("stage_index")
+            if not _usable_rng(state["rng"]):
+                wrong.append("rng")
         segments = state.setdefault("segments", _unrecorded(state.get("global_epoch")))
         if not isinstance(segments, list) or not all(
                 isinstance(s, dict) and isinstance(s.get("machine"), str) and isinstance(s.get("first_epoch"), int)
@@ -171,6 +203,7 @@ class Engine:
             for n, m in self.models.items():
                 m.load_state_dict(backup[n])
             raise _Unusable(f"does not fit the run's models: {(str(e).splitlines() or [''])[0][:200]}") from None
+        self._initial = backup
         return state
 
     # -------------------------------------------------------------- segments
@@ -220,7 +253,12 @@ class Engine:
                 continue
             stage.begin()
             if state is not None and si == start_stage:
-                stage.load_state_dict(state["stage_state"])
+                try:
+                    stage.load_state_dict(state["stage_state"])
+                except Exception as e:  # damaged optimizer or regressor state: no epoch has run yet
+                    self._start_over(f"its stage state does not fit the stage: {type(e).__name__}: "
+                                     f"{(str(e).splitlines() or [''])[0][:200]}")
+                    return self.run()
             first = start_epoch if si == start_stage else 0
             for epoch in range(first, stage.epochs):
                 self._train_epoch(stage, epoch, global_epoch)

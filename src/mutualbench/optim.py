@@ -66,3 +66,9 @@ class ScheduledOptimizer:
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        for group in self.optimizer.param_groups:  # torch checks the groups' sizes, not the tensors' shapes
+            for p in group["params"]:
+                for key, value in self.optimizer.state.get(p, {}).items():
+                    if isinstance(value, torch.Tensor) and value.ndim and value.shape != p.shape:
+                        raise ValueError(f"the optimizer's {key} has shape {tuple(value.shape)} for a parameter of "
+                                         f"shape {tuple(p.shape)}")
