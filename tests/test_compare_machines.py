@@ -32,8 +32,10 @@ def study(folder: Path, envs: list[dict], accs: list[float]) -> Path:
                                  "final_test_acc": acc, "best_test_acc_test_selected": acc}},
         }
         (folder / "runs" / f"{rid}.json").write_text(json.dumps(record))
-    spec = {"arms": [{"name": "student"}], "profiles": {"cpu": {"tolerance": 0.5}}}
-    (folder / "study.json").write_text(json.dumps({"spec": spec, "profile": "cpu", "runs": runs}))
+    spec = {"study": {"name": "machines"}, "arms": [{"name": "student"}], "profiles": {"cpu": {"tolerance": 0.5}}}
+    manifest = {"spec": spec, "profile": "cpu", "seeds": list(range(len(accs))), "runs": runs,
+                "data": {"name": "d", "sha256": "0" * 64}}  # what every manifest holds (stored_schema.Manifest)
+    (folder / "study.json").write_text(json.dumps(manifest))
     return folder
 
 

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from mutualbench.cli import main
-from mutualbench.results import linear_contrasts
+from mutualbench.results import ablation_contrasts, linear_contrasts
 
 
 def frame(acc: dict[tuple[str, str], list[float]]) -> pd.DataFrame:
@@ -84,6 +84,16 @@ tolerance = 1.0
     (("{ dml = 1, student = -1 }", "{ dml = 1 }"), "over at least two arms"),
     (("{ dml = 1, student = -1 }", "{ dml = 0, student = 0 }"), "must be a non-zero number"),
     (('name = "dml - student"', 'name = "x"\ncolour = 1'), "unknown key(s) colour in [[contrasts]] #1"),
+    # relative, not absolute: weights of 1e-10 and -2e-10 do not sum to 0
+    (("{ dml = 1, student = -1 }", "{ dml = 1e-10, student = -2e-10 }"), "the weights sum to -1e-10"),
+    # a contrast named like a comparison would replace it in the tables and claims
+    (('[[contrasts]]\nname = "dml - student"', '[[comparisons]]\na = "dml"\nb = "student"\n\n'
+      '[[contrasts]]\nname = "dml vs student"'), "is also a [[comparisons]] entry's name"),
+    # names that land in a table row are one line without '|'
+    (('name = "dml - student"', 'name = "dml | student"'), "would break the row of table.md"),
+    (('name = "dml - student"', 'name = "dml\\nstudent"'), "would break the row of table.md"),
+    (('weights = { dml = 1, student = -1 }', 'weights = { dml = 1, student = -1 }\nfamily = "a|b"'),
+     "family = 'a|b' is not allowed"),
 ])
 def test_contrast_spec_errors(tmp_path, capsys, edit, message):
     spec = tmp_path / "c.toml"
@@ -178,3 +188,28 @@ def test_one_shared_seed_is_named_as_one():
     df = frame({("a", "model"): [10.0, 20.0, 30.0], ("b", "model"): [5.0]})
     row = linear_contrasts(df, [{"name": "a-b", "weights": {"a": 1, "b": -1}}]).iloc[0]
     assert row["n"] == 1 and row["note"] == "arms with fewer seeds: b has 1 seed; computed on the 1 seed they all share"
+
+
+def test_contrasts_within_each_ablation_value_by_hand():
+    """The factorial's contrasts under another setting: each value's runs alone (the main runs,
+    and another ablation's, do not enter); a contrast over an arm the ablation does not vary is
+    left out."""
+    main = frame({("hint_dml", "s1"): [60.0, 60.0], ("hint_student", "model"): [50.0, 50.0]})
+    value = {"constant": ([61.0, 63.0], [50.0, 51.0]), "cosine": ([70.0, 74.0], [69.0, 71.0])}
+    rows = [main]
+    for name, (hd, hs) in value.items():
+        v = frame({("hint_dml", "s1"): hd, ("hint_student", "model"): hs})
+        rows.append(v.assign(ablation="schedule", value=name))
+    rows.append(frame({("hint_dml", "s1"): [0.0, 0.0], ("hint_student", "model"): [99.0, 99.0]}).assign(
+        ablation="other", value="x"))
+    df = pd.concat(rows, ignore_index=True)
+    peer = {"name": "peer_given_hints", "weights": {"hint_dml": 1, "hint_student": -1}}
+    other = {"name": "with_teacher", "weights": {"hint_dml": 1, "teacher": -1}}
+    ablations = [{"name": "schedule", "arms": ["hint_dml", "hint_student"]}, {"name": "none", "arms": ["dml"]}]
+    out = ablation_contrasts(df, [peer, other], ablations)
+    assert list(out[["ablation", "value", "contrast"]].itertuples(index=False, name=None)) == [
+        ("schedule", "constant", "peer_given_hints"), ("schedule", "cosine", "peer_given_hints")]
+    constant, cosine = out.iloc[0], out.iloc[1]
+    assert constant["n"] == 2 and constant["mean"] == pytest.approx(11.5)  # (61-50 + 63-51) / 2
+    assert cosine["mean"] == pytest.approx(2.0) and cosine["std"] == pytest.approx(math.sqrt(2) * 1)  # 1, 3
+    assert ablation_contrasts(df, [other], ablations).empty

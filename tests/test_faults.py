@@ -643,3 +643,51 @@ def test_outputs_get_the_folder_s_normal_permissions(tmp_path, tiny_cifar, one_s
     files = [out / "study.json", out / "table.md", out / "table.csv", *out.glob("runs/*.json"), *out.glob("runs/*/final.pt")]
     assert len(files) == 5
     assert {p.name: oct(p.stat().st_mode & 0o777) for p in files} == {p.name: oct(0o666 & ~umask) for p in files}
+
+
+# ----------------------------------------------------------------------------- 7. bad options, found before any work
+
+
+@pytest.mark.parametrize("args,message", [
+    (["run", "--method", "mutual", "--cohort", "100000"], "error: config: cohort = 100000 is not allowed; it must be "
+                                                          "an integer >= 1 and < 17"),
+    (["replicate", "SPEC", "--shard", "abc"], "error: --shard 'abc' is not allowed; give I/N with 0 <= I < N"),
+    (["replicate", "SPEC", "--shard", "0/0"], "error: --shard '0/0' is not allowed; give I/N with 0 <= I < N"),
+    (["run", "--method", "individual", "--out", "OUT/" + "a" * 300], "error: --out: the name 'aaaa"),
+    (["replicate", "SPEC", "--out", "OUT/" + "/".join(["b" * 200] * 20)], "error: --out: the path is "),
+    (["run", "--method", "individual", "--data", "/tmp/" + "a" * 300 + ".tar.gz"], "error: --data: the name 'aaaa"),
+    (["table", "/tmp/" + "a" * 300], "error: folder: the name 'aaaa"),
+])
+def test_impossible_options_are_one_line_before_any_work(tmp_path, one_spec, capsys, monkeypatch, args, message):
+    no_data_loading(monkeypatch)
+    args = [a.replace("SPEC", str(one_spec)).replace("OUT", str(tmp_path / "out")) for a in args]
+    args += [] if "--data" in args else ["--data", "/nonexistent.tar.gz"] if args[0] != "table" else []
+    args += [] if "--out" in args or args[0] == "table" else ["--out", str(tmp_path / "out")]
+    assert main(args) == 2
+    assert one_line_error(capsys.readouterr().err).startswith(message)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_bad_slurm_poll_interval_is_an_error_before_any_job_is_submitted(tmp_path, one_spec, capsys, monkeypatch):
+    monkeypatch.setenv("MUTUALBENCH_SLURM_POLL_S", "abc")
+    monkeypatch.setattr("mutualbench.slurm.check_available", lambda: pytest.fail("reached the cluster"))
+    assert main(["replicate", str(one_spec), "--launcher", "slurm", "--wait", "--data", "/nonexistent.tar.gz",
+                 "--out", str(tmp_path / "out")]) == 2
+    assert one_line_error(capsys.readouterr().err) == (
+        "error: MUTUALBENCH_SLURM_POLL_S='abc' is not a number of seconds > 0; unset it (default 10) or set it to "
+        "e.g. 30")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", ["table", "claims", "compare"])
+def test_commands_read_and_print_utf8_under_the_c_locale(tmp_path, command):
+    """Under LC_ALL=C without UTF-8 mode Python's default codec is ASCII: ``table`` read its own
+    table.md with it, and ``claims`` and ``compare`` failed printing '−'."""
+    study = tmp_path / "smoke"
+    shutil.copytree(Path(__file__).parents[1] / "results" / "seed_blog" / "smoke", study)
+    args = {"table": [str(study)], "claims": [str(study)], "compare": [str(study), "--against", str(study)]}[command]
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONIOENCODING": ""}
+    done = subprocess.run([sys.executable, "-m", "mutualbench.cli", command, *args], env=env, capture_output=True)
+    assert done.returncode == 0 and b"Traceback" not in done.stderr, done.stderr.decode("utf-8", "replace")
+    if command == "table":
+        assert "±" in done.stdout.decode("utf-8")

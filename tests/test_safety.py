@@ -257,6 +257,22 @@ def test_compare_refuses_another_study_profile_or_config(tmp_path, capsys, store
         report_study(new, stored)
 
 
+def test_a_later_key_at_its_default_is_the_same_config_as_its_absence(tmp_path, capsys):
+    """Records made before ``speed.dtype`` existed ran in float32: a study that records it at
+    float32 compares with them (it was refused: "speed.dtype = 'float32' here but '(absent)'"),
+    one in bfloat16 does not."""
+    def dtype(value):
+        return lambda record: record["config"].update(speed={"dtype": value})
+
+    old = fake_study(tmp_path / "old")
+    assert main(["compare", str(fake_study(tmp_path / "fp32", record_edit=dtype("float32"))), "--against",
+                 str(old)]) == 0
+    assert "consistent" in capsys.readouterr().out
+    assert main(["compare", str(fake_study(tmp_path / "bf16", record_edit=dtype("bfloat16"))), "--against",
+                 str(old)]) == 2
+    assert "speed.dtype = 'bfloat16' here but '(absent)'" in one_line_error(capsys.readouterr().err)
+
+
 def test_compare_of_the_same_study_on_another_data_copy_still_compares(tmp_path, capsys):
     new, stored = fake_study(tmp_path / "new"), fake_study(tmp_path / "stored", accs=(41.0, 43.0))
     assert main(["compare", str(new), "--against", str(stored)]) == 0  # data.source and seed may differ

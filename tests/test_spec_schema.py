@@ -103,7 +103,7 @@ SHAPES = [  # (replace this, with this), the error's text after "error: <file>: 
     (('name = "student"', 'name = ""'), "[[arms]] #1 name = '' is not allowed (empty)"),
     (("seeds = 1", "seeds = 1000"),
      "[study] seeds = 1000 is not allowed; it must be a positive integer (the number of seeds), at most 100"),
-    (("[[comparisons]]", "[[comparisons]]\nfamily = 3"), "[[comparisons]] #1 family = 3 is not allowed; it must be a string"),
+    (("[[comparisons]]", "[[comparisons]]\nfamily = 3"), "[[comparisons]] #1 family = 3 is not allowed; it must be a one-line string without '|'"),
     (("tolerance = 0.5", "tolerance = 0.5\ncolour = 1"),
      "unknown key(s) colour in [profiles.smoke]; allowed: delta, description, loss_rtol, seeds, set, tolerance"),
     (("tolerance = 0.5", "tolerance = 0.5\nseeds = 0"),
@@ -205,3 +205,58 @@ published = "+7.17"
     spec = load_spec(path)
     assert spec.raw["claims"][0]["published"] == "+7.17" and spec.comparisons[0]["family"] == "main"
     assert [p.arm for p in expand(spec, "smoke", [0], "x", False)] == ["student", "dml"]
+
+
+def _replicate_error(tmp_path, capsys, spec) -> str:
+    out = tmp_path / "out"
+    assert main(["replicate", str(spec), "--profile", "smoke", "--data", "/nonexistent.tar.gz", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.startswith("error: ") and err.count("\n") == 1, err
+    assert not out.exists()
+    return err
+
+
+def test_a_spec_that_is_a_fifo_or_a_device_is_refused_unread(tmp_path, capsys):
+    import os
+    import threading
+
+    fifo = tmp_path / "s.toml"
+    os.mkfifo(fifo)
+    done = threading.Event()
+    result = {}
+
+    def replicate():
+        result["err"] = _replicate_error(tmp_path, capsys, fifo)
+        done.set()
+
+    threading.Thread(target=replicate, daemon=True).start()
+    assert done.wait(30), "replicate of a FIFO spec hangs"
+    assert f"error: study spec {fifo} is not a regular file" in result["err"]
+    err = _replicate_error(tmp_path, capsys, "/dev/zero")  # would read until memory is gone
+    assert "error: study spec /dev/zero is not a regular file" in err
+
+
+def test_an_oversized_or_too_deeply_nested_spec_is_one_line(tmp_path, capsys):
+    spec = tmp_path / "s.toml"
+    spec.write_text(SPEC + "#" * (1 << 20))
+    assert "is over 1,048,576 bytes (the limit for a study spec)" in _replicate_error(tmp_path, capsys, spec)
+    spec.write_text("x = " + "[" * 3000 + "]" * 3000 + "\n" + SPEC)
+    assert "nested too deeply to read" in _replicate_error(tmp_path, capsys, spec)
+
+
+@pytest.mark.parametrize("line", ['name = "a | b"', 'text = "two\\nlines"'])
+def test_claim_names_and_texts_are_one_table_row(tmp_path, capsys, line):
+    claim = dict(name='name = "c"', text='text = "dml beats the student"')
+    claim[line.split(" =")[0]] = line
+    text = SPEC + f'\n[[claims]]\n{claim["name"]}\n{claim["text"]}\ncomparison = "dml vs student"\nexpect = "positive"\n'
+    err = spec_error(tmp_path, capsys, text)
+    assert "which would break the row of table.md it lands in" in err, err
+
+
+def test_a_line_break_in_an_option_stays_on_the_error_line(tmp_path, capsys):
+    spec = tmp_path / "s.toml"
+    spec.write_text(SPEC)
+    assert main(["replicate", str(spec), "--profile", "smo\nke", "--data", "/nonexistent.tar.gz",
+                 "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "smo\\nke" in err, err

@@ -44,6 +44,7 @@ import pandas as pd
 
 from .errors import UserError
 from .results import STATISTICS, Study, seed_values
+from .spec_schema import label_problem
 from .stats import ALPHA, equivalence_p, holm
 
 CLAIM_KEYS = {"name", "text", "comparison", "contrast", "expect", "published", "rule", "delta"}
@@ -130,6 +131,11 @@ def check_claims(raw: dict, path: Path) -> None:
         name = c.get("name")
         if not isinstance(name, str) or not name:
             raise UserError(f"{where}: name must be a non-empty string, e.g. name = \"hint_dml_beats_dml\"")
+        for key in ("name", "text"):
+            problem = label_problem(c.get(key, ""))
+            if problem:
+                raise UserError(f"{where}: {key} = {c[key]!r} is not allowed ({problem}); it must be one line "
+                                "without '|'")
         if name in seen:
             raise UserError(f"{where}: claim name {name!r} is used twice; give each claim its own name")
         seen.add(name)
@@ -178,6 +184,9 @@ def tests(study: Study) -> dict[str, dict]:
             for stat, _ in STATISTICS}}
     weights = {c["name"]: c["weights"] for c in study.spec.get("contrasts", [])}
     for _, r in study.contrasts.iterrows():
+        if r["contrast"] in out:  # specs refuse this; a stored manifest's spec may not have been checked
+            raise UserError(f"{study.folder}: contrast {r['contrast']!r} has a comparison's name; they share one "
+                            "namespace: rename the contrast in the spec and rerun `mutualbench table`")
         out[r["contrast"]] = {"kind": "contrast", "family": r["family"], "weights": weights[r["contrast"]], **{
             stat: _numbers(r, "" if stat == "final" else f"{stat}_", "mean", "std", "seeds_positive",
                            "seeds_negative")
@@ -275,6 +284,8 @@ def evaluate(study: Study, found: dict[str, dict] | None = None) -> pd.DataFrame
     for c in study.spec.get("claims", []):
         key = c.get("comparison") or c.get("contrast")
         t = found.get(key)
+        if t is not None and t["kind"] != ("comparison" if "comparison" in c else "contrast"):
+            t = None  # the claim names a comparison and finds a contrast of that name, or the reverse
         rule = parse_rule(c.get("rule"), c["name"])
         achieved = min((t[s]["n"] for s in rule.statistics), default=0) if t else 0
         row = {"claim": c["name"], "text": c["text"], "test": key if "comparison" in c else f"contrast {key}",

@@ -6,8 +6,9 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from .errors import UserError
+from .errors import UserError, one_line
 from .layout import RUNS, default_out, stored_results
 
 
@@ -67,8 +68,6 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from .config import apply_overrides, default_config, get_key, leaf_keys, set_key
     from .engine import TrainingDiverged
     from .io_utils import check_output_folder
@@ -102,7 +101,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         record = runner.run(config)
     except TrainingDiverged as e:
-        print(f"error: training diverged: {e} (record marked failed in {args.out})", file=sys.stderr)
+        print(one_line(f"error: training diverged: {e} (record marked failed in {args.out})"), file=sys.stderr)
         return 1
     for name, m in record["models"].items():
         print(f"{record['run_id']}  {name:9s} {m['arch']:18s} {m['params']:>11,} params  "
@@ -127,7 +126,6 @@ def _check_teacher_flags(args: argparse.Namespace, config: dict) -> None:
 def _check_replicate_args(args: argparse.Namespace, out) -> None:
     """Every count and limit of ``replicate`` in range, and ``--against`` a study, before any work."""
     import math
-    from pathlib import Path
 
     from .io_utils import check_not_a_file
     from .layout import MANIFEST
@@ -166,7 +164,6 @@ def cmd_replicate(args: argparse.Namespace) -> int:
     (``<out>/.lock``) for the whole command: one writer per study folder. The per-GPU and
     per-GPU processes of a study run under its lock, SLURM jobs after it (per-run locks keep
     them apart)."""
-    from pathlib import Path
 
     import torch
 
@@ -186,6 +183,8 @@ def cmd_replicate(args: argparse.Namespace) -> int:
             raise UserError(f"{', '.join(given)} {verb} to --launcher slurm; add --launcher slurm, or drop {them}")
     else:
         _slurm_settings(args)  # their errors before the study folder is touched
+    if args.shard:
+        _shard(args.shard)
     if args.dry_run:
         return _dry_run(args, profile, out)
     check_output_folder(out, "--out" if args.out else "the study folder")
@@ -226,8 +225,6 @@ def _dry_run(args: argparse.Namespace, profile: str, out) -> int:
 
 
 def _replicate(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     import torch
 
     from .progress import count_runs
@@ -236,7 +233,7 @@ def _replicate(args: argparse.Namespace) -> int:
 
     profile = args.profile or ("full" if torch.cuda.is_available() else "cpu")
     out = Path(args.out) if args.out else default_out(args.spec, profile)
-    shard = tuple(int(v) for v in args.shard.split("/")) if args.shard else None
+    shard = _shard(args.shard) if args.shard else None
     log = _log(args.quiet)
     on_record = None
     if args.wandb:
@@ -269,7 +266,7 @@ def _replicate(args: argparse.Namespace) -> int:
     if report is None:
         log(f"no complete run in {out} yet: no table written")
         for e in result["errors"]:
-            print(f"error: {e}", file=sys.stderr)
+            print(f"error: {one_line(e)}", file=sys.stderr)
         return code
     if report.exact is not None:  # the exact tier's verdict is the answer: keep the output short
         print(f"wrote {out / 'table.md'} and {len(report.written) - 1} more files (`mutualbench table {out}` "
@@ -278,7 +275,7 @@ def _replicate(args: argparse.Namespace) -> int:
         print(f"wrote {', '.join(str(p) for p in report.written.values())}")
         print(report.table)
     for e in result["errors"]:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
     if report.exact is not None:
         print("\n".join(report.exact.lines()))
     if report.comparison is not None:
@@ -287,13 +284,21 @@ def _replicate(args: argparse.Namespace) -> int:
     return code
 
 
+def _shard(text: str) -> tuple[int, int]:
+    """``I/N`` (the seeds s with s % N == I, for a process of a study split over GPUs)."""
+    index, _, count = text.partition("/")
+    if not (index.isdigit() and count.isdigit() and 0 <= int(index) < int(count)):
+        raise UserError(f"--shard {text!r} is not allowed; give I/N with 0 <= I < N, e.g. 0/2")
+    return int(index), int(count)
+
+
 def _slurm_settings(args: argparse.Namespace) -> dict:
     """The SLURM options of ``replicate``, checked before anything is loaded. No GPU is
     requested unless the runs are on CUDA (``--device cuda``, or ``auto`` where this machine
     has one) or ``--gpus`` says how many."""
     import torch
 
-    from .slurm import check_available, slurm_options
+    from .slurm import check_available, poll_seconds, slurm_options
 
     for name in ("gpus", "time_min", "max_parallel", "max_requeues"):
         value, least = getattr(args, name), 0 if name in ("gpus", "max_requeues") else 1
@@ -304,6 +309,8 @@ def _slurm_settings(args: argparse.Namespace) -> dict:
     if gpus is None:
         gpus = 1 if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else 0
     options = slurm_options(args.slurm_option)
+    if args.wait:
+        poll_seconds()  # its error now, not after the jobs are submitted
     check_available()
     return {"partition": args.partition, "gpus": gpus, "time_min": args.time_min, "max_parallel": args.max_parallel,
             "max_requeues": args.max_requeues, "setup": args.slurm_setup, "options": options,
@@ -311,8 +318,6 @@ def _slurm_settings(args: argparse.Namespace) -> dict:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from tabulate import tabulate
 
     from .results import load_manifest
@@ -338,8 +343,6 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_table(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from .report import write_report
     from .results import has_complete_runs
 
@@ -347,14 +350,12 @@ def cmd_table(args: argparse.Namespace) -> int:
         raise UserError(f"{args.folder}: no complete run yet, so no table; `mutualbench status {args.folder}` shows "
                         "where the runs are")
     written = write_report(Path(args.folder))
-    print((Path(args.folder) / "table.md").read_text())
+    print((Path(args.folder) / "table.md").read_text(encoding="utf-8"))
     print(f"wrote {', '.join(str(p) for p in written.values())}")
     return 0
 
 
 def cmd_claims(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from .claims import evaluate, markdown
     from .errors import UserError
     from .results import load_study
@@ -373,8 +374,6 @@ def cmd_claims(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from .errors import UserError
     from .planning import render
     from .results import load_study
@@ -389,25 +388,27 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from .comparable import check_comparable
-    from .compare import compare_studies
-    from .exact import compare_exact, is_exact
+    from .report import asked_selection, compare_selected, not_selected_note
     from .results import load_study
 
     new, stored = load_study(Path(args.folder)), load_study(Path(args.against))
-    check_comparable(new, stored)
-    # a float64 study: run by run (mutualbench.exact); float32: statistical (mutualbench.compare)
-    result = compare_exact(new, stored) if is_exact(stored) else compare_studies(new, stored)
+    # what the folder's replicate asked for (its manifest's asked: --arms, --ablations), as
+    # replicate's own comparison does; a float64 study run by run (mutualbench.exact), float32
+    # statistically (mutualbench.compare)
+    arms, ablations = asked_selection(new.manifest, stored.manifest)
+    result = compare_selected(new, stored, arms, ablations)
+    note = not_selected_note(new, stored, arms, ablations)
+    if result is None:
+        raise UserError(f"{stored.folder}: no complete runs to compare against"
+                        + (f" among the arms and ablations the replicate that made {new.folder} asked for" if note else ""))
     for line in result.lines():
         print(line)
+    if note:
+        print(note)
     return 0 if result.ok else 1
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from .publish import publish
 
     where = publish(Path(args.folder), project=args.project, entity=args.entity)
@@ -543,13 +544,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+PATH_OPTIONS = ("out", "data", "data_root", "spec", "against", "folder", "folders", "write", "check")
+
+
+def _check_paths(args: argparse.Namespace) -> None:
+    """Every path given on the command line can exist (no name over the file system's limit):
+    else one line now, not an ENAMETOOLONG traceback after the work has begun."""
+    from .io_utils import PATH_MAX, check_path_length
+
+    for option in PATH_OPTIONS:
+        values = getattr(args, option, None)
+        for value in values if isinstance(values, list) else [values]:
+            if isinstance(value, str) and value:
+                check_path_length(Path(value), "--" + option.replace("_", "-") if option not in (
+                    "spec", "folder", "folders") else option.rstrip("s"), PATH_MAX)
+
+
+def _utf8_streams() -> None:
+    """Print as UTF-8 whatever the locale (tables hold '−', '±' and '→'; under LC_ALL=C Python
+    would write ASCII and fail on them), as every file is read and written."""
+    for stream in (sys.stdout, sys.stderr):
+        if (getattr(stream, "encoding", None) or "utf-8").lower().replace("-", "") != "utf8" and hasattr(
+                stream, "reconfigure"):
+            stream.reconfigure(encoding="utf-8")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    _utf8_streams()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        _check_paths(args)
         return args.func(args)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

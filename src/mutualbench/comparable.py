@@ -5,7 +5,7 @@ experiments "match"."""
 
 from __future__ import annotations
 
-from .config import LATER_KEYS, get_key, leaf_keys
+from .config import get_key, leaf_keys, without_later_defaults
 from .errors import UserError
 
 # What may differ between a rerun and the stored study: the seed (compared seed by seed or
@@ -29,10 +29,10 @@ def _configs(study) -> dict[tuple, dict]:
 
 
 def _flat(config: dict) -> dict:
-    flat = {k: get_key(config, k) for k in leaf_keys(config) if k not in IGNORED}
-    for key, default in LATER_KEYS.items():  # keys added after records were stored
-        flat.setdefault(key, default)
-    return flat
+    """The config's keys and values, a later key at its default the same as absent (a record
+    made before it existed): ``speed.dtype = 'float32'`` is what a record without it ran."""
+    config = without_later_defaults(config)
+    return {k: get_key(config, k) for k in leaf_keys(config) if k not in IGNORED}
 
 
 def check_comparable(new, stored) -> None:

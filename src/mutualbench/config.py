@@ -157,11 +157,15 @@ def optimizer_keys(prefix: str) -> dict[str, KeyType]:
     }
 
 
+# The largest cohort (members trained together; ONE's branches): the online-distillation papers
+# use 2-5, and each member is a whole network in memory, so 100,000 is a typo, refused at once.
+MAX_COHORT = 16
+
 # Every key of BASE_DEFAULTS, with its type and range (a test checks that the two cover each other).
 BASE_SCHEMA: dict[str, KeyType] = {
     "method": KeyType("str"),
     "arch": KeyType("arch_list"),
-    "cohort": KeyType("int", lo=1),
+    "cohort": KeyType("int", lo=1, hi=MAX_COHORT + 1),
     "seed": KeyType("int", lo=0),
     "device": KeyType("choice", choices=("auto", "cpu", "cuda")),
     "init": KeyType("choice", choices=("pytorch_default", "he_normal_fan_out")),
@@ -339,16 +343,25 @@ def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
 
 
+def without_later_defaults(config: dict) -> dict:
+    """``config`` (a copy) as a record made before the later keys existed holds it: each key of
+    ``LATER_KEYS`` and ``LATER_SECTION_KEYS`` left out where it has its default. Run ids, kinds
+    of run (time estimates, plans) and the comparability of two studies all see a config so,
+    so that a run at a later key's default is the same run as one recorded before the key."""
+    out = dict(config)
+    for key, default in LATER_KEYS.items():
+        if out.get(key) == default:
+            del out[key]
+    for (section, key), default in LATER_SECTION_KEYS.items():
+        if isinstance(out.get(section), dict) and out[section].get(key, default) == default:
+            out[section] = {k: v for k, v in out[section].items() if k != key}
+    return out
+
+
 def run_id(config: dict, data_sha256: str) -> str:
     """A short stable id: the hash of the resolved config and the data checksum. The device,
     and the path the data was read from (its checksum stands for it), are left out."""
-    keyed = {k: v for k, v in config.items() if k != "device"}
-    for key, default in LATER_KEYS.items():  # keys added after results were stored: hashed once set
-        if keyed.get(key) == default:
-            del keyed[key]
-    for (section, key), default in LATER_SECTION_KEYS.items():
-        if isinstance(keyed.get(section), dict) and keyed[section].get(key, default) == default:
-            keyed[section] = {k: v for k, v in keyed[section].items() if k != key}
+    keyed = without_later_defaults({k: v for k, v in config.items() if k != "device"})
     keyed["data"] = {k: v for k, v in config["data"].items() if k != "source"}
     digest = hashlib.sha256((canonical_json(keyed) + data_sha256).encode()).hexdigest()
     return f"{config['method']}-{digest[:12]}"

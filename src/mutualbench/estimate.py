@@ -134,13 +134,10 @@ class RunTimer:
 
     @staticmethod
     def _kind(resolved: dict) -> str:
-        from .config import LATER_KEYS, canonical_json
+        from .config import canonical_json, without_later_defaults
 
-        kind = {k: v for k, v in resolved.items() if k != "seed"}
-        for key, default in LATER_KEYS.items():  # a record made before the key existed is the same kind
-            if kind.get(key) == default:
-                del kind[key]
-        return canonical_json(kind)
+        # without its seed, and the same kind as a record made before a later key existed
+        return canonical_json(without_later_defaults({k: v for k, v in resolved.items() if k != "seed"}))
 
     def recorded(self) -> dict[str, RunEstimate]:
         """Times of complete runs in the output folder made on this kind of machine, by kind

@@ -104,10 +104,11 @@ def run_difference(stored: dict, new: dict, rtol: float = LOSS_RTOL) -> str | No
                 return f"{where}: {model} test accuracy {n['test_acc'].get(model)}%, stored {acc}%"
         if set(n["test_acc"]) != set(s["test_acc"]):
             return f"{where}: evaluated {', '.join(n['test_acc'])}, stored {', '.join(s['test_acc'])}"
-        for model, loss in s["train_loss"].items():
-            r = _rel(loss, n["train_loss"].get(model, math.nan))
+        n_loss = n.get("train_loss") or {}  # optional in a record (stored_schema.CurvePoint)
+        for model, loss in (s.get("train_loss") or {}).items():
+            r = _rel(loss, n_loss.get(model, math.nan))
             if not r <= rtol:
-                return (f"{where}: {model} training loss {n['train_loss'].get(model)!r}, stored {loss!r} "
+                return (f"{where}: {model} training loss {n_loss.get(model)!r}, stored {loss!r} "
                         f"(relative difference {r:.1e})")
     for model, m in stored["models"].items():
         for key in ("final_test_acc", "best_test_acc_test_selected", "best_epoch_test_selected"):

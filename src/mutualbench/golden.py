@@ -369,7 +369,7 @@ def load(path: Path) -> dict:
     if not path.exists():
         raise UserError(f"{path}: no stored golden trajectories; write them with `{WRITE_COMMAND}`")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
         assert isinstance(data, dict) and isinstance(data.get("cases"), dict)
     except (json.JSONDecodeError, AssertionError):
         raise UserError(f"{path}: not a golden-trajectory file; rewrite it with `{WRITE_COMMAND}`") from None

@@ -19,6 +19,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -168,6 +169,24 @@ def atomic_torch_save(path: Path, obj: Any, root: Path | None = None) -> None:
 WEIGHTS_ONLY_REFUSAL = re.compile(r"Unsupported global: GLOBAL (?P<name>[\w.]+)|Unsupported operand (?P<op>\S+)")
 
 
+def read_regular_file(path: Path, limit: int, what: str) -> bytes:
+    """The bytes of ``path`` (a spec, record or manifest: small files a user or a clone supplies),
+    read only when it is a regular file of at most ``limit`` bytes: a FIFO (a read would wait for
+    a writer), a device such as /dev/zero (a read would never end) or a larger file is a
+    ``UserError`` before anything is read. An OSError of the open or read is the caller's."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # non-blocking: opening a FIFO does not wait
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise UserError(f"{what} {path} is not a regular file (a FIFO, device or socket); give the path of a "
+                            "file")
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise UserError(f"{what} {path} is over {limit:,} bytes (the limit for a {what}); it cannot be one: give "
+                        "the right file")
+    return data
+
+
 def safe_torch_load(path: Path, what: str = "checkpoint", fix: str | None = None) -> Any:
     """``torch.load`` with ``weights_only=True`` (no code runs); any failure is a UserError.
     ``fix``: what to do about an unusable file (default: give a state_dict saved with torch.save)."""
@@ -213,9 +232,29 @@ def move_aside(path: Path, why: str = "unreadable", root: Path | None = None) ->
     return target
 
 
+NAME_MAX = 255  # bytes in one path component (Linux, macOS)
+PATH_MAX = 4096  # bytes in a whole path (Linux)
+OUT_PATH_MAX = 3800  # bytes in an output folder's path: PATH_MAX (4096) less room for the files below it
+
+
+def check_path_length(folder: Path, option: str = "--out", limit: int = OUT_PATH_MAX) -> None:
+    """Fail when a path cannot exist: a component over NAME_MAX bytes, or a whole path over
+    ``limit`` bytes (for an output folder: too long for the run folders and files a run writes
+    below it, an ENAMETOOLONG later, mid-run)."""
+    for part in Path(folder).parts:
+        if len(os.fsencode(part)) > NAME_MAX:
+            raise UserError(f"{option}: the name {part[:40]!r}... is {len(os.fsencode(part))} bytes, over the "
+                            f"{NAME_MAX} a file system allows; choose a shorter name")
+    size = len(os.fsencode(str(Path(folder).absolute())))
+    if size > limit:
+        room = " that leave room for the files a run writes below it" if limit < PATH_MAX else " a path may have"
+        raise UserError(f"{option}: the path is {size:,} bytes long, over the {limit:,}{room}; choose a shorter path")
+
+
 def check_not_a_file(folder: Path, option: str = "--out") -> Path:
     """Fail when ``folder`` is a file or lies under one; returns the nearest existing folder."""
     folder = Path(folder)
+    check_path_length(folder, option)
     if folder.exists() and not folder.is_dir():
         raise UserError(f"{option} {folder} is an existing file, not a folder; give a folder path "
                         "(it is created when missing)")

@@ -96,13 +96,7 @@ def claim_needs(study: Study, found: dict[str, dict] | None = None) -> list[Clai
 def _kind(resolved: dict) -> str:
     """``RunTimer``'s kind of run, without the path the data was read from (a record names the
     local copy it read; planning has only the spec's data set name)."""
-    from .config import LATER_SECTION_KEYS
-
-    kind = dict(resolved, data={k: v for k, v in resolved["data"].items() if k != "source"})
-    for (section, key), default in LATER_SECTION_KEYS.items():  # a record made before the key existed
-        if isinstance(kind.get(section), dict) and kind[section].get(key, default) == default:
-            kind[section] = {k: v for k, v in kind[section].items() if k != key}
-    return RunTimer._kind(kind)
+    return RunTimer._kind(dict(resolved, data={k: v for k, v in resolved["data"].items() if k != "source"}))
 
 
 def _recorded_times(runs_dir: Path, here: str) -> dict[str, tuple[float, str]]:

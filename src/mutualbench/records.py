@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .errors import UserError
 from .io_utils import atomic_write_json
+from .stored_schema import record_consistency_problem, record_shape_problem
 
 SCHEMA_VERSION = 1
 REQUIRED = ("schema", "run_id", "status", "config", "seed", "data", "models", "curves", "timings", "env")
@@ -82,7 +83,11 @@ def write_record(out_dir: Path, record: dict, root: Path | None = None) -> Path:
 
 
 def validate_record(record: object, where: str = "record") -> dict:
-    """``record`` if it has the shape of a RunRecord; else a one-line UserError naming ``where``."""
+    """``record`` if it has the shape of a RunRecord (``stored_schema.CompleteRecord``, or
+    ``FailedRecord``) and a complete one is consistent (its curves number its epochs, each
+    model's final accuracy is its last epoch's, ...); else a one-line UserError naming
+    ``where`` and the key path. The first checks keep their messages: what is missing,
+    malformed or impossible in the fields every reader needs."""
     if not isinstance(record, dict):
         raise UserError(f"{where}: not a run record (a JSON {type(record).__name__}, not an object)")
     missing = [k for k in REQUIRED if k not in record]
@@ -108,6 +113,14 @@ def validate_record(record: object, where: str = "record") -> dict:
     if wrong:
         raise UserError(f"{where}: malformed run record (wrong or missing {', '.join(wrong)})")
     problem = _field_problem(record)
+    if problem:
+        raise UserError(f"{where}: impossible run record ({problem})")
+    # every other field's type (stored_schema's typed model), then what the types cannot say:
+    # curves that number the run's epochs, final accuracies that are the last epoch's, ...
+    problem = record_shape_problem(record)
+    if problem:
+        raise UserError(f"{where}: malformed run record ({problem})")
+    problem = record_consistency_problem(record) if record["status"] == "complete" else None
     if problem:
         raise UserError(f"{where}: impossible run record ({problem})")
     return record

@@ -61,7 +61,8 @@ STATS_NOTE = (f"Each statistic is tested on its own: the final-epoch accuracy (p
 
 def markdown(manifest: dict, summary: pd.DataFrame, paired: pd.DataFrame,
              ablation_paired: pd.DataFrame | None = None, contrasts: pd.DataFrame | None = None,
-             machine_notes: list[str] | None = None, claims: str = "") -> str:
+             machine_notes: list[str] | None = None, claims: str = "",
+             ablation_contrasts: pd.DataFrame | None = None) -> str:
     from tabulate import tabulate
 
     spec, prof = manifest["spec"], manifest["profile"]
@@ -138,6 +139,21 @@ def markdown(manifest: dict, summary: pd.DataFrame, paired: pd.DataFrame,
                                                  "std of difference", "p / Holm p", "seeds higher",
                                                  f"{LAST_LABEL}: difference", "p / Holm p", "statistics"],
                                   tablefmt="github", disable_numparse=True))
+        ac = ablation_contrasts[ablation_contrasts["ablation"] == name] if ablation_contrasts is not None \
+            and not ablation_contrasts.empty else None
+        if ac is not None and not ac[ac["n"] > 0].empty:
+            crow = [[r["value"], r["contrast"], r["weights"], r["n"], _diff_ci(r, diff="mean"), _pp(r),
+                     f"{r['seeds_positive']}/{r['n']}", _diff_ci(r, "last5_", diff="mean"), _pp(r, "last5_"),
+                     r["statistics"]]
+                    for _, r in ac.iterrows() if r["n"]]
+            lines += ["", "The contrasts within each value (the runs of that value only; Holm within each value "
+                      "and family): whether a reading of the main study holds when this setting changes, beside "
+                      "the main study, never in its place:", ""]
+            lines.append(tabulate(crow, headers=["value", "contrast", "weights", "n", "mean [95% CI]", "p / Holm p",
+                                                 "seeds > 0", f"{LAST_LABEL}: mean [95% CI]", "p / Holm p",
+                                                 "statistics"], tablefmt="github", disable_numparse=True))
+            lines += [f"\n{r['value']}, {r['contrast']}: {r['note']}" for _, r in ac.iterrows()
+                      if r["note"] and r["n"]]
     if machine_notes:
         lines += ["", "## Runs from different kinds of machine", "",
                   "float32 rounds differently on each kind of CPU or GPU, so where the runs of a comparison "
@@ -252,7 +268,8 @@ def write_report(folder: Path | Study) -> dict[str, Path]:
 
     claims = evaluate(study)
     md = markdown(manifest, study.summary, study.paired, study.ablations, study.contrasts,
-                  study.mixed_machine_notes(), claims_markdown({manifest["profile"]: claims}))
+                  study.mixed_machine_notes(), claims_markdown({manifest["profile"]: claims}),
+                  study.ablation_contrasts)
     _write_changed(folder / "table.md", md.encode(), root=folder)
     _write_changed(folder / "table.csv", study.summary.to_csv(index=False, float_format="%.4f").encode(), root=folder)
     _write_changed(folder / "comparisons.csv", study.paired.to_csv(index=False, float_format="%.6f").encode(),
@@ -262,6 +279,9 @@ def write_report(folder: Path | Study) -> dict[str, Path]:
     if not study.contrasts.empty:
         _write_changed(folder / "contrasts.csv", study.contrasts.to_csv(index=False, float_format="%.6f").encode(),
                        root=folder)
+    if not study.ablation_contrasts.empty:
+        _write_changed(folder / "ablation_contrasts.csv",
+                       study.ablation_contrasts.to_csv(index=False, float_format="%.6f").encode(), root=folder)
     if not claims.empty:
         _write_changed(folder / "claims.csv", claims.to_csv(index=False, float_format="%.6f").encode(), root=folder)
     # every table row's runs: (ablation, value, arm, member) -> seed, run id, the record's numbers
@@ -273,6 +293,8 @@ def write_report(folder: Path | Study) -> dict[str, Path]:
                                             "runs.csv")}
     if not study.contrasts.empty:
         out["contrasts.csv"] = folder / "contrasts.csv"
+    if not study.ablation_contrasts.empty:
+        out["ablation_contrasts.csv"] = folder / "ablation_contrasts.csv"
     if not claims.empty:
         out["claims.csv"] = folder / "claims.csv"
     out.update({p.name: p for p in plots})
@@ -307,14 +329,68 @@ def selected_rows(study: Study, arms: list[str] | None, ablations: bool | list[s
     return replace(study, summary=summary[keep].reset_index(drop=True))
 
 
+def asked_selection(manifest: dict, other: dict | None = None) -> tuple[list[str] | None, bool | list[str]]:
+    """What the ``replicate`` that wrote ``manifest`` asked for, as ``replicate``'s own
+    ``arms`` and ``ablations`` arguments (``_selected``): its ``asked`` arms (None: every arm)
+    and ablations; every arm and ablation for a manifest written before ``asked`` existed.
+    Arms and ablations of ``other`` (the manifest compared with) that ``manifest``'s spec does
+    not have at all were not left out by the replicate: they stay selected (and are then
+    named as not in this study, as before)."""
+    asked = manifest.get("asked")
+    if asked is None:
+        return None, True
+    spec = manifest["spec"]
+    ours = {a["name"] for a in spec.get("arms", [])}, {a.get("name") for a in spec.get("ablations", [])}
+    theirs = [] if other is None else other["runs"]
+    arms = asked.get("arms")
+    if arms is not None:
+        arms = list(dict.fromkeys([*arms, *(e["arm"] for e in theirs if e["arm"] not in ours[0])]))
+    ablations = list(dict.fromkeys([*asked["ablations"], *(e["ablation"] for e in theirs
+                                                           if e.get("ablation") and e["ablation"] not in ours[1])]))
+    return arms, ablations
+
+
+def not_selected_note(new: Study, stored: Study, arms: list[str] | None, ablations: bool | list[str]) -> str | None:
+    """One line naming the arms and ablations of ``stored``'s complete runs that a study of
+    ``arms`` and ``ablations`` (``asked_selection``) does not compare; None when it compares
+    them all."""
+    left = [e for e in stored.manifest["runs"] if not _selected(e["arm"], e.get("ablation"), arms, ablations)
+            and (stored.records.get(e["run_id"]) or {}).get("status") == "complete"]
+    if not left:
+        return None
+    arms_out = list(dict.fromkeys(e["arm"] for e in left if arms is not None and e["arm"] not in arms))
+    ablations_out = list(dict.fromkeys(e["ablation"] for e in left if e["arm"] not in arms_out and e.get("ablation")))
+    what = ([f"the arm{'s' if len(arms_out) > 1 else ''} {', '.join(arms_out)}"] if arms_out else []) + (
+        [f"the ablation{'s' if len(ablations_out) > 1 else ''} {', '.join(ablations_out)}"] if ablations_out else [])
+    return (f"not compared: {'; '.join(what)} of {stored.folder} (the replicate that made {new.folder} did not ask "
+            "for them)")
+
+
+def compare_selected(new: Study, stored: Study, arms: list[str] | None = None, ablations: bool | list[str] = True):
+    """``new`` against ``stored`` on what ``replicate --arms/--ablations/--no-ablations`` (or
+    a manifest's ``asked``, ``asked_selection``) selected, after ``check_comparable``: a float64
+    stored study run by run (``exact.ExactComparison``, its selected runs only), else
+    statistically (``compare.StudyComparison``, its selected rows only; None when the stored
+    study has none of them)."""
+    from .comparable import check_comparable
+    from .compare import compare_studies
+    from .exact import compare_exact, is_exact
+
+    check_comparable(new, stored)
+    if is_exact(stored):  # a float64 study: run by run, the selected runs only
+        chosen = [e for e in stored.manifest["runs"] if _selected(e["arm"], e.get("ablation"), arms, ablations)]
+        return compare_exact(new, replace(stored, manifest=dict(stored.manifest, runs=chosen)))
+    stored = selected_rows(stored, arms, ablations)
+    if stored.summary.empty:  # the stored study has none of the selected rows
+        return None
+    return compare_studies(selected_rows(new, arms, ablations), stored)
+
+
 def report_study(folder: Path, against: Path | None = None, arms: list[str] | None = None,
                  ablations: bool | list[str] = True) -> StudyReport | None:
     """After ``replicate``: the tables and plots, and the comparison with the stored study
     ``against`` when it exists (None: no complete run yet, nothing written); with ``arms`` or
-    ``ablations``, only the rows selected are compared."""
-    from .comparable import check_comparable
-    from .compare import compare_studies
-    from .exact import compare_exact, is_exact
+    ``ablations``, only the rows selected are compared (``compare_selected``)."""
     from .layout import MANIFEST
     from .results import has_complete_runs
 
@@ -325,13 +401,8 @@ def report_study(folder: Path, against: Path | None = None, arms: list[str] | No
     written = write_report(study)
     comparison = None
     if against is not None and (Path(against) / MANIFEST).exists() and Path(against).resolve() != folder.resolve():
-        stored = load_study(against)
-        check_comparable(study, stored)
-        if is_exact(stored):  # a float64 study: run by run, the selected runs only
-            chosen = [e for e in stored.manifest["runs"] if _selected(e["arm"], e.get("ablation"), arms, ablations)]
-            exact = compare_exact(study, replace(stored, manifest=dict(stored.manifest, runs=chosen)))
-            return StudyReport(written, (folder / "table.md").read_text(), None, exact)
-        stored = selected_rows(stored, arms, ablations)
-        if not stored.summary.empty:  # else the stored study has none of the selected rows
-            comparison = compare_studies(selected_rows(study, arms, ablations), stored)
-    return StudyReport(written, (folder / "table.md").read_text(), comparison)
+        result = compare_selected(study, load_study(against), arms, ablations)
+        if isinstance(result, ExactComparison):
+            return StudyReport(written, (folder / "table.md").read_text(encoding="utf-8"), None, result)
+        comparison = result
+    return StudyReport(written, (folder / "table.md").read_text(encoding="utf-8"), comparison)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from pathlib import Path
 
 import pandas as pd
@@ -21,6 +22,7 @@ from .layout import MANIFEST, RUNS
 from .records import RUN_ID, read_record
 from .spec_schema import name_problem
 from .stats import holm_by_family, one_sample, paired, significant, t_quantile
+from .stored_schema import manifest_problem, record_entry_problem
 
 MAIN = "main"  # the ablation label of the main study's runs
 # the member label of a cohort's ensemble row (mean of the members' softmaxes, final epoch only;
@@ -29,43 +31,59 @@ ENSEMBLE = "ensemble (mean softmax)"
 
 
 def load_manifest(folder: Path) -> dict:
+    """The study manifest of ``folder``, checked (``stored_schema.Manifest``: every key the
+    tables, claims, comparisons and ``status`` read, of its type, and its cross-checks); any
+    problem is a one-line UserError naming the file, the key path and how to restore it."""
     path = Path(folder) / MANIFEST
     if not path.exists():
         raise UserError(f"{folder}: no {MANIFEST}; give a folder written by `mutualbench replicate`")
+    restore = (f"restore it from version control (git checkout -- {path}), or move the folder aside and rerun "
+               "`mutualbench replicate`")
     try:
         manifest = json.loads(path.read_bytes().decode("utf-8"))
-        assert isinstance(manifest, dict) and isinstance(manifest.get("runs"), list) and "spec" in manifest
-        assert all(isinstance(e, dict) and isinstance(e.get("run_id"), str) and "arm" in e and "seed" in e
-                   for e in manifest["runs"])
     except OSError as e:
         raise UserError(f"{path}: unreadable study manifest ({e.strerror or type(e).__name__})") from None
-    except (UnicodeDecodeError, json.JSONDecodeError, AssertionError) as e:
-        raise UserError(f"{path}: malformed study manifest ({type(e).__name__}); restore it from version control (git "
-                        f"checkout -- {path}), or move the folder aside and rerun `mutualbench replicate`") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:  # json.JSONDecodeError is a ValueError
+        raise UserError(f"{path}: malformed study manifest ({type(e).__name__}); {restore}") from None
+    problem = manifest_problem(manifest)
+    if problem:
+        raise UserError(f"{path}: malformed study manifest ({problem}); {restore}")
     for i, e in enumerate(manifest["runs"]):
         for field in ("run_id", "arm", "ablation", "value"):
             if e.get(field) is not None and name_problem(e[field]) and not (field == "run_id"
                                                                            and RUN_ID.match(e[field])):
                 raise UserError(f"{path}: runs[{i}].{field} = {e[field]!r} cannot name a file ({name_problem(e[field])}); "
                                 "restore the manifest (e.g. from version control) or rerun `mutualbench replicate`")
+    from .claims import check_claims  # claims reads this module
+
+    try:  # what the claims table reads of each claim (a spec's [[claims]], as the spec file is checked)
+        check_claims(manifest["spec"], Path("spec"))
+    except UserError as e:
+        raise UserError(f"{path}: malformed study manifest ({e}); {restore}") from None
     return manifest
 
 
 def load_records(folder: Path, manifest: dict) -> dict[str, dict]:
     """The manifest's run records that exist; a damaged one (not UTF-8, not JSON, the wrong
-    shape) is a one-line UserError naming the file: a stored study is never silently partial."""
+    shape, impossible values) or one that contradicts the manifest (another seed, method or
+    data set) is a one-line UserError naming the file: a stored study is never silently
+    partial, nor made of another study's runs."""
     records = {}
+    fix = ("restore that file (e.g. from version control) or rerun the study with `mutualbench replicate`, which "
+           "moves a damaged record of its own aside and reruns that run")
     for entry in manifest["runs"]:
         rid = entry["run_id"]
         path = Path(folder) / RUNS / f"{rid}.json"
-        if rid in records or not path.exists():
+        if not path.exists():
             continue
-        try:
-            records[rid] = read_record(path)
-        except UserError as e:
-            raise UserError(f"{e}; restore that file (e.g. from version control) or rerun the study with "
-                            "`mutualbench replicate`, which moves a damaged record of its own aside and reruns "
-                            "that run") from None
+        if rid not in records:
+            try:
+                records[rid] = read_record(path)
+            except UserError as e:
+                raise UserError(f"{e}; {fix}") from None
+        problem = record_entry_problem(records[rid], entry, manifest)
+        if problem:
+            raise UserError(f"{path}: impossible run record ({problem}); {fix}")
     return records
 
 
@@ -324,6 +342,27 @@ def linear_contrasts(df: pd.DataFrame, contrasts: list[dict], arms: set[str] | N
     return out
 
 
+def ablation_contrasts(df: pd.DataFrame, contrasts: list[dict], ablations: list[dict]) -> pd.DataFrame:
+    """The spec's contrasts within each value of each ablation, for the contrasts whose arms the
+    ablation varies (e.g. the factorial's effects under another schedule): ``linear_contrasts``
+    on that value's runs, Holm within each (ablation, value) and family. Whether a reading holds
+    when a setting changes, beside the main study's: never in its place. Columns: ablation,
+    value, then ``CONTRAST_COLUMNS``."""
+    out = []
+    for abl in ablations:
+        varied = set(abl.get("arms", []))
+        chosen = [c for c in contrasts if set(c["weights"]) <= varied]
+        if not chosen or df.empty:
+            continue
+        runs = df[df["ablation"] == abl["name"]]
+        for value in dict.fromkeys(runs["value"]):
+            found = linear_contrasts(runs[runs["value"] == value].assign(ablation=MAIN), chosen)
+            if not found.empty:
+                out.append(found.assign(ablation=abl["name"], value=value))
+    columns = ["ablation", "value", *CONTRAST_COLUMNS]
+    return pd.concat(out, ignore_index=True)[columns] if out else pd.DataFrame(columns=columns)
+
+
 ABLATION_COLUMNS = ["ablation", "arm", "value", "reference", "n", "mean_value", "mean_reference", "diff_mean",
                     "diff_std", "p_value", "p_holm", "value_wins", "last5_n", "last5_mean_value",
                     "last5_mean_reference", "last5_diff_mean", "last5_diff_std", "last5_p_value", "last5_p_holm",
@@ -406,6 +445,8 @@ class Study:
     paired: pd.DataFrame
     ablations: pd.DataFrame
     contrasts: pd.DataFrame
+    # the contrasts within each ablation value (``ablation_contrasts``); empty where none applies
+    ablation_contrasts: pd.DataFrame = dataclass_field(default_factory=pd.DataFrame)
 
     @property
     def spec(self) -> dict:
@@ -464,7 +505,8 @@ def load_study(folder: Path) -> Study:
     arms = profile_arms(spec, manifest.get("profile"))
     return Study(folder, manifest, records, df, summarize(df, spec),
                  paired_comparisons(df, spec.get("comparisons", []), arms), ablation_comparisons(df),
-                 linear_contrasts(df, spec.get("contrasts", []), arms))
+                 linear_contrasts(df, spec.get("contrasts", []), arms),
+                 ablation_contrasts(df, spec.get("contrasts", []), spec.get("ablations", [])))
 
 
 def _study(s: Path | Study) -> Study:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import math
 import os
 import shutil
 import subprocess
@@ -347,7 +348,7 @@ def run_states(runs_dir: Path, run_ids: list[str]) -> dict[str, dict]:
 def _last_error(log: str | None) -> str:
     """The last line of a job's error log that names an exception, if any."""
     try:
-        lines = Path(log).read_text(errors="replace").splitlines() if log else []
+        lines = Path(log).read_text(encoding="utf-8", errors="replace").splitlines() if log else []
     except OSError:
         return ""
     errors = [ln.strip() for ln in lines if ln.strip() and ln.split(":")[0].strip().endswith(("Error", "Exception"))]
@@ -357,9 +358,22 @@ def _last_error(log: str | None) -> str:
 POLL_ENV = "MUTUALBENCH_SLURM_POLL_S"  # seconds between squeue polls of --wait (default 10; tests: less)
 
 
+def poll_seconds() -> float:
+    """``$MUTUALBENCH_SLURM_POLL_S`` (default 10): checked by ``replicate --wait`` before any job
+    is submitted, so that a typo cannot end the wait after the jobs are out."""
+    raw = os.environ.get(POLL_ENV) or "10"
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise UserError(f"{POLL_ENV}={raw!r} is not a number of seconds > 0; unset it (default 10) or set it to e.g. 30")
+    return value
+
+
 def wait_for_jobs(runs_dir: Path, run_ids: list[str], log: Callable[[str], None], poll_s: float | None = None) -> list[str]:
     """Block until none of ``run_ids`` is pending or running; the errors of those that failed."""
-    poll_s = poll_s if poll_s is not None else float(os.environ.get(POLL_ENV) or 10)
+    poll_s = poll_s if poll_s is not None else poll_seconds()
     last = None
     while True:
         states = run_states(runs_dir, run_ids)

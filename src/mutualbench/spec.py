@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ from .archs import is_known_arch
 from .config import check_value, default_config, get_key, leaf_keys, set_key
 from .data.sources import KNOWN_DATASETS
 from .errors import UserError
+from .io_utils import read_regular_file
 from .methods import METHODS
 from .spec_schema import check_shape
 
@@ -106,10 +108,12 @@ def _check_settings(where: str, settings: object, path: Path) -> dict:
     return settings
 
 
-def _check_contrasts(contrasts: list[dict], arms: set[str], path: Path) -> None:
+def _check_contrasts(contrasts: list[dict], arms: set[str], comparisons: set[str], path: Path) -> None:
     """A contrast is a named weighted sum of arms whose weights sum to zero, e.g.
     ``{ name = "interaction", weights = { hint_dml = 1, hint_student = -1, dml = -1, student = 1 } }``.
-    (Its shape, finite numbers included, is checked by the schema.)"""
+    Its name may not be a comparison's ("a vs b"): the two share one namespace in the tables and
+    claims, so a clash would silently replace the comparison. (Its shape, finite numbers
+    included, is checked by the schema.)"""
     seen = set()
     for i, c in enumerate(contrasts):
         where = f"[[contrasts]] #{i + 1} ({c['name']})"
@@ -119,6 +123,9 @@ def _check_contrasts(contrasts: list[dict], arms: set[str], path: Path) -> None:
         if name in seen:
             raise UserError(f"{path}: {where}: contrast name {name!r} is used twice; give each contrast its own name")
         seen.add(name)
+        if name in comparisons:
+            raise UserError(f"{path}: {where}: contrast name {name!r} is also a [[comparisons]] entry's name; the "
+                            "two share one namespace in the tables and claims: rename the contrast")
         if len(weights) < 2:
             raise UserError(f"{path}: {where} needs weights = {{ arm = weight, ... }} over at least two arms")
         for arm, w in weights.items():
@@ -126,22 +133,28 @@ def _check_contrasts(contrasts: list[dict], arms: set[str], path: Path) -> None:
                 raise UserError(f"{path}: {where}: {arm!r} is not an arm ({', '.join(sorted(arms))})")
             if w == 0:
                 raise UserError(f"{path}: {where}: the weight of {arm!r} must be a non-zero number, got {w!r}")
-        total = sum(weights.values())
-        if abs(total) > 1e-9:
+        total = math.fsum(weights.values())
+        if abs(total) > 1e-9 * max(abs(w) for w in weights.values()):  # relative: 1e-10 - 2e-10 is not 0
             raise UserError(f"{path}: {where}: the weights sum to {total:g}; a contrast's weights must sum to 0 "
                             "(e.g. a - b: { a = 1, b = -1 })")
+
+
+MAX_SPEC_BYTES = 1 << 20  # a study spec is a few KB (seed_blog.toml: about 20 KB)
 
 
 def load_spec(path: str | Path) -> Spec:
     path = Path(path)
     try:
-        data = path.read_bytes()
+        data = read_regular_file(path, MAX_SPEC_BYTES, "study spec")
     except OSError as e:
         raise UserError(f"study spec {path} cannot be read ({e.strerror}); give a .toml file such as replication/seed_blog.toml") from None
     try:
         raw = tomllib.loads(data.decode())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: not valid TOML ({e})") from None
+    except RecursionError:
+        raise UserError(f"{path}: its tables or arrays are nested too deeply to read; a study spec nests a few "
+                        "levels: give the right file") from None
     check_shape(raw, path)  # every table and key of the right type, names safe for file names
     study = raw["study"]
     data_name = study.get("data")
@@ -203,7 +216,7 @@ def load_spec(path: str | Path) -> Spec:
         if (comp["a"], comp["b"]) in pairs:
             raise UserError(f"{path}: {where}: {comp['a']} vs {comp['b']} is listed twice; remove one")
         pairs.add((comp["a"], comp["b"]))
-    _check_contrasts(raw.get("contrasts", []), names, path)
+    _check_contrasts(raw.get("contrasts", []), names, {f"{a} vs {b}" for a, b in pairs}, path)
     for kind in ("comparisons", "contrasts"):
         for i, t in enumerate(raw.get(kind, [])):
             if "family" in t and (not isinstance(t["family"], str) or not t["family"]):

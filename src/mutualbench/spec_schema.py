@@ -50,6 +50,23 @@ def _safe_name(value: str) -> str:
     return value
 
 
+def label_problem(value: object) -> str | None:
+    """Why ``value`` cannot label a table row (a contrast, family or claim name, a claim's text;
+    None: it can): a line break, another control character or a '|' would split or break the
+    row of table.md it lands in."""
+    if not isinstance(value, str):
+        return f"a {type(value).__name__}, not a string"
+    bad = sorted({c for c in value if c == "|" or not c.isprintable()})
+    return f"it has {''.join(bad)!r}, which would break the row of table.md it lands in" if bad else None
+
+
+def _label(value: str) -> str:
+    problem = label_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
 def _number(value: Any) -> Any:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"a {_toml_type(value)}, not a number")
@@ -66,6 +83,7 @@ def _percent(value: Any) -> Any:
 
 
 SafeName = Annotated[str, AfterValidator(_safe_name)]
+Label = Annotated[str, AfterValidator(_label)]  # a name or text shown in a table row
 Number = Annotated[float, BeforeValidator(_number)]
 Percent = Annotated[float, BeforeValidator(_percent)]
 Settings = dict[str, Any]  # config keys; what they mean is checked against the config schema
@@ -109,14 +127,14 @@ class Profile(_Table):
 class Comparison(_Table):
     a: str
     b: str
-    family: str = ""
+    family: Label = ""
 
 
 class Contrast(_Table):
-    name: str
+    name: Label
     weights: dict[str, Number]
     description: str = ""
-    family: str = ""
+    family: Label = ""
 
 
 class Ablation(_Table):
@@ -182,11 +200,12 @@ HELP: dict[tuple, tuple[str, str]] = {
     ("comparisons", "*"): ("a table ([[comparisons]]) with a and b", '[[comparisons]] a = "dml", b = "student"'),
     ("comparisons", "*", "a"): ("an arm's name", 'a = "dml"'),
     ("comparisons", "*", "b"): ("an arm's name", 'b = "student"'),
-    ("comparisons", "*", "family"): ("a string", 'family = "main"'),
-    ("contrasts", "*", "family"): ("a string", 'family = "main"'),
+    ("comparisons", "*", "family"): ("a one-line string without '|'", 'family = "main"'),
+    ("contrasts", "*", "family"): ("a one-line string without '|'", 'family = "main"'),
     ("contrasts",): ("[[contrasts]] tables", '[[contrasts]] name = "...", weights = { a = 1, b = -1 }'),
     ("contrasts", "*"): ("a table ([[contrasts]]) with name and weights", 'weights = { a = 1, b = -1 }'),
-    ("contrasts", "*", "name"): ("a string", 'name = "interaction"'),
+    ("contrasts", "*", "name"): ("a one-line string without '|', unlike any comparison's \"a vs b\"",
+                                 'name = "interaction"'),
     ("contrasts", "*", "weights"): ("a table of arm = weight", "weights = { dml = 1, student = -1 }"),
     ("contrasts", "*", "weights", "*"): ("a finite, non-zero number", "dml = 1"),
     ("contrasts", "*", "description"): ("a string", 'description = "..."'),

@@ -26,6 +26,7 @@ from .records import complete_record
 from .run import Runner, resolve
 from .spec import expand, in_profile, load_spec, selected_ablations
 from .spec_schema import MAX_SEEDS
+from .stored_schema import manifest_problem as stored_manifest_problem
 
 MANIFEST_SCHEMA = 1
 
@@ -68,6 +69,8 @@ def plan_study(spec_path: Path, profile: str, out: Path, *, data: str | None = N
     # tables); only what is asked runs
     asked_ablations = [a["name"] for a in selected_ablations(spec, ablations)]
     asked = {"seeds": seed_list, "ablations": asked_ablations}
+    if arms is not None:  # what `compare` of this folder compares (report.asked_selection), as replicate does
+        asked["arms"] = list(arms)
     stored_seeds, stored_ablations = stored_scope(stored)
     planned_ablations = [a["name"] for a in spec.ablations
                          if a["name"] in asked_ablations or a["name"] in stored_ablations]
@@ -134,59 +137,12 @@ def read_manifest(out: Path, spec, profile: str) -> dict | None:
                     f"version control (git checkout -- {path}) or move the folder aside")
 
 
-_KINDS = {dict: "an object", list: "a list", str: "a string", int: "an integer", float: "a number",
-          bool: "true or false", type(None): "null"}
-_MISSING = object()
-# the keys ``replicate`` and the tables read from a stored manifest, and their JSON types
-_MANIFEST_KEYS = (("spec", dict), ("spec.study", dict), ("spec.study.name", str), ("profile", str), ("seeds", list),
-                  ("runs", list), ("data", dict), ("data.name", str), ("data.sha256", str))
-_ENTRY_KEYS = (("run_id", (str,)), ("arm", (str,)), ("seed", (int,)), ("ablation", (str, type(None))),
-               ("value", (str, type(None))))
-
-
-def _kind(value) -> str:
-    return _KINDS.get(type(value), type(value).__name__)
-
-
-def _wrong(value, kinds: tuple[type, ...], key: str) -> str | None:
-    """Why ``value`` (``key``: its path in the manifest; ``_MISSING`` when absent) is not one of
-    the JSON ``kinds`` (an integer: one >= 0, as seeds are); None when it is."""
-    if value is _MISSING:
-        return f"{key} is missing"
-    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-        return f"{key} is {_kind(value)}, not {' or '.join(_KINDS[k] for k in kinds)}"
-    if kinds == (int,) and value < 0:
-        return f"{key} = {value} is below 0"
-    return None
-
-
 def manifest_problem(manifest) -> str | None:
-    """What makes a stored manifest unusable, with the key's path (``runs[3].seed is a string,
-    not an integer``), or None: every key ``replicate`` and the tables read, of its JSON type,
-    and each run entry's run id, arm, seed, ablation and value."""
-    if not isinstance(manifest, dict):
-        return f"{_kind(manifest)}, not an object"
-    for key, kind in _MANIFEST_KEYS:
-        *parents, name = key.split(".")
-        holder = manifest
-        for part in parents:  # checked to be objects before
-            holder = holder[part]
-        if problem := _wrong(holder.get(name, _MISSING), (kind,), key):
-            return problem
-    for i, seed in enumerate(manifest["seeds"]):
-        if problem := _wrong(seed, (int,), f"seeds[{i}]"):
-            return problem
-    for i, entry in enumerate(manifest["runs"]):
-        if not isinstance(entry, dict):
-            return f"runs[{i}] is {_kind(entry)}, not an object"
-        for field, kinds in _ENTRY_KEYS:
-            if problem := _wrong(entry.get(field, _MISSING), kinds, f"runs[{i}].{field}"):
-                return problem
-    if "asked" in manifest:  # written since a study may be continued with fewer seeds or ablations
-        asked = manifest["asked"]
-        return _wrong(asked, (dict,), "asked") or _wrong(asked.get("seeds", _MISSING), (list,), "asked.seeds") or \
-            _wrong(asked.get("ablations", _MISSING), (list,), "asked.ablations")
-    return None
+    """What makes a stored manifest unusable, with the key's path (``runs[3].seed = "zero" is a
+    string, not an integer >= 0``), or None: the one schema of manifests (``stored_schema``),
+    which the tables read by as well: every key ``replicate`` and the tables read, of its JSON
+    type, each run entry's run id, arm, seed, ablation and value, and their cross-checks."""
+    return stored_manifest_problem(manifest)
 
 
 def stored_scope(manifest: dict | None) -> tuple[set[int], set[str]]:
