@@ -2,12 +2,12 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-EXTRAS ?= dev,wandb,slurm
+EXTRAS ?= dev,docs,wandb,slurm
 # Study data: by default the spec's own data set ([study] data: cifar10 downloads it);
 # offline, point at a local copy of it (a folder or archive).
 MUTUALBENCH_DATA ?=
 
-.PHONY: install test replicate smoke-study bench bench-smoke gpu-prep gpu-import lint clean
+.PHONY: install test replicate smoke-study bench bench-smoke gpu-prep gpu-import docs lint clean
 
 $(BIN)/mutualbench: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -64,7 +64,7 @@ bench: $(BIN)/mutualbench
 bench-smoke: $(BIN)/mutualbench
 	MUTUALBENCH_BENCH_SMOKE=1 $(BIN)/python -m pytest benchmarks -q -p no:cacheprovider --benchmark-disable
 
-# A remote GPU machine (README, "On a GPU machine or cluster node"): `make gpu-prep` puts the
+# A remote GPU machine (docs/clusters.md, "On a GPU machine or cluster node"): `make gpu-prep` puts the
 # data archive and the commit in .gpu/ (ignored), to be copied there with the tree; there,
 # `bash benchmarks/gpu_session.sh` runs under the machine's time limit; `make gpu-import
 # FROM=<folder its output files were copied back into>` stores the results.
@@ -77,6 +77,14 @@ gpu-prep:
 gpu-import: $(BIN)/mutualbench
 	@test -n "$(FROM)" || { echo "gpu-import: FROM=<folder with gpu-check.md / study.tar.gz> is required"; exit 2; }
 	$(BIN)/python replication/import_gpu_session.py "$(FROM)"
+
+# The documentation site (mkdocs.yml): the repository's Markdown files (tracked, or new and not
+# ignored) staged under build/docs-src as the code host shows them, built strictly into build/site.
+docs: $(BIN)/mutualbench
+	@rm -rf build/docs-src && mkdir -p build/docs-src
+	@git ls-files -z --cached --others --exclude-standard -- ':!:*.pt' | xargs -0 cp --parents -t build/docs-src
+	@out=$$($(BIN)/mkdocs build --strict 2>&1) || { echo "$$out" | grep -v '^INFO'; echo "docs: mkdocs build --strict failed"; exit 1; }
+	@echo "docs: build/site/index.html"
 
 lint: $(BIN)/mutualbench
 	$(BIN)/ruff check src tests benchmarks replication

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One command on a GPU machine or cluster node (README, "On a GPU machine or cluster node"):
+# One command on a GPU machine or cluster node (docs/clusters.md, "On a GPU machine or cluster node"):
 # the GPU check of the fused cohort step, then the blog's study (profile `full`, main arms)
 # for as many seeds as fit, packed under $OUT for replication/import_gpu_session.py.
 # Prepared by `make gpu-prep` (the data archive and the commit go in .gpu/, which is copied

@@ -1,5 +1,6 @@
-"""Copy generated tables into REPLICATION.md between marker comments, so that the report
-quotes the tables exactly as `mutualbench table` wrote them (nothing typed by hand).
+"""Copy generated tables into the documents (README.md, REPLICATION.md, docs/**/*.md) between
+marker comments, so that they quote the tables exactly as `mutualbench table` wrote them
+(nothing typed by hand).
 
     python replication/embed_tables.py            # after `mutualbench table results/<study>/<profile>`
 
@@ -9,7 +10,9 @@ Markers, for every study in results/: <!-- <study>/<profile>-table:start --> ...
 `cpu` and the `full` scale side by side, <!-- <study>/claims:start --> for the spec's claims
 at both scales, <!-- seed_blog/<profile>-factorial:start --> for the 2x2 factorial, and
 <!-- seed_blog/<profile>-provenance:start --> for which kind of machine ran which run of
-results/seed_blog/<profile> (all computed from the stored records, like the tables).
+results/seed_blog/<profile>, <!-- <study>/<profile>-headline:start --> for a profile's claims in a
+few columns (the README's), <!-- registry:start --> for the registered methods and
+architectures (all computed from the stored records and the code, like the tables).
 The blog's study (seed_blog) also answers to the unprefixed names (<!-- cpu-table:start -->).
 """
 
@@ -156,7 +159,9 @@ def cohort_size_plot(folder: Path) -> str | None:
     fig.tight_layout()
     fig.savefig(buf, format="png", dpi=110, metadata={"Software": None})
     plt.close(fig)
-    atomic_write_bytes(folder / "cohort_size.png", buf.getvalue())
+    path = folder / "cohort_size.png"
+    if not path.is_file() or path.read_bytes() != buf.getvalue():  # a file left as it is when unchanged
+        atomic_write_bytes(path, buf.getvalue())
     return "\n".join(["| K | arm | accuracy of | n | mean | 95% CI |", "|---|---|---|---|---|---|", *rows])
 
 
@@ -247,27 +252,89 @@ def _markers(study: str, name: str) -> list[str]:
     return [f"{study}/{name}"] + ([name] if study == "seed_blog" else [])
 
 
-def main() -> int:
-    report = ROOT / "REPLICATION.md"
-    text = report.read_text()
+def headline_claims(folder: Path) -> str | None:
+    """The claims of one profile in a few columns, for the README: each claim, the source's
+    number, the difference at the final epoch and the last-5 mean with their 95% intervals, and
+    the verdict (labelled interim before the planned seeds)."""
+    sys.path.insert(0, str(ROOT / "src"))
+    from mutualbench.claims import evaluate, verdict_text
+    from mutualbench.results import load_study
+
+    if not (folder / "study.json").exists():
+        return None
+    frame = evaluate(load_study(folder))
+    if frame.empty:
+        return None
+
+    def cell(r, pre: str) -> str:
+        if int(r[f"{pre}n"]) < 2 or math.isnan(r[f"{pre}diff"]):
+            return "not run" if int(r[f"{pre}n"]) == 0 else f"{r[f'{pre}diff']:+.2f} (n = 1)"
+        return f"{r[f'{pre}diff']:+.2f} [{r[f'{pre}ci95_low']:+.2f}, {r[f'{pre}ci95_high']:+.2f}]"
+
+    lines = [f"| claim | published | `{folder.name}`: final epoch | last-5 mean | verdict |", "|---|---|---|---|---|"]
+    for _, r in frame.iterrows():
+        lines.append(f"| {r['text']} | {r['published'] or '—'} | {cell(r, '')} | {cell(r, 'last5_')} | "
+                     f"{verdict_text(r, bold=True)} |")
+    return "\n".join(lines)
+
+
+def registry_block() -> str:
+    """The registered methods (first sentence of each module's description) and architectures
+    (parameters for 10 classes, feature taps), as `mutualbench methods` and `archs` list them."""
+    sys.path.insert(0, str(ROOT / "src"))
+    from mutualbench.archs import ARCHS, count_parameters, create_arch, pattern_descriptions
+    from mutualbench.methods import METHODS
+
+    lines = ["| method | teacher | what it trains |", "|---|---|---|"]
+    for name in METHODS.names():
+        cls = METHODS.get(name)
+        doc = (sys.modules[cls.__module__].__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
+        doc = doc.replace("``", "`").split(": ", 1)[-1]
+        lines.append(f"| `{name}` | {'yes' if cls.needs_teacher else ''} | {doc} |")
+    lines += ["", "| architecture | family | params (10 classes) | taps |", "|---|---|---:|---|"]
+    for name in ARCHS.names():
+        model = create_arch(name, 10)
+        lines.append(f"| `{name}` | {ARCHS.get(name).family} | {count_parameters(model):,} | "
+                     f"{', '.join(model.tap_names)} |")
+    lines += ["", "Also accepted by name: " + "; ".join(pattern_descriptions()) + "."]
+    return "\n".join(lines)
+
+
+def documents() -> list[Path]:
+    """Every document that may hold generated blocks: the README, REPLICATION.md and docs/."""
+    found = [ROOT / "README.md", ROOT / "REPLICATION.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    return [p for p in found if p.is_file()]
+
+
+def embed_document(text: str, log=print) -> str:
+    """Every generated block the text holds markers for, made from the stored records now."""
     for table in sorted((ROOT / "results").glob("*/*/table.md")):
         study, profile = table.parent.parent.name, table.parent.name
-        body = table.read_text().strip().splitlines()[1:]  # drop the title; REPLICATION.md has its own
+        body = table.read_text(encoding="utf-8").strip().splitlines()[1:]  # drop the title; the document has its own
         body = [("##" + line) if line.startswith("## ") else line for line in body]  # ## -> ####
         for marker in _markers(study, f"{profile}-table"):
             if f"<!-- {marker}:start -->" in text:
                 text = _embed(text, marker, "\n".join(body))
-                print(f"embedded {table.relative_to(ROOT)}")
+                log(f"embedded {table.relative_to(ROOT)}")
     for results in sorted(p for p in (ROOT / "results").iterdir() if p.is_dir()):
-        scale = scale_comparison(results)
-        for marker in _markers(results.name, "scale-comparison"):
-            if scale is not None and f"<!-- {marker}:start -->" in text:
-                text = _embed(text, marker, scale)
-                print(f"embedded the cpu/full scale comparison of {results.name}")
-        claims = claims_table(results)
-        if claims and f"<!-- {results.name}/claims:start -->" in text:
-            text = _embed(text, f"{results.name}/claims", claims)
-            print(f"embedded the claims table of {results.name}")
+        if any(f"<!-- {m}:start -->" in text for m in _markers(results.name, "scale-comparison")):
+            scale = scale_comparison(results)
+            for marker in _markers(results.name, "scale-comparison"):
+                if scale is not None and f"<!-- {marker}:start -->" in text:
+                    text = _embed(text, marker, scale)
+                    log(f"embedded the cpu/full scale comparison of {results.name}")
+        if f"<!-- {results.name}/claims:start -->" in text:
+            claims = claims_table(results)
+            if claims:
+                text = _embed(text, f"{results.name}/claims", claims)
+                log(f"embedded the claims table of {results.name}")
+        for profile in sorted(p.name for p in results.iterdir() if p.is_dir()):
+            marker = f"{results.name}/{profile}-headline"
+            if f"<!-- {marker}:start -->" in text:
+                body = headline_claims(results / profile)
+                if body is not None:
+                    text = _embed(text, marker, body)
+                    log(f"embedded the headline claims of {results.name}/{profile}")
     for profile in ("cpu", "full"):
         blog = ROOT / "results" / "seed_blog" / profile
         for name, make in (("factorial", factorial_table), ("cohort-size", cohort_size_plot)):
@@ -276,7 +343,7 @@ def main() -> int:
             body = make(blog)
             if body is not None:
                 text = _embed(text, f"seed_blog/{profile}-{name}", body)
-                print(f"embedded the {name} block of {blog.relative_to(ROOT)}")
+                log(f"embedded the {name} block of {blog.relative_to(ROOT)}")
     blogs = ROOT / "results" / "seed_blog"
     for blog in sorted(p for p in blogs.iterdir() if p.is_dir()) if blogs.is_dir() else []:
         marker = f"seed_blog/{blog.name}-provenance"
@@ -285,8 +352,19 @@ def main() -> int:
         body = provenance_table(blog)
         if body is not None:
             text = _embed(text, marker, body)
-            print(f"embedded the provenance block of {blog.relative_to(ROOT)}")
-    report.write_text(text)
+            log(f"embedded the provenance block of {blog.relative_to(ROOT)}")
+    if "<!-- registry:start -->" in text:
+        text = _embed(text, "registry", registry_block())
+        log("embedded the registered methods and architectures")
+    return text
+
+
+def main() -> int:
+    for doc in documents():
+        text = doc.read_text(encoding="utf-8")
+        new = embed_document(text, log=lambda m, doc=doc: print(f"{doc.relative_to(ROOT)}: {m}"))
+        if new != text:
+            doc.write_text(new, encoding="utf-8")
     return 0
 
 

@@ -9,7 +9,7 @@
   stored folder, so the archive holds its earlier runs too); stored weights (the teachers'
   ``final.pt``, which the archive does not carry) of runs the archive still holds are kept.
 
-Then ``python replication/embed_tables.py`` puts the table into REPLICATION.md.
+Then ``python replication/embed_tables.py`` puts the table into the documents.
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
-"""REPLICATION.md's prose quotes numbers from the generated tables by hand; these tests
-keep the quotes true. Every 95% interval ``[lo, hi]`` and every ``mean ± std`` written
-outside the embedded (generated) tables must be one that a stored study's CSV holds, at the
-two decimals the tables print. A number that went stale when a record was added fails here."""
+"""The documents (README.md, REPLICATION.md, docs/**/*.md) quote numbers from the generated
+tables by hand; these tests keep the quotes true. Every 95% interval ``[lo, hi]`` and every
+``mean ± std`` written outside the embedded (generated) blocks must be one that a stored
+study's CSV holds, at the two decimals the tables print, wherever a report moves. A number
+that went stale when a record was added fails here, and so does a generated block that was
+not regenerated."""
 
 import csv
 import importlib.util
@@ -57,13 +59,30 @@ def quoted_means(text: str) -> list[tuple[str, tuple[float, float]]]:
             for m in re.finditer(rf"({NUM}) ± ({NUM})", prose(text))]
 
 
+def documents() -> list[Path]:
+    """Every document with prose: the README, REPLICATION.md and the docs/ pages and reports."""
+    return embed_tables().documents()
+
+
+def test_the_documents_are_the_readme_the_report_and_every_docs_page():
+    names = {p.relative_to(ROOT).as_posix() for p in documents()}
+    assert {"README.md", "REPLICATION.md", "docs/reports/cpu-profile.md", "docs/reports/full-runs.md"} <= names
+    assert names == {"README.md", "REPLICATION.md"} | {p.relative_to(ROOT).as_posix()
+                                                       for p in (ROOT / "docs").rglob("*.md")}
+
+
 def test_every_interval_and_mean_quoted_in_the_prose_is_a_stored_tables():
-    text = (ROOT / "REPLICATION.md").read_text(encoding="utf-8")
-    intervals, means = quoted_intervals(text), quoted_means(text)
-    assert len(intervals) >= 10 and len(means) >= 3  # the prose does quote them
     stored_i, stored_m = stored_intervals(), stored_means()
-    assert [q for q, key in intervals if key not in stored_i] == []
-    assert [q for q, key in means if key not in stored_m] == []
+    found_i = found_m = 0
+    stale = []
+    for doc in documents():
+        text = doc.read_text(encoding="utf-8")
+        intervals, means = quoted_intervals(text), quoted_means(text)
+        found_i, found_m = found_i + len(intervals), found_m + len(means)
+        stale += [f"{doc.name}: {q}" for q, key in intervals if key not in stored_i]
+        stale += [f"{doc.name}: {q}" for q, key in means if key not in stored_m]
+    assert found_i >= 10 and found_m >= 3  # the prose does quote them
+    assert stale == []
 
 
 def test_a_stale_quote_is_caught():
@@ -86,9 +105,9 @@ def embed_tables():
 
 def test_the_provenance_blocks_are_what_the_stored_records_give():
     """Which kind of machine ran which run is generated, never typed: every provenance block
-    in REPLICATION.md is what embed_tables.py makes of the stored records now, so a record
+    in the documents is what embed_tables.py makes of the stored records now, so a record
     added or replaced without regenerating the report fails here."""
-    text = (ROOT / "REPLICATION.md").read_text(encoding="utf-8")
+    text = "\n".join(doc.read_text(encoding="utf-8") for doc in documents())
     blocks = dict(re.findall(r"<!-- seed_blog/(\S+)-provenance:start -->\n(.*?)\n<!-- seed_blog/\1-provenance:end -->",
                              text, flags=re.S))
     assert "full" in blocks
@@ -126,3 +145,32 @@ def test_the_provenance_block_counts_each_run_once_under_its_kind():
         "2 kinds of machine ran the 4 complete runs in `x/y` (2.8 hours of training); a run resumed "
         'on another kind is counted in a row of its own, "A + B".',
     ]
+
+
+def test_every_generated_block_is_what_the_stored_records_give_now():
+    """Each document's generated blocks (tables, claims, the README's headline and registry,
+    factorials, provenance) are what embed_tables.py makes of the stored records and the code
+    now: a record added, or a method registered, without regenerating the documents fails."""
+    embed = embed_tables()
+    stale = []
+    for doc in documents():
+        text = doc.read_text(encoding="utf-8")
+        if "<!-- " not in text:
+            continue
+        new = embed.embed_document(text, log=lambda _: None)
+        stale += [f"{doc.relative_to(ROOT)}: {name}" for name, body in blocks(text).items()
+                  if blocks(new).get(name) != body]
+    assert stale == [], "run python replication/embed_tables.py"
+
+
+def blocks(text: str) -> dict[str, str]:
+    return dict(re.findall(r"<!-- (\S+):start -->(.*?)<!-- \1:end -->", text, flags=re.S))
+
+
+def test_a_stale_block_is_caught():
+    """The check itself: a headline block that says something else than the records is
+    replaced by embed_document."""
+    text = "<!-- seed_blog/full-headline:start -->\n| claim | stale |\n<!-- seed_blog/full-headline:end -->\n"
+    new = embed_tables().embed_document(text, log=lambda _: None)
+    assert blocks(new)["seed_blog/full-headline"] != blocks(text)["seed_blog/full-headline"]
+    assert "the teacher beats the student trained alone" in new

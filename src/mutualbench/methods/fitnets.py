@@ -1,6 +1,6 @@
-"""``fitnets``: Romero et al. 2015. Stage 1 (hints): the student's layers up to its hint tap
-plus a conv regressor learn to match the frozen teacher's guided tap; stage 2: the whole
-student trained by KD from the same teacher."""
+"""``fitnets``: FitNets (Romero et al., ICLR 2015, arXiv 1412.6550). Stage 1 (hints): the
+student's layers up to its hint tap plus a conv regressor learn to match the frozen teacher's
+guided tap; stage 2: the whole student trained by KD from the same teacher."""
 
 from __future__ import annotations
 
