@@ -1,12 +1,21 @@
 """The measured run-time estimate: what it counts, and that it changes nothing."""
 
 
+import itertools
+
 import pytest
 import torch
 
-from mutualbench import launch
+from mutualbench import estimate, launch
 from mutualbench.config import default_config
-from mutualbench.estimate import RunTimer, format_duration, measure_run_seconds, recorded_estimate
+from mutualbench.estimate import (
+    WARMUP_STEPS,
+    RunTimer,
+    format_duration,
+    measure_run_seconds,
+    recorded_estimate,
+    robust_seconds,
+)
 from mutualbench.run import Runner
 
 
@@ -110,3 +119,69 @@ def test_a_recorded_run_counts_its_median_epoch_not_epochs_slowed_by_other_work(
     assert (est.train_s, est.eval_s, est.epochs) == (73.0, 7.0, 4)
     rec["curves"] = rows[:3]  # an epoch's time missing: the record's totals
     assert (recorded_estimate(rec).train_s, recorded_estimate(rec).eval_s) == (146.0, 7.0)
+
+
+def test_one_slow_step_or_a_busy_round_does_not_move_the_step_time():
+    quiet = [0.1] * 12
+    assert robust_seconds(quiet) == 0.1
+    one_slow = quiet.copy()
+    one_slow[5] = 30.0
+    assert robust_seconds(one_slow) == 0.1
+    busy = [0.1] * 8 + [0.5] * 4  # another process took the machine for the last round
+    assert robust_seconds(busy) == 0.1
+    busy_first = [0.5] * 4 + [0.1] * 8
+    assert robust_seconds(busy_first) == 0.1
+    assert robust_seconds([0.3] * 12) == 0.3  # a slower machine is slower
+    assert robust_seconds([0.2]) == 0.2 and robust_seconds([]) == 0.0
+
+
+class FakeClock:
+    """``estimate._time`` for tests: runs the step, says it took ``step_s``, except the calls
+    numbered in ``slow`` (from 0), which say 50 s (the machine busy for that one step)."""
+
+    def __init__(self, step_s: float = 0.01, slow=()):
+        self.step_s, self.slow, self.calls = step_s, set(slow), itertools.count()
+
+    def __call__(self, fn, device):
+        fn()
+        return 50.0 if next(self.calls) in self.slow else self.step_s
+
+
+def test_the_estimate_is_not_moved_by_one_slow_sample(monkeypatch, tmp_path, tiny_cifar):
+    data, root = tiny_cifar
+    runner = Runner(tmp_path / "runs", data_root=root, device="cpu")
+    monkeypatch.setattr(estimate, "_time", FakeClock())
+    plain = measure_run_seconds(runner, config(data, method="individual"))
+    assert plain.train_s == pytest.approx(0.01 * 6 * 2)  # 90 images in batches of 16: 6 steps, 2 epochs
+    for slow in (WARMUP_STEPS, WARMUP_STEPS + 3, WARMUP_STEPS + 11):  # the first, a middle and the last timed step
+        monkeypatch.setattr(estimate, "_time", FakeClock(slow={slow}))
+        slowed = measure_run_seconds(runner, config(data, method="individual"))
+        assert (slowed.train_s, slowed.eval_s) == (plain.train_s, plain.eval_s)
+
+
+def test_more_epochs_are_never_cheaper(tmp_path, tiny_cifar):
+    """Runs that differ only in epochs share one measurement of their steps."""
+    data, root = tiny_cifar
+    runner = Runner(tmp_path / "runs", data_root=root, device="cpu")
+    timer = RunTimer(runner)
+    short, long = config(data, method="mutual", cohort=2), config(data, method="mutual", cohort=2)
+    long["train"]["epochs"] = 5
+    a, b = timer.estimate(short), timer.estimate(long)
+    assert b.train_s == pytest.approx(a.train_s * 5 / 2) and b.eval_s == pytest.approx(a.eval_s * 5 / 2)
+    assert (a.epochs, b.epochs) == (2, 5)
+
+
+def test_a_larger_cohort_is_never_cheaper(monkeypatch, tmp_path, tiny_cifar):
+    """The machine was busy while the cohort of three was timed and quiet for the cohort of
+    four: the four still cost at least the three, whichever was estimated first."""
+    data, root = tiny_cifar
+    for first in (3, 4):
+        runner = Runner(tmp_path / f"runs{first}", data_root=root, device="cpu")
+        timer = RunTimer(runner)
+        k3, k4 = config(data, method="mutual", cohort=3), config(data, method="mutual", cohort=4)
+        for cfg in ((k3, k4) if first == 3 else (k4, k3)):
+            monkeypatch.setattr(estimate, "_time", FakeClock(step_s=0.05 if cfg is k3 else 0.01))
+            timer.estimate(cfg)
+        three, four = timer.estimate(k3), timer.estimate(k4)
+        assert three.train_s == pytest.approx(0.05 * 6 * 2 * RunTimer.SAFETY)
+        assert four.train_s >= three.train_s and four.eval_s >= three.eval_s

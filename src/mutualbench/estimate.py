@@ -1,21 +1,28 @@
 """How long a run will take on this machine, measured rather than guessed.
 
 ``measure_run_seconds`` builds the run's models and stages exactly as training does
-(``assembly.assemble``; a
-teacher, if the method needs one, is a freshly initialised model of the teacher's
-architecture: same cost, no training), times a few real training steps of every stage
+(``assembly.assemble``; a teacher, if the method needs one, is a freshly initialised model of
+the teacher's architecture: same cost, no training), times real training steps of every stage
 after a few warm-up steps, and one test batch of every evaluated model, then scales by the
-run's steps and epochs. It costs seconds, touches no output file and leaves the global
-RNG state as it found it. The time budget of ``replicate`` and its plan use it, preferring the time a complete run of
-the same kind (another seed) took on the same kind of machine when the output folder holds
-one (its median epoch, see ``recorded_estimate``): a measurement of a few steps is thrown
-off by anything else the machine is doing."""
+run's steps and epochs. It costs seconds, touches no output file and leaves the global RNG
+state as it found it. The time budget of ``replicate`` and its plan use it, preferring the time
+a complete run of the same kind (another seed) took on the same kind of machine when the
+output folder holds one (its median epoch, see ``recorded_estimate``).
+
+An estimate has to hold on a machine that is doing other work, and be consistent across runs:
+- the steps are timed in rounds and the fastest round's median counts (``robust_seconds``):
+  other work only ever slows a step, so one slow step, or a busy stretch, does not move it;
+- runs that differ only in their epochs share one measurement of their steps, scaled by each
+  one's epochs, so more epochs are never cheaper;
+- a run is never estimated cheaper than a measured run of the same kind with a smaller cohort
+  or fewer epochs (``RunTimer``): a cohort of four costs at least what one of three does."""
 
 from __future__ import annotations
 
+import itertools
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -26,7 +33,8 @@ from .methods import get_method
 from .methods.pretrain import uses_teacher
 
 WARMUP_STEPS = 5  # the first steps pay for allocation and kernel selection
-TIMED_STEPS = 10  # 5 left the estimate of two runs of equal cost up to 20% apart
+TIMED_STEPS = 12  # in ROUNDS rounds; 5 steps left the estimate of two runs of equal cost up to 20% apart
+ROUNDS = 3
 
 
 @dataclass
@@ -35,10 +43,21 @@ class RunEstimate:
     eval_s: float
     teacher_s: float = 0.0  # training the teacher first, when its weights are not there yet
     epochs: int = 0  # of the whole run, all stages (0: unknown)
+    # per stage, in order: its epochs, and one epoch's training and test seconds (empty: unknown)
+    stage_epochs: tuple[int, ...] = ()
+    per_epoch: tuple[tuple[float, float], ...] = ()
 
     @property
     def total_s(self) -> float:
         return self.train_s + self.eval_s + self.teacher_s
+
+    def for_epochs(self, stage_epochs: tuple[int, ...]) -> RunEstimate:
+        """The same run's cost for other epochs per stage (its per-epoch costs scaled)."""
+        if len(stage_epochs) != len(self.per_epoch):
+            raise ValueError(f"{len(stage_epochs)} stages' epochs for an estimate of {len(self.per_epoch)} stages")
+        return replace(self, train_s=sum(e * c[0] for e, c in zip(stage_epochs, self.per_epoch, strict=True)),
+                       eval_s=sum(e * c[1] for e, c in zip(stage_epochs, self.per_epoch, strict=True)),
+                       epochs=sum(stage_epochs), stage_epochs=tuple(stage_epochs))
 
 
 def _time(fn, device: torch.device) -> float:
@@ -47,6 +66,25 @@ def _time(fn, device: torch.device) -> float:
     fn()
     synchronize(device)
     return time.perf_counter() - t0
+
+
+def robust_seconds(times: list[float], rounds: int = ROUNDS) -> float:
+    """What a step takes on a quiet machine: the timings split into ``rounds`` consecutive
+    rounds, the smallest of the rounds' medians. Other work on the machine only slows steps, so
+    a slow step (inside a round's median) or a busy stretch (a whole round) does not move it."""
+    if not times:
+        return 0.0
+    size = max(1, len(times) // rounds)
+    groups = [times[i:i + size] for i in range(0, len(times), size)]
+    if len(groups) > 1 and len(groups[-1]) < size:
+        groups[-2] += groups.pop()  # a short last round joins the one before it
+    return min(statistics.median(g) for g in groups)
+
+
+def _batches(loader):
+    """Training batches without end: epoch 0's, then epoch 1's, ... (a small data set has
+    fewer batches per epoch than the warm-up and timed steps)."""
+    return itertools.chain.from_iterable(loader.epoch_batches(e) for e in itertools.count())
 
 
 def measure_run_seconds(runner, config: dict, steps: int = TIMED_STEPS) -> RunEstimate:
@@ -60,34 +98,40 @@ def measure_run_seconds(runner, config: dict, steps: int = TIMED_STEPS) -> RunEs
         run = assemble(resolved, ds, device, teacher)
         slots, stages, train_loader, test_loader = run.slots, run.stages, run.train_loader, run.test_loader
         batches_per_epoch = len(train_loader)
-        train_s = eval_s = 0.0
         x_test, _ = next(iter(test_loader.epoch_batches(0)))
         test_batches = len(test_loader)
+        per_epoch = []
+        stages = [s for s in stages if s.epochs > 0]  # as a record lists them
         for stage in stages:
-            if stage.epochs == 0:
-                continue
             stage.begin()
             stage.train_mode()
             times = []
-            batches = train_loader.epoch_batches(0)
+            batches = _batches(train_loader)
             for i in range(WARMUP_STEPS + steps):
-                x, y = next(batches, (None, None))
-                if x is None:
-                    break
+                x, y = next(batches)
                 t = _time(lambda x=x, y=y, stage=stage: stage.step(x, y), device)
                 if i >= WARMUP_STEPS:
                     times.append(t)
-            step_s = statistics.median(times) if times else 0.0
-            train_s += step_s * batches_per_epoch * stage.epochs
             stage.sync()
-            per_epoch_eval = 0.0
+            eval_epoch = 0.0
             for name in stage.eval_names:
                 model = slots[name].module
                 model.eval()
                 with torch.no_grad():
-                    per_epoch_eval += _time(lambda model=model: model(x_test), device) * test_batches
-            eval_s += per_epoch_eval * stage.epochs
-    return RunEstimate(train_s=train_s, eval_s=eval_s, epochs=sum(s.epochs for s in stages))
+                    eval_epoch += robust_seconds([_time(lambda model=model: model(x_test), device)
+                                                  for _ in range(ROUNDS)]) * test_batches
+            per_epoch.append((robust_seconds(times) * batches_per_epoch, eval_epoch))
+    est = RunEstimate(0.0, 0.0, per_epoch=tuple(per_epoch))
+    return est.for_epochs(tuple(int(s.epochs) for s in stages))
+
+
+def stage_epochs(runner, config: dict) -> tuple[int, ...]:
+    """The epochs of each of the run's stages, in order, as training would build them."""
+    resolved, _, ds, _ = runner.prepare(config)
+    with torch.random.fork_rng(devices=[runner.device] if runner.device.type == "cuda" else []):
+        teacher = new_teacher(resolved, ds.num_classes, device=runner.device) \
+            if uses_teacher(get_method(resolved["method"]), resolved) else None
+        return tuple(int(s.epochs) for s in assemble(resolved, ds, runner.device, teacher).stages if s.epochs > 0)
 
 
 def checkpointed_epochs(path: Path) -> int:
@@ -115,21 +159,40 @@ def recorded_estimate(rec: dict) -> RunEstimate:
         if isinstance(row, dict) and {"stage", "train_s", "eval_s"} <= row.keys():
             rows.setdefault(row["stage"], []).append(row)
     if not stages or any(len(rows.get(s["name"], [])) != int(s["epochs"]) for s in stages):
-        return RunEstimate(float(t["train_s"]), float(t["eval_s"]), epochs=epochs)
-    train_s = sum(statistics.median(float(r["train_s"]) for r in rows[s["name"]]) * int(s["epochs"]) for s in stages)
-    eval_s = sum(statistics.median(float(r["eval_s"]) for r in rows[s["name"]]) * int(s["epochs"]) for s in stages)
-    return RunEstimate(train_s, eval_s, epochs=epochs)
+        return RunEstimate(float(t["train_s"]), float(t["eval_s"]), epochs=epochs,
+                           stage_epochs=tuple(int(s["epochs"]) for s in stages))
+    per_epoch = tuple((statistics.median(float(r["train_s"]) for r in rows[s["name"]]),
+                       statistics.median(float(r["eval_s"]) for r in rows[s["name"]])) for s in stages)
+    return RunEstimate(0.0, 0.0, per_epoch=per_epoch).for_epochs(tuple(int(s["epochs"]) for s in stages))
+
+
+def _without_epochs(value):
+    """A config without any ``epochs`` key: runs that differ only in how long they train."""
+    if isinstance(value, dict):
+        return {k: _without_epochs(v) for k, v in value.items() if k != "epochs"}
+    return value
+
+
+def _dominates(a: RunEstimate, b: RunEstimate) -> bool:
+    """``a``'s run does at least ``b``'s work per stage: as many epochs of every stage."""
+    return len(a.stage_epochs) == len(b.stage_epochs) > 0 and all(
+        x >= y for x, y in zip(a.stage_epochs, b.stage_epochs, strict=True))
 
 
 class RunTimer:
     """Estimates per run for one runner, measured once per kind of run (the config without
-    its seed), plus the teacher's training when a run would have to train its teacher."""
+    its seed, and without its epochs: a longer run of the same kind is the same steps, more
+    of them), plus the teacher's training when a run would have to train its teacher. No run
+    is estimated cheaper than another of the same kind with a smaller cohort and no more
+    epochs per stage."""
 
     SAFETY = 1.15  # measured steps run warm; a whole run also pays for checkpoints and stragglers
 
     def __init__(self, runner) -> None:
         self.runner = runner
-        self._cache: dict[str, RunEstimate] = {}
+        self._cache: dict[str, RunEstimate] = {}  # by kind: recorded, or measured and scaled
+        self._steps: dict[str, RunEstimate] = {}  # by kind without epochs: one measurement each
+        self._family: dict[str, tuple[str, int]] = {}  # kind -> (kind without epochs or cohort, cohort)
         self._recorded: dict[str, RunEstimate] | None = None
 
     @staticmethod
@@ -164,13 +227,53 @@ class RunTimer:
                 self._recorded[self._kind(rec["config"])] = recorded_estimate(rec)
         return self._recorded
 
+    def _base(self, config: dict, resolved: dict) -> RunEstimate:
+        """The run's time without safety margin, teacher or checkpoint: its record's kind, else
+        the measurement of its steps (shared by the runs that differ only in epochs)."""
+        from .config import canonical_json
+
+        key = self._kind(resolved)
+        if key not in self._cache:
+            steps_key = canonical_json(_without_epochs(dict(resolved, seed=None)))
+            known = self.recorded().get(key)
+            if known is None and steps_key in self._steps:
+                try:
+                    known = self._steps[steps_key].for_epochs(stage_epochs(self.runner, config))
+                except ValueError:  # another set of stages (a stage of 0 epochs): measured on its own
+                    known = None
+            if known is None:
+                known = measure_run_seconds(self.runner, config)
+                self._steps.setdefault(steps_key, known)
+            self._cache[key] = known
+            family = _without_epochs({k: v for k, v in resolved.items() if k not in ("seed", "cohort")})
+            self._family[key] = (canonical_json(family), int(resolved.get("cohort") or 1))
+        return self._floor(key)
+
+    def _floor(self, key: str) -> RunEstimate:
+        """The run's estimate, raised to the largest of the runs of its kind known so far that
+        do no more work (a cohort no larger, no more epochs per stage)."""
+        est = self._cache[key]
+        family, cohort = self._family[key]
+        train_s, eval_s = est.train_s, est.eval_s
+        for other, (fam, k) in self._family.items():
+            smaller = self._cache[other]
+            if other != key and fam == family and k <= cohort and _dominates(est, smaller):
+                train_s, eval_s = max(train_s, smaller.train_s), max(eval_s, smaller.eval_s)
+        return replace(est, train_s=train_s, eval_s=eval_s)
+
+    def estimate_all(self, configs: list[dict]) -> list[RunEstimate]:
+        """Every run's estimate, each held to the floor of all the others (a run estimated
+        on its own sees only the runs estimated before it)."""
+        from .run import resolve
+
+        for config in configs:
+            self._base(config, resolve(config))
+        return [self.estimate(config) for config in configs]
+
     def estimate(self, config: dict) -> RunEstimate:
         from .run import resolve, teacher_config
 
-        key = self._kind(resolve(config))
-        if key not in self._cache:
-            self._cache[key] = self.recorded().get(key) or measure_run_seconds(self.runner, config)
-        est = self._cache[key]
+        est = self._base(config, resolve(config))
         # a run interrupted after some epochs resumes from its checkpoint: only the rest is to do
         _, rid, _, _ = self.runner.prepare(config)
         done = checkpointed_epochs(Path(self.runner.out_dir) / rid / "checkpoint.pt")
@@ -180,7 +283,8 @@ class RunTimer:
             tcfg = teacher_config(config)
             if not self.runner.has_weights(tcfg):
                 teacher_s = self.estimate(tcfg).total_s
-        return RunEstimate(est.train_s * self.SAFETY * left, est.eval_s * self.SAFETY * left, teacher_s, est.epochs)
+        return replace(est, train_s=est.train_s * self.SAFETY * left, eval_s=est.eval_s * self.SAFETY * left,
+                       teacher_s=teacher_s)
 
 
 def format_duration(seconds: float) -> str:
