@@ -593,8 +593,8 @@ def test_study_lock_is_removed_on_errors_and_interrupts(tmp_path, tiny_cifar, on
     out = tmp_path / "study"
     seen = {}
 
-    def failing(spec_path, profile, out_dir, **kwargs):
-        seen["lock"] = json.loads((Path(out_dir) / ".lock").read_text())
+    def failing(request, **kwargs):
+        seen["lock"] = json.loads((request.out / ".lock").read_text())
         raise UserError("something went wrong") if how == "error" else KeyboardInterrupt
 
     monkeypatch.setattr(study, "replicate", failing)

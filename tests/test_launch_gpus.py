@@ -3,6 +3,7 @@
 from pathlib import Path
 
 from mutualbench import launch
+from mutualbench.request import StudyRequest
 
 
 def test_one_replicate_process_per_gpu_each_on_its_seeds(monkeypatch):
@@ -17,8 +18,9 @@ def test_one_replicate_process_per_gpu_each_on_its_seeds(monkeypatch):
             return 3 if self.gpu == "1" else 0  # the second GPU's process fails
 
     monkeypatch.setattr("subprocess.Popen", FakeProcess)
-    errors = launch.run_per_gpu(Path("s.toml"), "full", Path("out"), 2, data="d.tar.gz", seeds=3, data_root=None,
-                                ablations=False, arms=["dml", "kd"])
+    request = StudyRequest(Path("s.toml"), "full", Path("out"), data="d.tar.gz", seeds=3, ablations=False,
+                           arms=["dml", "kd"])
+    errors = launch.run_per_gpu(request, 2)
     assert [gpu for _, gpu in started] == ["0", "1"]
     for i, (cmd, _) in enumerate(started):
         assert cmd[2:] == ["mutualbench.cli", "replicate", "s.toml", "--profile", "full", "--out", "out", "--device",

@@ -142,9 +142,11 @@ def test_no_write_follows_a_link_out_of_the_study_folder(tmp_path, kind, where):
 
 def _planned_run_id(spec: Path, data: Path, root: Path, out: Path) -> str:
     """The run id of the one run of ``spec`` (planning writes nothing)."""
+    from mutualbench.request import StudyRequest
     from mutualbench.study import plan_study
 
-    _, _, manifest, _ = plan_study(spec, "smoke", out, data=str(data), data_root=root, device="cpu", log=lambda m: None)
+    request = StudyRequest(spec, "smoke", out, data=str(data), data_root=root, device="cpu")
+    _, _, manifest, _ = plan_study(request, log=lambda m: None)
     (entry,) = manifest["runs"]
     return entry["run_id"]
 

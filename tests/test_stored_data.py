@@ -308,6 +308,7 @@ def test_statistical_compare_of_a_selected_arms_folder_names_what_it_did_not_com
 
 def test_replicate_of_selected_arms_records_them_in_the_manifest(tmp_path, tiny_cifar):
     """``asked.arms``: what ``compare`` of the folder reads (absent without --arms, as before)."""
+    from mutualbench.request import StudyRequest
     from mutualbench.study import plan_study
 
     data, root = tiny_cifar
@@ -318,6 +319,7 @@ def test_replicate_of_selected_arms_records_them_in_the_manifest(tmp_path, tiny_
                     '[[arms]]\nname = "b"\nmethod = "individual"\narch = "seed_vgg_student"\n'
                     'set = { "train.optimizer.lr" = 1e-4 }\n\n[profiles.smoke]\ntolerance = 0.5\n')
     for arms, asked in ((["b"], {"seeds": [0], "ablations": [], "arms": ["b"]}), (None, {"seeds": [0], "ablations": []})):
-        _, _, manifest, pending = plan_study(spec, "smoke", tmp_path / "out", data=str(data), data_root=root,
-                                             device="cpu", arms=arms)
+        request = StudyRequest(spec, "smoke", tmp_path / "out", data=str(data), data_root=root, device="cpu",
+                               arms=arms)
+        _, _, manifest, pending = plan_study(request)
         assert manifest["asked"] == asked and len(pending) == (1 if arms else 2)

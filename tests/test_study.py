@@ -297,6 +297,7 @@ def test_arms_errors_name_the_fix(tmp_path, spec, tiny_cifar, capsys, arms, mess
 def test_a_profile_may_set_its_own_seed_count(tmp_path, spec, tiny_cifar):
     """[profiles.X] seeds = N runs N seeds when --seeds is not given (a smoke profile reruns
     exactly its stored set's seeds); --seeds still wins; without either, [study] seeds."""
+    from mutualbench.request import StudyRequest
     from mutualbench.study import plan_study
 
     data, root = tiny_cifar
@@ -304,8 +305,9 @@ def test_a_profile_may_set_its_own_seed_count(tmp_path, spec, tiny_cifar):
     def planned(text, seeds=None):
         path = tmp_path / "s.toml"
         path.write_text(text)
-        _, _, manifest, pending = plan_study(path, "smoke", tmp_path / "out", data=str(data), data_root=root,
-                                             seeds=seeds, device="cpu", ablations=False)
+        request = StudyRequest(path, "smoke", tmp_path / "out", data=str(data), data_root=root, seeds=seeds,
+                               device="cpu", ablations=False)
+        _, _, manifest, pending = plan_study(request)
         return manifest["seeds"], sorted({c["seed"] for c in pending})
 
     assert planned(SPEC) == ([0, 1], [0, 1])  # [study] seeds = 2

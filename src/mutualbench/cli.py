@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from .errors import UserError, one_line
-from .layout import RUNS, default_out, stored_results
+from .layout import RUNS, stored_results
+from .request import DEVICES, LAUNCHERS, StudyRequest
 
 
 def cmd_archs(args: argparse.Namespace) -> int:
@@ -68,31 +69,15 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .config import apply_overrides, default_config, get_key, leaf_keys, set_key
+    from .config import compose_config
     from .engine import TrainingDiverged
     from .io_utils import check_output_folder
     from .locks import clean_temporaries
     from .run import Runner, check_fault_env
 
     check_fault_env()
-    config = default_config()
-    config.update(method=args.method, seed=args.seed, arch=[a for a in args.arch.split(",") if a])
-    config["cohort"] = args.cohort if args.cohort is not None else len(config["arch"])
-    config["data"]["source"] = args.data
-    config["device"] = args.device
-    if args.teacher:
-        config["teacher"]["arch"] = args.teacher
-    if args.teacher_checkpoint:
-        config["teacher"]["checkpoint"] = args.teacher_checkpoint
-    if args.epochs is not None:  # every stage's epochs, whichever sections declare them
-        for key in leaf_keys(config):
-            if key.split(".")[-1] == "epochs" and isinstance(get_key(config, key), int):
-                set_key(config, key, args.epochs, "--epochs")
-    if args.train_subset is not None:
-        config["data"]["train_subset"] = args.train_subset
-    if args.no_fuse:
-        config["mutual"]["fuse"] = False
-    config = apply_overrides(config, args.set or [])
+    config = compose_config(args.method, args.arch, seed=args.seed, data=args.data, cohort=args.cohort,
+                            settings=_run_settings(args))
     _check_teacher_flags(args, config)
     log = _log(args.quiet)
     check_output_folder(Path(args.out))  # before any data is loaded or teacher trained
@@ -110,6 +95,28 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_settings(args: argparse.Namespace) -> Iterator[tuple[str, dict]]:
+    """What ``run``'s options set over the run's identity, in order, as settings layers
+    (``config.apply_settings``): the device, the teacher, every stage's epochs, the training
+    subset, the plain cohort step, then each ``--set`` (which may override any of them)."""
+    from .config import default_config, get_key, leaf_keys, override_settings
+
+    yield "--device", {"device": args.device}
+    if args.teacher:
+        yield "--teacher", {"teacher.arch": args.teacher}
+    if args.teacher_checkpoint:
+        yield "--teacher-checkpoint", {"teacher.checkpoint": args.teacher_checkpoint}
+    if args.epochs is not None:  # every stage's epochs, whichever sections declare them
+        shape = default_config()
+        yield "--epochs", {key: args.epochs for key in leaf_keys(shape)
+                           if key.split(".")[-1] == "epochs" and isinstance(get_key(shape, key), int)}
+    if args.train_subset is not None:
+        yield "--train-subset", {"data.train_subset": args.train_subset}
+    if args.no_fuse:
+        yield "--no-fuse", {"mutual.fuse": False}
+    yield from override_settings(args.set or [])
+
+
 def _check_teacher_flags(args: argparse.Namespace, config: dict) -> None:
     """``--teacher`` and ``--teacher-checkpoint`` only on a run that learns from a teacher."""
     from .methods import METHODS, get_method
@@ -123,33 +130,6 @@ def _check_teacher_flags(args: argparse.Namespace, config: dict) -> None:
                         "a method with a teacher (kd, fitnets, hint_mutual) or --set pretrain=hints")
 
 
-def _check_replicate_args(args: argparse.Namespace, out) -> None:
-    """Every count and limit of ``replicate`` in range, and ``--against`` a study, before any work."""
-    import math
-
-    from .io_utils import check_not_a_file
-    from .layout import MANIFEST
-    from .run import check_fault_env
-    from .spec_schema import MAX_SEEDS
-
-    check_fault_env()
-    if args.seeds is not None and not 1 <= args.seeds <= MAX_SEEDS:
-        raise UserError(f"--seeds {args.seeds} is not allowed; give a positive number of seeds, at most {MAX_SEEDS} "
-                        "(0..N-1 are run)")
-    if args.time_budget is not None and not (math.isfinite(args.time_budget) and args.time_budget > 0):
-        raise UserError(f"--time-budget must be a positive number of seconds, not {args.time_budget:g}")
-    if args.time_min < 1:
-        raise UserError(f"--time-min {args.time_min} is not allowed; give the SLURM time limit per job in whole "
-                        "minutes, at least 1")
-    # (--against the study folder itself compares with nothing: the folder may not exist yet)
-    if (args.against is not None and Path(args.against).resolve() != Path(out).resolve()
-            and not (Path(args.against) / MANIFEST).is_file()):
-        what = "does not exist" if not Path(args.against).exists() else f"has no {MANIFEST}"
-        raise UserError(f"--against {args.against} {what}; give a study folder written by `mutualbench replicate` "
-                        "(e.g. results/<spec>/<profile>), or drop --against to compare with the stored one")
-    check_not_a_file(Path(out), "--out" if args.out else "the study folder")
-
-
 def _name_list(text: str) -> list[str]:
     """``--arms a,b`` or ``--ablations a,b``: names, in order, without repeats or empty names."""
     return list(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
@@ -160,51 +140,28 @@ def _log(quiet: bool):
 
 
 def cmd_replicate(args: argparse.Namespace) -> int:
-    """``replicate`` with the study folder checked before anything is loaded, and locked
-    (``<out>/.lock``) for the whole command: one writer per study folder. The per-GPU and
-    per-GPU processes of a study run under its lock, SLURM jobs after it (per-run locks keep
-    them apart)."""
-
-    import torch
-
+    """``replicate`` with its request checked before anything is loaded (``StudyRequest``), and
+    the study folder locked (``<out>/.lock``) for the whole command: one writer per study
+    folder. The per-GPU processes of a study run under its lock, SLURM jobs after it (per-run
+    locks keep them apart)."""
     from .io_utils import check_output_folder
     from .locks import LOCK, FolderLock, clean_temporaries
 
-    profile = args.profile or ("full" if torch.cuda.is_available() else "cpu")
-    out = Path(args.out) if args.out else default_out(args.spec, profile)
-    _check_replicate_args(args, out)
-    if args.launcher != "slurm":
-        given = [flag for flag, value in (("--partition", args.partition), ("--gpus", args.gpus),
-                                          ("--max-parallel", args.max_parallel), ("--slurm-setup", args.slurm_setup),
-                                          ("--slurm-option", args.slurm_option), ("--wait", args.wait or None))
-                 if value is not None]
-        if given:
-            verb, them = ("applies", "it") if len(given) == 1 else ("apply", "them")
-            raise UserError(f"{', '.join(given)} {verb} to --launcher slurm; add --launcher slurm, or drop {them}")
-    else:
-        _slurm_settings(args)  # their errors before the study folder is touched
-    if args.shard:
-        _shard(args.shard)
+    request = StudyRequest.from_args(args)
     if args.dry_run:
-        return _dry_run(args, profile, out)
-    check_output_folder(out, "--out" if args.out else "the study folder")
-    if args.shard:  # a process of a study whose parent holds the lock
-        return _replicate(args)
+        return _dry_run(request)
+    out = request.out
+    check_output_folder(out, request.out_option)
+    if request.shard is not None:  # a process of a study whose parent holds the lock
+        return _replicate(args, request)
     log = _log(args.quiet)
     with FolderLock(out / LOCK, f"study folder {out} is in use by another replicate", root=out):
         clean_temporaries(out, log)
         clean_temporaries(out / RUNS, log)
-        return _replicate(args)
+        return _replicate(args, request)
 
 
-def _ablations(args: argparse.Namespace) -> bool | list[str]:
-    """``--no-ablations`` (none), ``--ablations NAMES`` (those) or the spec's default ones."""
-    if args.no_ablations and args.ablations is not None:
-        raise UserError("--no-ablations and --ablations contradict each other: give one of them")
-    return False if args.no_ablations else (args.ablations if args.ablations is not None else True)
-
-
-def _dry_run(args: argparse.Namespace, profile: str, out) -> int:
+def _dry_run(request: StudyRequest) -> int:
     from tabulate import tabulate
 
     from .envinfo import device_name, resolve_device
@@ -212,40 +169,33 @@ def _dry_run(args: argparse.Namespace, profile: str, out) -> int:
     from .progress import count_runs
     from .study import dry_run
 
-    rows, total = dry_run(args.spec, profile, out, data=args.data, seeds=args.seeds, data_root=args.data_root,
-                          device=args.device, ablations=_ablations(args), arms=args.arms, log=_log(True))
-    print(f"{args.spec}, profile {profile}, into {out} (dry run: nothing is trained or written)")
+    rows, total = dry_run(request, log=_log(True))
+    print(f"{request.spec_path}, profile {request.profile}, into {request.out} (dry run: nothing is trained or "
+          "written)")
     print(tabulate([list(r.values()) for r in rows], headers=list(rows[0]), tablefmt="github"))
     todo = sum(r["status"] == "to run" for r in rows)
     done = sum(r["status"] == "complete" for r in rows)
     print(f"\n{count_runs(done)} complete, {todo} to run: about {format_duration(total)} on this machine "
-          f"({device_name(resolve_device(args.device))}; from runs of the same kind recorded there on this kind of "
+          f"({device_name(resolve_device(request.device))}; from runs of the same kind recorded there on this kind of "
           "machine, else a few timed training steps of each kind of run)")
     return 0
 
 
-def _replicate(args: argparse.Namespace) -> int:
-    import torch
-
+def _replicate(args: argparse.Namespace, request: StudyRequest) -> int:
+    """Run the study ``request`` asks for, then (unless ``--no-report`` or a shard) its
+    tables and the comparison with the stored study."""
     from .progress import count_runs
     from .report import report_study
     from .study import run_study
 
-    profile = args.profile or ("full" if torch.cuda.is_available() else "cpu")
-    out = Path(args.out) if args.out else default_out(args.spec, profile)
-    shard = _shard(args.shard) if args.shard else None
+    out = request.out
     log = _log(args.quiet)
     on_record = None
     if args.wandb:
         from .publish import run_logger
 
-        on_record = run_logger(args.wandb_project, group=f"{Path(args.spec).stem}-{profile}")
-    slurm = _slurm_settings(args) if args.launcher == "slurm" else None
-    result = run_study(Path(args.spec), profile, out, data=args.data, seeds=args.seeds, data_root=args.data_root,
-                       device=args.device, ablations=_ablations(args), arms=args.arms,
-                       launcher=args.launcher, shard=shard,
-                       slurm=slurm, time_budget_s=args.time_budget, announce_estimate=not args.quiet,
-                       on_record=on_record, log=log)
+        on_record = run_logger(args.wandb_project, group=f"{request.spec_path.stem}-{request.profile}")
+    result = run_study(request, announce_estimate=not args.quiet, on_record=on_record, log=log)
     if result.get("submitted") is not None:  # fire and forget: the jobs run on; no table yet
         n = len(result["submitted"])
         if n == 0:
@@ -259,10 +209,10 @@ def _replicate(args: argparse.Namespace) -> int:
     if result.get("left"):
         log(f"study incomplete: {count_runs(result['left'])} left after the time budget; the same command continues")
     code = 1 if result["errors"] else 0
-    if shard is not None or args.no_report:
+    if request.shard is not None or args.no_report:
         return code
-    against = Path(args.against) if args.against else stored_results(args.spec, profile)
-    report = report_study(out, against, arms=args.arms, ablations=_ablations(args))
+    against = request.against if request.against is not None else stored_results(request.spec_path, request.profile)
+    report = report_study(out, against, arms=request.arms, ablations=request.ablations)
     if report is None:
         log(f"no complete run in {out} yet: no table written")
         for e in result["errors"]:
@@ -282,39 +232,6 @@ def _replicate(args: argparse.Namespace) -> int:
         for line in report.comparison.lines():
             print(line)
     return code
-
-
-def _shard(text: str) -> tuple[int, int]:
-    """``I/N`` (the seeds s with s % N == I, for a process of a study split over GPUs)."""
-    index, _, count = text.partition("/")
-    if not (index.isdigit() and count.isdigit() and 0 <= int(index) < int(count)):
-        raise UserError(f"--shard {text!r} is not allowed; give I/N with 0 <= I < N, e.g. 0/2")
-    return int(index), int(count)
-
-
-def _slurm_settings(args: argparse.Namespace) -> dict:
-    """The SLURM options of ``replicate``, checked before anything is loaded. No GPU is
-    requested unless the runs are on CUDA (``--device cuda``, or ``auto`` where this machine
-    has one) or ``--gpus`` says how many."""
-    import torch
-
-    from .slurm import check_available, poll_seconds, slurm_options
-
-    for name in ("gpus", "time_min", "max_parallel", "max_requeues"):
-        value, least = getattr(args, name), 0 if name in ("gpus", "max_requeues") else 1
-        if value is not None and value < least:
-            flag = "--" + name.replace("_", "-")
-            raise UserError(f"{flag} {value} is not allowed; give a number of at least {least}")
-    gpus = args.gpus
-    if gpus is None:
-        gpus = 1 if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else 0
-    options = slurm_options(args.slurm_option)
-    if args.wait:
-        poll_seconds()  # its error now, not after the jobs are submitted
-    check_available()
-    return {"partition": args.partition, "gpus": gpus, "time_min": args.time_min, "max_parallel": args.max_parallel,
-            "max_requeues": args.max_requeues, "setup": args.slurm_setup, "options": options,
-            "wait": args.wait}
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -467,9 +384,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where to read the spec's data set: a local copy of it (archive or folder); default: the "
                         "spec's [study] data. A different data set is an error")
     p.add_argument("--data-root", default=None)
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--out", default=None, help="output folder (default runs/<spec>/<profile>)")
-    p.add_argument("--launcher", default="local", choices=("local", "slurm"))
+    p.add_argument("--launcher", default="local", choices=LAUNCHERS)
     p.add_argument("--partition", default=None, help="SLURM partition")
     p.add_argument("--gpus", type=int, default=None,
                    help="GPUs per SLURM job (default: 1 when the runs are on CUDA, i.e. --device cuda, or auto on a "

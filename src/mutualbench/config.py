@@ -1,9 +1,11 @@
 """Run configuration: defaults, ``key=value`` overrides, validation and the run id.
 
 A run is fully described by one nested dict (its *resolved config*). Every key has a
-default here; overrides may only name keys that exist. The run id is a hash of the
-canonical JSON of the resolved config plus the data set's checksum, so identical runs
-share an id and anything that changes a result changes the id.
+default here; overrides may only name keys that exist. Every caller composes a run's
+config the same way, with ``compose_config``: ``mutualbench run``, a study's arm, a golden
+case and a run's teacher. The run id is a hash of the canonical JSON of the resolved config
+plus the data set's checksum, so identical runs share an id and anything that changes a
+result changes the id.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import copy
 import hashlib
 import json
 import math
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -305,14 +308,54 @@ def get_key(config: dict, dotted: str) -> Any:
     return node
 
 
-def apply_overrides(config: dict, overrides: list[str], source: str = "--set") -> dict:
-    config = copy.deepcopy(config)
+def override_settings(overrides: Iterable[str], source: str = "--set") -> Iterator[tuple[str, dict]]:
+    """``key=value`` strings (``--set``) as settings layers for ``apply_settings``, one per item,
+    each parsed (``parse_value``) when it is reached, so the first bad item is the error."""
     for item in overrides:
         if "=" not in item:
             raise UserError(f"{source}: expected key=value, got {item!r} (e.g. --set kd.temperature=4)")
         key, value = item.split("=", 1)
-        set_key(config, key.strip(), parse_value(value.strip()), source)
+        yield source, {key.strip(): parse_value(value.strip())}
+
+
+def apply_overrides(config: dict, overrides: list[str], source: str = "--set") -> dict:
+    """A copy of ``config`` with the ``key=value`` strings ``overrides`` set, in order."""
+    return apply_settings(copy.deepcopy(config), override_settings(overrides, source))
+
+
+def apply_settings(config: dict, layers: Iterable[tuple[str, dict]]) -> dict:
+    """Set each layer's ``{dotted key: value}`` in ``config``, layer by layer, key by key, each
+    value a copy; ``set_key``: a table replaces a whole section and must give all its keys, and
+    an unknown key is an error naming the layer's source. Returns ``config``."""
+    for source, settings in layers:
+        for key, value in settings.items():
+            set_key(config, key, copy.deepcopy(value), source)
     return config
+
+
+def arch_names(arch: str | list[str], *, keep_empty: bool = False) -> list[str]:
+    """The architectures an ``arch`` value names, in order: a list as it is (a copy), else the
+    text split at its commas, empty names left out (``"a,b,"``: a and b) unless
+    ``keep_empty`` (for a check that refuses them). The one reading of ``run --arch``, an
+    arm's ``arch`` and a config's."""
+    if isinstance(arch, list):
+        return list(arch)
+    names = str(arch).split(",")
+    return names if keep_empty else [a for a in names if a]
+
+
+def compose_config(method: str, arch: str | list[str], *, seed: int, data: str, cohort: int | None = None,
+                   settings: Iterable[tuple[str, dict]] = ()) -> dict:
+    """A run's full config, composed one way for every caller (``mutualbench run``, a study's
+    arm: ``spec.arm_config``, a golden case: ``golden.case_config``, a run's teacher:
+    ``run.teacher_config``): the defaults; the run's identity: its method, architectures
+    (``arch_names``), cohort (default: one model per architecture), seed and data source;
+    then the ``settings`` layers over them (``apply_settings``), in order."""
+    config = default_config()
+    archs = arch_names(arch)
+    config.update(method=method, arch=archs, cohort=int(cohort if cohort is not None else len(archs)), seed=seed)
+    config["data"]["source"] = data
+    return apply_settings(config, settings)
 
 
 def leaf_keys(config: dict, prefix: str = "") -> list[str]:

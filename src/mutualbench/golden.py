@@ -1,15 +1,16 @@
 """Golden trajectories: tiny fixed runs of every registered method in float64, compared with
 stored ones to catch any change of what the training code computes.
 
-Each case is a real run config (``mutualbench.config.default_config()`` plus a few overrides) taken
-through the real code: ``run.resolve``, then ``assembly.assemble``, as every run is built: the
-run's loaders (subset, seeded order, flips and crops, normalisation), the method's models
-(seeded initialisation) and stages, and the ``Engine`` loop. The teacher of kd, fitnets
-and hint_mutual is trained the way a run trains it: the ``individual`` run of
-``run.teacher_config``, then frozen. The data are 32x32 synthetic images from a fixed numpy
-seed. Every model's loss each stage returns is recorded at every step (its total; the terms
-are checked against hand computations in the tests), the test accuracy after every
-epoch, and at the end checksums of every trained model's weights and buffers.
+Each case is a real run config (``mutualbench.config.compose_config``: the defaults plus a few
+overrides, as every run's config is made) taken through the real code: ``run.resolve``, then
+``assembly.assemble``, as every run is built: the run's loaders (subset, seeded order, flips
+and crops, normalisation), the method's models (seeded initialisation) and stages, and the
+``Engine`` loop. The teacher of kd, fitnets and hint_mutual is trained the way a run trains
+it: the ``individual`` run of ``run.teacher_config``, then frozen. The data are 32x32
+synthetic images from a fixed numpy seed. Every model's loss each stage returns is recorded
+at every step (its total; the terms are checked against hand computations in the tests), the
+test accuracy after every epoch, and at the end checksums of every trained model's weights
+and buffers.
 
 Everything runs in float64, not the float32 of real runs: float32 kernels round differently
 on different instruction sets and thread counts, so stored float32 numbers match only on the
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import hashlib
 import json
 import math
@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from .assembly import assemble, new_teacher
-from .config import canonical_json, default_config, get_key, set_key
+from .config import BASE_DEFAULTS, canonical_json, compose_config, default_config, get_key
 from .data.sources import ImageDataset
 from .errors import UserError
 from .io_utils import atomic_write_json
@@ -136,25 +136,29 @@ def float64() -> Iterator[None]:
         torch.set_default_dtype(old)
 
 
-def _overlay(config: dict, updates: dict, source: str, prefix: str = "") -> None:
-    """Set the leaves of the nested ``updates`` in ``config`` (unknown keys are refused)."""
+def _dotted(updates: dict, shape: dict, prefix: str = "") -> dict:
+    """The nested ``updates`` as ``{dotted key: value}`` down to the config's own leaves
+    (``shape``: a full config): a case sets single keys of a section, never a whole one."""
+    out = {}
     for key, value in updates.items():
         dotted = prefix + key
-        if isinstance(value, dict) and isinstance(get_key(config, dotted), dict):
-            _overlay(config, value, source, dotted + ".")
+        if isinstance(value, dict) and isinstance(get_key(shape, dotted), dict):
+            out.update(_dotted(value, shape, dotted + "."))
         else:
-            set_key(config, dotted, copy.deepcopy(value), source)
+            out[dotted] = value
+    return out
 
 
 def case_config(name: str) -> dict:
-    """The full run config of golden case ``name``: the defaults, then BASE, then the case."""
+    """The full run config of golden case ``name`` (``compose_config``): the case's method,
+    architectures and cohort, then BASE, then the case's keys over them."""
     cases = all_cases()
     if name not in cases:
         raise UserError(f"unknown golden case {name!r}; known: {', '.join(cases)}")
-    config = default_config()
-    _overlay(config, BASE, f"golden case {name}")
-    _overlay(config, cases[name], f"golden case {name}")
-    return config
+    case, shape, source = cases[name], default_config(), f"golden case {name}"
+    return compose_config(case.get("method", BASE_DEFAULTS["method"]), case.get("arch", BASE_DEFAULTS["arch"]),
+                          seed=BASE["seed"], data=BASE["data"]["source"], cohort=case.get("cohort"),
+                          settings=[(source, _dotted(BASE, shape)), (source, _dotted(case, shape))])
 
 
 def all_cases() -> dict[str, dict]:

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 from .engine import TrainingDiverged
 from .progress import count_runs, progress
+from .request import StudyRequest
 
 
 def run_local(configs: list[dict], runner, log: Callable[[str], None],
@@ -47,24 +47,24 @@ def run_local(configs: list[dict], runner, log: Callable[[str], None],
     return errors, 0
 
 
-def run_per_gpu(spec_path: Path, profile: str, out: Path, gpus: int, *, data: str | None, seeds: int | None,
-                data_root: Path | None, ablations: bool | list[str], arms: list[str] | None = None) -> list[str]:
-    """One ``replicate`` process per GPU (``CUDA_VISIBLE_DEVICES=i``), each running the seeds
-    i, i+N, ... of the study (``--shard i/N``) under the parent's study lock; the errors."""
+def run_per_gpu(request: StudyRequest, gpus: int) -> list[str]:
+    """One ``replicate`` process per GPU (``CUDA_VISIBLE_DEVICES=i``), each asked ``request``
+    on the seeds i, i+N, ... of the study (``--shard i/N``) under the parent's study lock; the
+    errors."""
     import os
     import subprocess
     import sys
 
-    base = [sys.executable, "-m", "mutualbench.cli", "replicate", str(spec_path), "--profile", profile,
-            "--out", str(out), "--device", "cuda"]
-    base += ["--data", data] if data else []
-    base += ["--seeds", str(seeds)] if seeds is not None else []
-    base += ["--data-root", str(data_root)] if data_root else []
-    if ablations is False:
+    base = [sys.executable, "-m", "mutualbench.cli", "replicate", str(request.spec_path), "--profile", request.profile,
+            "--out", str(request.out), "--device", "cuda"]
+    base += ["--data", request.data] if request.data else []
+    base += ["--seeds", str(request.seeds)] if request.seeds is not None else []
+    base += ["--data-root", str(request.data_root)] if request.data_root is not None else []
+    if request.ablations is False:
         base += ["--no-ablations"]
-    elif ablations is not True:
-        base += ["--ablations", ",".join(ablations)]
-    base += ["--arms", ",".join(arms)] if arms else []
+    elif request.ablations is not True:
+        base += ["--ablations", ",".join(request.ablations)]
+    base += ["--arms", ",".join(request.arms)] if request.arms else []
     procs = [subprocess.Popen(base + ["--shard", f"{i}/{gpus}", "--no-report"],
                               env={**os.environ, "CUDA_VISIBLE_DEVICES": str(i)}) for i in range(gpus)]
     codes = [p.wait() for p in procs]

@@ -24,7 +24,7 @@ import torch
 
 from .archs import FeatureModel, count_parameters, create_arch, is_known_arch
 from .assembly import assemble, new_teacher
-from .config import BASE_DEFAULTS, default_config, run_id, validate
+from .config import BASE_DEFAULTS, arch_names, compose_config, run_id, validate
 from .data import ImageDataset, load_dataset
 from .data.sources import sha256_file
 from .engine import TrainingDiverged
@@ -65,7 +65,7 @@ def resolve(config: dict) -> dict:
         raise UserError(METHODS.unknown_message(config["method"]))
     method = get_method(config["method"])
     if isinstance(config["arch"], str):
-        config = dict(config, arch=[a for a in config["arch"].split(",") if a])
+        config = dict(config, arch=arch_names(config["arch"]))
     for arch in config["arch"]:
         if not is_known_arch(arch):
             create_arch(arch)  # raises the helpful unknown-name error
@@ -135,15 +135,15 @@ def _float64_threads(resolved: dict, device: torch.device):
 
 
 def teacher_config(config: dict) -> dict:
-    """The ``individual`` run that trains this config's teacher (same seed, data and
-    initialisation scheme: a profile that sets ``init`` sets it for the teacher too)."""
+    """The ``individual`` run that trains this config's teacher (``compose_config``): its
+    architecture, one model, the same seed, and the run's initialisation scheme (a profile
+    that sets ``init`` sets it for the teacher too), data, loss, the teacher's own ``train``
+    and the run's precision (a float64 run's teacher is float64)."""
     t = config["teacher"]
-    cfg = default_config()
-    cfg.update(method="individual", arch=[t["arch"]], cohort=1, seed=config["seed"],
-               init=config.get("init", cfg["init"]))
-    cfg["data"], cfg["loss"], cfg["train"] = copy.deepcopy(config["data"]), copy.deepcopy(config["loss"]), copy.deepcopy(t["train"])
-    cfg["speed"]["dtype"] = (config.get("speed") or {}).get("dtype", "float32")  # a float64 run's teacher is float64
-    return cfg
+    inherited = {"init": config.get("init", BASE_DEFAULTS["init"]), "data": config["data"], "loss": config["loss"],
+                 "train": t["train"], "speed.dtype": (config.get("speed") or {}).get("dtype", "float32")}
+    return compose_config("individual", [t["arch"]], cohort=1, seed=config["seed"], data=config["data"]["source"],
+                          settings=[("the teacher of a run", inherited)])
 
 
 def load_state_dict_file(path: Path, model: FeatureModel, what: str, fix: str | None = None) -> None:

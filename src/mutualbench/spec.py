@@ -11,7 +11,6 @@ method, architecture or profile fails with the file, the key and the fix.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import math
 import tomllib
@@ -19,7 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .archs import is_known_arch
-from .config import check_value, default_config, get_key, leaf_keys, set_key
+from .config import (
+    arch_names,
+    check_value,
+    compose_config,
+    default_config,
+    get_key,
+    leaf_keys,
+    set_key,
+)
 from .data.sources import KNOWN_DATASETS
 from .errors import UserError
 from .io_utils import read_regular_file
@@ -49,7 +56,7 @@ def arm_members(arm: dict) -> list[str] | None:
     if arm["method"] in COHORT_METHODS:
         from .results import ENSEMBLE
 
-        k = int(arm.get("cohort", len([a for a in str(arm["arch"]).split(",") if a])))
+        k = int(arm.get("cohort", len(arch_names(arm["arch"]))))
         return [f"student{i + 1}" for i in range(k)] + [ENSEMBLE]
     return None
 
@@ -183,7 +190,7 @@ def load_spec(path: str | Path) -> Spec:
         names.add(arm["name"])
         if arm["method"] not in METHODS:
             raise UserError(f"{path}: {where}: {METHODS.unknown_message(arm['method'])}")
-        for a in str(arm["arch"]).split(","):
+        for a in arch_names(arm["arch"], keep_empty=True):  # "a,,b" is refused, not read as "a,b"
             if not is_known_arch(a):
                 raise UserError(f"{path}: {where}: unknown architecture {a!r} (see `mutualbench archs`)")
         _check_settings(f"{where} set", arm.get("set", {}), path)
@@ -246,18 +253,17 @@ def load_spec(path: str | Path) -> Spec:
 
 
 def arm_config(spec: Spec, arm: dict, profile: str, seed: int, data: str, extra: dict | None = None) -> dict:
-    config = default_config()
-    for where, settings in (("[defaults]", spec.raw.get("defaults", {})),
-                            (f"[profiles.{profile}]", spec.profile(profile).get("set", {})),
-                            (f"arm {arm['name']}", arm.get("set", {})),
-                            (f"arm {arm['name']} profiles.{profile}", (arm.get("profiles") or {}).get(profile, {})),
-                            ("ablation", extra or {})):
-        for key, value in settings.items():
-            set_key(config, key, copy.deepcopy(value), source=f"{spec.path}: {where}")
-    archs = [a for a in str(arm["arch"]).split(",") if a]
-    config.update(method=arm["method"], arch=archs, cohort=int(arm.get("cohort", len(archs))), seed=seed)
-    config["data"]["source"] = data
-    return config
+    """The config of ``arm``'s run at ``seed`` in ``profile`` (``compose_config``): the arm's
+    method, architectures and cohort, then the spec's ``[defaults]``, the profile's ``set``,
+    the arm's ``set``, the arm's settings for the profile and ``extra`` (an ablation value's
+    settings) over them, in that order. None of these may set the identity (``RESERVED``)."""
+    layers = [(f"{spec.path}: {where}", settings) for where, settings in (
+        ("[defaults]", spec.raw.get("defaults", {})),
+        (f"[profiles.{profile}]", spec.profile(profile).get("set", {})),
+        (f"arm {arm['name']}", arm.get("set", {})),
+        (f"arm {arm['name']} profiles.{profile}", (arm.get("profiles") or {}).get(profile, {})),
+        ("ablation", extra or {}))]
+    return compose_config(arm["method"], arm["arch"], seed=seed, data=data, cohort=arm.get("cohort"), settings=layers)
 
 
 def in_profile(arm: dict, profile: str) -> bool:

@@ -1,4 +1,5 @@
 """``replicate``: a study spec into runs, run what is missing, then the table and plots.
+What it is asked comes whole, as one checked ``request.StudyRequest``.
 
 The output folder holds ``study.json`` (the manifest: spec, profile, seeds, data, and the
 run id of every arm x seed x ablation value), ``runs/`` (records and weights), and the
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,6 +23,7 @@ from .launch import run_local, run_per_gpu
 from .layout import MANIFEST, RUNS, default_out
 from .progress import count_runs
 from .records import complete_record
+from .request import StudyRequest
 from .run import Runner, resolve
 from .spec import expand, in_profile, load_spec, selected_ablations
 from .spec_schema import MAX_SEEDS
@@ -31,20 +32,22 @@ from .stored_schema import manifest_problem as stored_manifest_problem
 MANIFEST_SCHEMA = 1
 
 
-def plan_study(spec_path: Path, profile: str, out: Path, *, data: str | None = None, seeds: int | None = None,
-               data_root: Path | None = None, device: str = "auto", ablations: bool | list[str] = True,
-               arms: list[str] | None = None, shard: tuple[int, int] | None = None,
+def plan_study(request: StudyRequest, *, device: str | None = None,
                on_record: Callable[[dict], None] | None = None, log: Callable[[str], None] = print):
-    """The study's runs without running any: the runner, the manifest (every arm x seed x
-    ablation value with its run id) and the configs of the runs whose complete record is not
-    in ``out``. Every run is validated (types, registries, taps, data) on the way; nothing is
-    written. ``data``: where to read the spec's data set from (default: the spec's
-    ``[study] data``); a different data set is an error, not a switch. ``arms``: run only
-    these arms (their main runs and ablation runs); the manifest still lists every run."""
+    """The study ``request`` asks for, without running any of it: the runner, the manifest
+    (every arm x seed x ablation value with its run id) and the configs of the runs whose
+    complete record is not in its folder. Every run is validated (types, registries, taps,
+    data) on the way, and what the request asks of the spec (its profile, ``--arms``,
+    ``--ablations``, ``--data``); nothing is written. ``--data`` says where to read the spec's
+    data set from; a different data set is an error, not a switch. With ``--arms`` only those
+    arms run (their main runs and ablation runs); the manifest still lists every run.
+    ``device``: the one to plan on, where it is not the request's (SLURM: this machine's)."""
+    spec_path, profile, out, arms = request.spec_path, request.profile, request.out, request.arms
     spec = load_spec(spec_path)
     spec.profile(profile)
-    stored = read_manifest(Path(out), spec, profile)
+    stored = read_manifest(out, spec, profile)
     _check_selected_arms(spec, profile, arms)
+    data = request.data
     if data is None and spec.data not in KNOWN_DATASETS:
         raise UserError(f"{spec.path} is a study of {spec.data}, which cannot be downloaded: give --data, a local copy "
                         "of it (a class-per-folder tree or a .tar.gz/.zip of one)")
@@ -52,22 +55,19 @@ def plan_study(spec_path: Path, profile: str, out: Path, *, data: str | None = N
     if data != spec.data and data.lower() in KNOWN_DATASETS and not Path(data).exists():
         raise UserError(f"--data {data} is not the data set of {spec.path} ({spec.data}); give --data a local copy of "
                         f"{spec.data}, or run a spec written for {data}")
-    if seeds is not None and (not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1):
-        raise UserError(f"--seeds {seeds} is not allowed; give a positive number of seeds (0..N-1 are run)")
-    if seeds is not None and seeds > MAX_SEEDS:
-        raise UserError(f"--seeds {seeds} is not allowed; give at most {MAX_SEEDS} seeds (0..N-1 are run)")
     # --seeds, else the profile's own seed count (a smoke profile: its stored set's), else [study] seeds
-    n_seeds = seeds if seeds is not None else int(spec.profile(profile).get("seeds")
-                                                  or spec.raw["study"].get("seeds", 3))
+    n_seeds = request.seeds if request.seeds is not None else int(spec.profile(profile).get("seeds")
+                                                                  or spec.raw["study"].get("seeds", 3))
     seed_list = list(range(n_seeds))
-    if shard is not None:
-        seed_list = [s for s in seed_list if s % shard[1] == shard[0]]
-    out = Path(out)
-    runner = Runner(out / RUNS, data_root=data_root, device=device, log=log, on_record=on_record, root=out)
+    if request.shard is not None:
+        index, count = request.shard
+        seed_list = [s for s in seed_list if s % count == index]
+    runner = Runner(out / RUNS, data_root=request.data_root, device=device or request.device, log=log,
+                    on_record=on_record, root=out)
     # the manifest plans what is asked and what the folder's manifest already planned (a
     # study continued with fewer seeds or without its ablations keeps its stored runs in its
     # tables); only what is asked runs
-    asked_ablations = [a["name"] for a in selected_ablations(spec, ablations)]
+    asked_ablations = [a["name"] for a in selected_ablations(spec, request.ablations)]
     asked = {"seeds": seed_list, "ablations": asked_ablations}
     if arms is not None:  # what `compare` of this folder compares (report.asked_selection), as replicate does
         asked["arms"] = list(arms)
@@ -238,13 +238,13 @@ def _check_data_is_the_specs(spec, data: str, ds) -> None:
                         f"--data a copy of {spec.data}, or run a spec written for this data set")
 
 
-def dry_run(spec_path: Path, profile: str, out: Path, **kwargs) -> tuple[list[dict], float]:
+def dry_run(request: StudyRequest, *, log: Callable[[str], None] = print) -> tuple[list[dict], float]:
     """The plan of a study, printed by ``replicate --dry-run``: one row per arm x seed x
-    ablation value (its run id; "complete" when its record is in ``out``, "to run", or
-    "same run as" an earlier row), each run to do with its estimated time on this machine,
-    and their total; runs left out by ``arms``, or planned by the folder's manifest beyond the
-    asked seeds and ablations, are "not selected". Trains nothing, writes nothing."""
-    _, runner, manifest, pending = plan_study(spec_path, profile, out, **kwargs)
+    ablation value (its run id; "complete" when its record is in the study folder, "to run",
+    or "same run as" an earlier row), each run to do with its estimated time on this machine,
+    and their total; runs left out by ``--arms``, or planned by the folder's manifest beyond
+    the asked seeds and ablations, are "not selected". Trains nothing, writes nothing."""
+    _, runner, manifest, pending = plan_study(request, log=log)
     timer = RunTimer(runner)
     estimates = {}
     for cfg in pending:
@@ -290,22 +290,20 @@ def in_plan_order(pending: list[dict], runner, manifest: dict, out: Path, spec_p
     return [c for _, c in sorted(keyed, key=lambda kc: kc[0])]
 
 
-def replicate(spec_path: Path, profile: str, out: Path, *, data: str | None = None, seeds: int | None = None,
-              launcher: str = "local", data_root: Path | None = None, device: str = "auto",
-              ablations: bool | list[str] = True, arms: list[str] | None = None, shard: tuple[int, int] | None = None,
-              slurm: dict | None = None,
-              plan_only: bool = False, time_budget_s: float | None = None, announce_estimate: bool = True,
-              on_record: Callable[[dict], None] | None = None,
-              log: Callable[[str], None] = print) -> dict:
+def replicate(request: StudyRequest, *, plan_only: bool = False, announce_estimate: bool = True,
+              on_record: Callable[[dict], None] | None = None, log: Callable[[str], None] = print) -> dict:
+    """Run what ``request`` asks that its folder has no complete record of, here (in order,
+    within ``--time-budget``) or as SLURM jobs, after writing the manifest; ``plan_only``: the
+    manifest only. Returns the manifest, the counts, the errors of failed runs, and with
+    SLURM without ``--wait`` the jobs submitted."""
+    launcher, arms, out = request.launcher, request.arms, request.out
     # SLURM: the runs' device is the nodes' (a login node often has no GPU); planning needs none
-    plan_device = "auto" if launcher == "slurm" else device
-    spec, runner, manifest, pending = plan_study(spec_path, profile, out, data=data, seeds=seeds,
-                                                 data_root=data_root, device=plan_device, ablations=ablations,
-                                                 arms=arms, shard=shard, on_record=on_record, log=log)
-    out = Path(out)
+    spec, runner, manifest, pending = plan_study(request, device="auto" if launcher == "slurm" else None,
+                                                 on_record=on_record, log=log)
+    profile = request.profile
     seen = {e["run_id"] for e in manifest["runs"] if is_asked(e, manifest)}
     # one with nothing to train keeps a stored manifest that says the same: it changes no file
-    if shard is None and (pending or not says_the_same(read_manifest(out, spec, profile), manifest)):
+    if request.shard is None and (pending or not says_the_same(read_manifest(out, spec, profile), manifest)):
         atomic_write_json(out / MANIFEST, manifest)
     total = len(seen)
     if plan_only:
@@ -324,20 +322,20 @@ def replicate(spec_path: Path, profile: str, out: Path, *, data: str | None = No
         if launcher == "slurm":
             from .slurm import accounting_note, submit_study, wait_for_jobs
 
-            opts = dict(slurm or {})
-            wait = opts.pop("wait", False)
-            submitted = submit_study(pending, runner, data_root=data_root, device=device, log=log, **opts)
+            submitted = submit_study(pending, runner, data_root=request.data_root, device=request.device, log=log,
+                                     **request.slurm.submit_options(request.device))
             note = accounting_note()
             if note:
                 log(note)
-            if not wait:
+            if not request.slurm.wait:
                 return {"manifest": manifest, "ran": 0, "left": len(pending), "total": total, "errors": [],
                         "submitted": submitted}
             errors = wait_for_jobs(runner.out_dir, [runner.prepare(c)[1] for c in pending], log)
         else:
             timer = RunTimer(runner)
+            time_budget_s = request.time_budget_s
             if time_budget_s is not None and arms is None:
-                pending = in_plan_order(pending, runner, manifest, out, spec_path, log)
+                pending = in_plan_order(pending, runner, manifest, out, request.spec_path, log)
             if announce_estimate:
                 expected = sum(e.train_s + e.eval_s for e in map(timer.estimate, pending))
                 log(f"estimated time for the {count_runs(len(pending))} to run: {format_duration(expected)} on this machine "
@@ -348,25 +346,19 @@ def replicate(spec_path: Path, profile: str, out: Path, *, data: str | None = No
     return {"manifest": manifest, "ran": len(pending) - left, "left": left, "total": total, "errors": errors}
 
 
-def run_study(spec_path: Path, profile: str, out: Path, *, launcher: str = "local", device: str = "auto",
-              shard: tuple[int, int] | None = None, time_budget_s: float | None = None,
-              log: Callable[[str], None] = print, **kwargs) -> dict:
+def run_study(request: StudyRequest, *, announce_estimate: bool = True,
+              on_record: Callable[[dict], None] | None = None, log: Callable[[str], None] = print) -> dict:
     """``replicate`` on this machine's devices: one process per GPU when there are several
-    (each running every N-th seed), else ``replicate`` itself (local or SLURM)."""
+    (each running every N-th seed), else ``replicate`` itself (local or SLURM). The request
+    was checked as it was made; here only that a time budget has one device to time."""
     import torch
 
-    gpus = torch.cuda.device_count() if device != "cpu" else 0
-    if time_budget_s is not None:
-        if not math.isfinite(time_budget_s) or time_budget_s <= 0:
-            raise UserError(f"--time-budget must be a positive number of seconds, not {time_budget_s:g}")
-        if launcher != "local" or gpus > 1:
-            raise UserError("--time-budget works with the local launcher on one device: drop it, or set "
-                            "CUDA_VISIBLE_DEVICES to one GPU")
-    if launcher == "local" and shard is None and gpus > 1:
-        plan = replicate(spec_path, profile, out, plan_only=True, device=device, log=log, **kwargs)
+    gpus = torch.cuda.device_count() if request.device != "cpu" else 0
+    if request.time_budget_s is not None and gpus > 1:
+        raise UserError("--time-budget works with the local launcher on one device: drop it, or set "
+                        "CUDA_VISIBLE_DEVICES to one GPU")
+    if request.launcher == "local" and request.shard is None and gpus > 1:
+        plan = replicate(request, plan_only=True, announce_estimate=announce_estimate, on_record=on_record, log=log)
         log(f"{plan['pending']} runs to do on {gpus} GPUs, one process each")
-        return {"errors": run_per_gpu(spec_path, profile, out, gpus, data=kwargs.get("data"), seeds=kwargs.get("seeds"),
-                                      data_root=kwargs.get("data_root"), ablations=kwargs.get("ablations", True),
-                                      arms=kwargs.get("arms"))}
-    return replicate(spec_path, profile, out, launcher=launcher, device=device, shard=shard,
-                     time_budget_s=time_budget_s, log=log, **kwargs)
+        return {"errors": run_per_gpu(request, gpus)}
+    return replicate(request, announce_estimate=announce_estimate, on_record=on_record, log=log)
