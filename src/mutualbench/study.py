@@ -245,11 +245,8 @@ def dry_run(request: StudyRequest, *, log: Callable[[str], None] = print) -> tup
     and their total; runs left out by ``--arms``, or planned by the folder's manifest beyond
     the asked seeds and ablations, are "not selected". Trains nothing, writes nothing."""
     _, runner, manifest, pending = plan_study(request, log=log)
-    timer = RunTimer(runner)
-    estimates = {}
-    for cfg in pending:
-        _, rid, _, _ = runner.prepare(cfg)
-        estimates[rid] = timer.estimate(cfg)
+    estimates = {runner.prepare(cfg)[1]: est for cfg, est in zip(pending, RunTimer(runner).estimate_all(pending),
+                                                                     strict=True)}
     rows, first_row = [], {}
     for e in manifest["runs"]:
         rid = e["run_id"]
@@ -337,7 +334,7 @@ def replicate(request: StudyRequest, *, plan_only: bool = False, announce_estima
             if time_budget_s is not None and arms is None:
                 pending = in_plan_order(pending, runner, manifest, out, request.spec_path, log)
             if announce_estimate:
-                expected = sum(e.train_s + e.eval_s for e in map(timer.estimate, pending))
+                expected = sum(e.train_s + e.eval_s for e in timer.estimate_all(pending))
                 log(f"estimated time for the {count_runs(len(pending))} to run: {format_duration(expected)} on this machine "
                     f"({device_name(runner.device)}; from runs of the same kind recorded here on this kind of "
                     "machine, else a few timed training steps of each kind of run)")
