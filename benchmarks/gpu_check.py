@@ -26,9 +26,9 @@ from pathlib import Path
 import torch
 
 from mutualbench.archs import create_arch
-from mutualbench.config import apply_overrides, default_config
+from mutualbench.core.config import apply_overrides, default_config
+from mutualbench.core.envinfo import environment
 from mutualbench.data import DeviceLoader
-from mutualbench.envinfo import environment
 from mutualbench.methods.base import BuildContext
 from mutualbench.methods.cohort import make_mutual_stage
 

@@ -23,7 +23,7 @@ import torch
 
 from conftest import SMOKE
 from mutualbench.archs import create_arch
-from mutualbench.config import apply_overrides, default_config
+from mutualbench.core.config import apply_overrides, default_config
 from mutualbench.methods.base import BuildContext
 from mutualbench.methods.cohort import make_mutual_stage
 

@@ -51,7 +51,7 @@ def _verdict(cpu, full) -> str:
 def scale_comparison(results: Path) -> str | None:
     """The spec's paired comparisons at the `cpu` and `full` scales, one row each."""
     sys.path.insert(0, str(ROOT / "src"))
-    from mutualbench.results import load_study
+    from mutualbench.analysis.results import load_study
 
     studies = {}
     for profile in ("cpu", "full"):
@@ -98,7 +98,7 @@ def _cell(acc, arm: str, last5=None) -> str:
 def factorial_table(folder: Path) -> str | None:
     """The 2x2 table of final accuracy (a cohort as its members' mean), mean ± std over seeds."""
     sys.path.insert(0, str(ROOT / "src"))
-    from mutualbench.results import MAIN, arm_accuracy, load_study
+    from mutualbench.analysis.results import MAIN, arm_accuracy, load_study
 
     if not (folder / "study.json").exists():
         return None
@@ -122,9 +122,9 @@ def cohort_size_plot(folder: Path) -> str | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from mutualbench.io_utils import atomic_write_bytes
-    from mutualbench.results import ENSEMBLE, MAIN, arm_accuracy, load_study
-    from mutualbench.stats import t_quantile
+    from mutualbench.analysis.results import ENSEMBLE, MAIN, arm_accuracy, load_study
+    from mutualbench.analysis.stats import t_quantile
+    from mutualbench.storage.io_utils import atomic_write_bytes
 
     if not (folder / "study.json").exists():
         return None
@@ -178,7 +178,7 @@ def provenance_markdown(manifest: dict, records: dict[str, dict], where: str) ->
     of runs and their summed training hours; then a line counting the kinds. ``where``
     names the study folder in that line (e.g. ``seed_blog/full``)."""
     sys.path.insert(0, str(ROOT / "src"))
-    from mutualbench.envinfo import MIXED, record_machine_kind
+    from mutualbench.core.envinfo import MIXED, record_machine_kind
 
     entries: dict[str, dict] = {}  # run id -> the manifest entry that names it (the main study's first)
     for entry in manifest["runs"]:
@@ -225,7 +225,7 @@ def provenance_markdown(manifest: dict, records: dict[str, dict], where: str) ->
 def provenance_table(folder: Path) -> str | None:
     """``provenance_markdown`` of the study folder's manifest and stored records."""
     sys.path.insert(0, str(ROOT / "src"))
-    from mutualbench.results import load_manifest, load_records
+    from mutualbench.analysis.results import load_manifest, load_records
 
     if not (folder / "study.json").exists():
         return None
@@ -237,10 +237,10 @@ CLAIM_PROFILES = ("full", "cpu")  # the primary profile (the source's scale) fir
 
 
 def claims_table(results: Path) -> str | None:
-    """The spec's claims at every stored profile of CLAIM_PROFILES (mutualbench.claims)."""
+    """The spec's claims at every stored profile of CLAIM_PROFILES (mutualbench.analysis.claims)."""
     sys.path.insert(0, str(ROOT / "src"))
-    from mutualbench.claims import evaluate, markdown
-    from mutualbench.results import load_study
+    from mutualbench.analysis.claims import evaluate, markdown
+    from mutualbench.analysis.results import load_study
 
     frames = {p: evaluate(load_study(results / p)) for p in CLAIM_PROFILES if (results / p / "study.json").exists()}
     return markdown(frames) or None
@@ -257,8 +257,8 @@ def headline_claims(folder: Path) -> str | None:
     number, the difference at the final epoch and the last-5 mean with their 95% intervals, and
     the verdict (labelled interim before the planned seeds)."""
     sys.path.insert(0, str(ROOT / "src"))
-    from mutualbench.claims import evaluate, verdict_text
-    from mutualbench.results import load_study
+    from mutualbench.analysis.claims import evaluate, verdict_text
+    from mutualbench.analysis.results import load_study
 
     if not (folder / "study.json").exists():
         return None

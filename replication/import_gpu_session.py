@@ -25,8 +25,8 @@ from pathlib import Path, PurePosixPath
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from mutualbench.errors import UserError  # noqa: E402
-from mutualbench.records import read_record  # noqa: E402
+from mutualbench.core.errors import UserError  # noqa: E402
+from mutualbench.storage.records import read_record  # noqa: E402
 
 PROFILES = ("full", "cpu", "smoke")
 

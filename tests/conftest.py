@@ -119,7 +119,7 @@ def tiny_cifar(tmp_path_factory):
 
 def run_config(method="individual", data=None, **overrides):
     """A complete, tiny config for ``Runner.run``; ``overrides`` are dotted keys."""
-    from mutualbench.config import default_config
+    from mutualbench.core.config import default_config
 
     config = default_config()
     config.update(method=method, device="cpu")

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from mutualbench.archs import ARCHS, count_parameters, create_arch
-from mutualbench.errors import UserError
+from mutualbench.core.errors import UserError
 
 
 def test_blog_parameter_counts_are_exact():

@@ -13,33 +13,41 @@ import torch
 
 import mutualbench
 from conftest import run_config
-from mutualbench import assembly, estimate, golden
-from mutualbench import run as run_module
-from mutualbench.config import default_config
-from mutualbench.errors import UserError
+from mutualbench.core.config import default_config
+from mutualbench.core.errors import UserError
+from mutualbench.core.optim import ScheduledOptimizer
 from mutualbench.methods import METHODS, Method, ModelSlot, get_method, register_method
 from mutualbench.methods.base import OptimizingStage, loss_terms, split_terms
 from mutualbench.methods.losses import kd_loss_terms, mutual_loss_terms
 from mutualbench.methods.pretrain import uses_teacher
-from mutualbench.optim import ScheduledOptimizer
-from mutualbench.run import Runner, resolve
+from mutualbench.training import assembly, estimate, golden
+from mutualbench.training import run as run_module
+from mutualbench.training.run import Runner, resolve
 
 SRC = Path(mutualbench.__file__).parent
-# the floors, lowest first: a module may import from its own floor or below, never above
+# the floors, lowest first: a module may import from its own floor or below, never above. A
+# floor names packages and modules; a module belongs to the most specific name that holds it.
 FLOORS = [
-    {"errors", "registry", "layout"},
-    {"config", "optim", "evaluation", "archs", "data", "io_utils", "progress", "envinfo", "net"},
+    {"core.errors", "core.registry", "storage.layout"},
+    {"core", "storage", "archs", "data"},
     {"methods"},
-    {"engine"},
-    {"assembly"},
+    {"training.engine"},
+    {"training"},
+    {"analysis"},
+    {"studies"},
+    {"cli"},
 ]
 
 
 def _floor(module: str) -> int | None:
-    top = module.split(".")[0]
-    for i, floor in enumerate(FLOORS):
-        if top in floor:
-            return i
+    """The floor of a dotted module inside the package (``core.config``: 1), from the longest
+    name of FLOORS that is the module or a package holding it."""
+    parts = module.split(".")
+    for size in range(len(parts), 0, -1):
+        name = ".".join(parts[:size])
+        for i, floor in enumerate(FLOORS):
+            if name in floor:
+                return i
     return None
 
 
@@ -71,9 +79,10 @@ def _module(path: Path) -> str:
 
 
 def test_no_module_imports_a_floor_above_its_own():
-    """config, archs, data, evaluation and the other ground floors import nothing from methods,
-    the engine or above; methods nothing from the engine or above; the engine not the assembly.
-    Only the package's ``__init__`` (the composition root) imports the method plugins."""
+    """core, storage, archs and data import nothing from methods or above; methods nothing from
+    training; the engine not the rest of training; training nothing from analysis; analysis
+    nothing from studies; nothing from the CLI. Only the package's ``__init__`` (the
+    composition root) imports the method plugins."""
     wrong = []
     for path in SRC.rglob("*.py"):
         if path == SRC / "__init__.py":
@@ -84,14 +93,19 @@ def test_no_module_imports_a_floor_above_its_own():
 
 def test_the_layering_check_sees_an_import_from_above():
     """Not vacuous: config's old plugin loader, or a method reaching for the engine, is flagged."""
-    assert _upward("def f():\n    from . import methods\n", "config") == ["methods"]
-    assert _upward("from ..engine import Engine\n", "methods.kd") == ["engine"]
+    assert _upward("def f():\n    from .. import methods\n", "core.config") == ["methods"]
+    assert _upward("from ..training.engine import Engine\n", "methods.kd") == ["training.engine"]
     assert _upward("from .base import Stage\n", "methods.kd") == []
+    assert _upward("from .assembly import assemble\n", "training.engine") == ["training.assembly"]
+    assert _upward("from ..studies.spec import load_spec\n", "analysis.results") == ["studies.spec"]
+    assert _upward("from ..core.errors import UserError\n", "studies.spec") == []
+    assert [_floor(m) for m in ("core.errors", "core.config", "training.engine", "training.run", "cli")] == [
+        0, 1, 3, 4, 7]
 
 
 def test_default_config_has_every_method_section_without_config_importing_methods():
     assert {"mutual", "kd", "hint", "one"} <= set(default_config())
-    assert not any(m.startswith("methods") for m in _imports((SRC / "config.py").read_text(), "config"))
+    assert not any(m.startswith("methods") for m in _imports((SRC / "core" / "config.py").read_text(), "core.config"))
 
 
 # ----------------------------------------------------------------------------- one assembly
@@ -197,7 +211,7 @@ def test_the_record_keeps_every_term_per_model_and_epoch(tiny_cifar, tmp_path, m
 
 
 def test_records_without_terms_still_load_in_tables(tmp_path):
-    from mutualbench.results import last_epochs_mean
+    from mutualbench.analysis.results import last_epochs_mean
 
     curves = [{"epoch": e, "test_acc": {"m": float(e)}, "train_loss": {"m": 1.0}} for e in range(1, 7)]
     assert last_epochs_mean(curves, "m") == pytest.approx(4.0)

@@ -5,7 +5,7 @@ import pytest
 
 from conftest import SHARED_CIFAR
 from mutualbench.cli import main
-from mutualbench.records import read_record
+from mutualbench.storage.records import read_record
 
 pytestmark = pytest.mark.cifar
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mutualbench.archs import create_arch
-from mutualbench.config import apply_overrides, default_config
+from mutualbench.core.config import apply_overrides, default_config
 from mutualbench.methods.base import BuildContext
 from mutualbench.methods.cohort import FusedMutualStage, StackedCohort, fusable, make_mutual_stage
 from mutualbench.methods.stages import MutualStage

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from mutualbench.analysis.results import load_study, machine_note
 from mutualbench.cli import main
-from mutualbench.envinfo import machine_kind
-from mutualbench.results import load_study, machine_note
+from mutualbench.core.envinfo import machine_kind
 
 OLD_ENV = {"device": "CPU: AMD EPYC 7B13 (2 threads)"}  # a record written before env.cpu existed
 EPYC = {"device": "CPU: AMD EPYC 7B13 (2 threads)",

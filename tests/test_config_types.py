@@ -6,7 +6,7 @@ import json
 import pytest
 
 from mutualbench.cli import main
-from mutualbench.config import (
+from mutualbench.core.config import (
     BASE_DEFAULTS,
     BASE_SCHEMA,
     config_schema,
@@ -14,7 +14,7 @@ from mutualbench.config import (
     leaf_keys,
     validate,
 )
-from mutualbench.errors import UserError
+from mutualbench.core.errors import UserError
 
 MISSING_DATA = "/nonexistent/never-loaded.tar.gz"  # a data error would come later: the config error must win
 

@@ -5,8 +5,8 @@ import math
 import pandas as pd
 import pytest
 
+from mutualbench.analysis.results import ablation_contrasts, linear_contrasts
 from mutualbench.cli import main
-from mutualbench.results import ablation_contrasts, linear_contrasts
 
 
 def frame(acc: dict[tuple[str, str], list[float]]) -> pd.DataFrame:
@@ -132,7 +132,7 @@ def contrast_study(tmp_path):
 
 
 def test_contrasts_in_the_table_and_csv(tmp_path):
-    from mutualbench.report import write_report
+    from mutualbench.analysis.report import write_report
 
     folder = contrast_study(tmp_path)
     written = write_report(folder)
@@ -146,7 +146,7 @@ def test_publish_logs_the_contrast_table(tmp_path, monkeypatch):
     import sys
     import types
 
-    from mutualbench.publish import publish
+    from mutualbench.analysis.publish import publish
 
     logged = {}
 

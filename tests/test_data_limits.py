@@ -344,7 +344,7 @@ def test_a_data_root_of_an_unknown_user_is_an_error(tmp_path, tiny_files, monkey
 def test_a_cache_lock_that_cannot_be_written_is_not_left_behind(tmp_path, data_root, tiny_files, monkeypatch, capsys):
     """A full disk while the cache folder's lock is written left an empty ``cache/.lock``: the next
     load waited on it and reported it as a stale lock."""
-    from mutualbench.locks import FolderLock
+    from mutualbench.storage.locks import FolderLock
 
     tree = write_tree(tmp_path / "set", tiny_files)
     real = FolderLock._content

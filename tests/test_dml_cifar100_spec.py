@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from mutualbench.run import resolve
-from mutualbench.spec import expand, load_spec
+from mutualbench.studies.spec import expand, load_spec
+from mutualbench.training.run import resolve
 
 SPEC = Path(__file__).resolve().parents[1] / "replication" / "dml_cifar100.toml"
 

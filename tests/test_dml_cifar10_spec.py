@@ -6,8 +6,8 @@ import pytest
 
 from conftest import SHARED_CIFAR
 from mutualbench.cli import main
-from mutualbench.run import resolve
-from mutualbench.spec import expand, load_spec
+from mutualbench.studies.spec import expand, load_spec
+from mutualbench.training.run import resolve
 
 SPEC = Path(__file__).resolve().parents[1] / "replication" / "dml_cifar10.toml"
 

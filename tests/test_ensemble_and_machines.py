@@ -6,16 +6,16 @@ import pytest
 import torch
 
 from conftest import run_config
-from mutualbench.archs import create_arch
-from mutualbench.data import load_dataset
-from mutualbench.results import (
+from mutualbench.analysis.results import (
     ENSEMBLE,
     arm_accuracy,
     linear_contrasts,
     mixed_machine_notes,
     runs_frame,
 )
-from mutualbench.run import Runner
+from mutualbench.archs import create_arch
+from mutualbench.data import load_dataset
+from mutualbench.training.run import Runner
 
 
 def test_a_cohort_records_its_ensemble_accuracy_by_hand(tmp_path, tiny_cifar):

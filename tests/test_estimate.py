@@ -6,9 +6,10 @@ import itertools
 import pytest
 import torch
 
-from mutualbench import estimate, launch
-from mutualbench.config import default_config
-from mutualbench.estimate import (
+from mutualbench.core.config import default_config
+from mutualbench.studies import launch
+from mutualbench.training import estimate
+from mutualbench.training.estimate import (
     WARMUP_STEPS,
     RunTimer,
     format_duration,
@@ -16,7 +17,7 @@ from mutualbench.estimate import (
     recorded_estimate,
     robust_seconds,
 )
-from mutualbench.run import Runner
+from mutualbench.training.run import Runner
 
 
 def config(data, method="kd", **extra):

@@ -1,4 +1,4 @@
-"""``compare`` of a float64 study (mutualbench.exact): run by run, accuracies exactly, losses
+"""``compare`` of a float64 study (mutualbench.analysis.exact): run by run, accuracies exactly, losses
 within a relative 1e-9, only the seeds both sides hold; one line when it matches."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from mutualbench.analysis.exact import compare_exact, is_exact
+from mutualbench.analysis.results import load_study
 from mutualbench.cli import main
-from mutualbench.exact import compare_exact, is_exact
-from mutualbench.results import load_study
 
 STORED = Path(__file__).resolve().parents[1] / "results" / "seed_blog" / "smoke"
 

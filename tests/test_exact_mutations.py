@@ -1,7 +1,7 @@
 """The exact tier catches deliberate changes of what training computes: tiny float64 runs on
 the shared CIFAR-10 copy (a teacher, KD from it at T = 4, hint+DML of two students, each a
 few steps) reproduce the per-run reference numbers in tests/exact/reference.json by
-``mutualbench.exact.run_difference``, and each change below, monkeypatched in, makes that
+``mutualbench.analysis.exact.run_difference``, and each change below, monkeypatched in, makes that
 comparison fail: the KD temperature, the KL direction, peer detaching, the hint loss's 1/2,
 the flip probability, the crop padding, the normalisation, and the ensemble's evaluation
 (logits averaged instead of softmaxes). Skipped when the shared copy is absent.
@@ -20,11 +20,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mutualbench.config import default_config
+from mutualbench.analysis.exact import run_difference
+from mutualbench.core.config import default_config
 from mutualbench.data import loader as loader_module
-from mutualbench.exact import run_difference
 from mutualbench.methods import cohort, kd, losses, stages
-from mutualbench.run import Runner
+from mutualbench.training.run import Runner
 
 pytestmark = pytest.mark.cifar
 
@@ -73,7 +73,7 @@ class Runs:
                 (shutil.copytree if path.is_dir() else shutil.copy)(path, out / path.name)
         runner = Runner(out, data_root=self.root, device="cpu")
         if name == "teacher":
-            from mutualbench.run import teacher_config
+            from mutualbench.training.run import teacher_config
 
             return {"teacher": runner.run(teacher_config(self.configs["kd"]))}
         record = runner.run(self.configs[name])

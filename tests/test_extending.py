@@ -10,8 +10,8 @@ from torch import nn
 from mutualbench.archs import FeatureModel
 from mutualbench.archs.registry import ARCHS, register_arch
 from mutualbench.cli import main
-from mutualbench.config import KeyType, register_section, unregister_section
-from mutualbench.errors import UserError
+from mutualbench.core.config import KeyType, register_section, unregister_section
+from mutualbench.core.errors import UserError
 from mutualbench.methods import METHODS, Method, ModelSlot, register_method
 from mutualbench.methods.losses import cross_entropy
 from mutualbench.methods.stages import SupervisedStage

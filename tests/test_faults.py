@@ -19,8 +19,8 @@ import torch
 
 from conftest import run_config
 from mutualbench.cli import main
-from mutualbench.records import read_record
-from mutualbench.run import Runner
+from mutualbench.storage.records import read_record
+from mutualbench.training.run import Runner
 
 ROOT_USER = hasattr(os, "geteuid") and os.geteuid() == 0  # permissions are not enforced for root
 
@@ -52,7 +52,7 @@ def no_data_loading(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("data loaded before the output folder was checked")
 
-    monkeypatch.setattr("mutualbench.run.load_dataset", refuse)
+    monkeypatch.setattr("mutualbench.training.run.load_dataset", refuse)
 
 
 ONE_RUN_SPEC = """
@@ -141,7 +141,7 @@ def test_read_only_out_fails_before_any_data_is_loaded(tmp_path, tiny_cifar, one
 def test_full_or_unwritable_disk_fails_before_any_data_is_loaded(tmp_path, tiny_cifar, one_spec, capsys, monkeypatch,
                                                                   command, fault):
     """A (nearly) full disk, and a write that fails (also how a read-only folder shows for root)."""
-    from mutualbench import io_utils
+    from mutualbench.storage import io_utils
 
     data, root = tiny_cifar
     out = tmp_path / "out"
@@ -172,7 +172,7 @@ def test_full_or_unwritable_disk_fails_before_any_data_is_loaded(tmp_path, tiny_
 
 def fail_nth_torch_save(monkeypatch, n: int):
     """The n-th torch.save (1: the first checkpoint) writes part of the file, then finds the disk full."""
-    from mutualbench import io_utils
+    from mutualbench.storage import io_utils
 
     real, calls = torch.save, {"n": 0}
 
@@ -188,7 +188,7 @@ def fail_nth_torch_save(monkeypatch, n: int):
 
 def fail_record_fsync(monkeypatch):
     """fsync of a run record's temporary file finds the disk full (delayed allocation)."""
-    from mutualbench import io_utils
+    from mutualbench.storage import io_utils
 
     real = os.fsync
 
@@ -538,7 +538,7 @@ def test_replicate_moves_a_damaged_record_of_its_own_aside_and_reruns_it(tmp_pat
 HOLD_LOCK = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from mutualbench.locks import LOCK, FolderLock
+    from mutualbench.storage.locks import LOCK, FolderLock
     with FolderLock(Path(sys.argv[1]) / LOCK, "busy"):
         print("locked", flush=True)
         time.sleep(120)
@@ -586,8 +586,8 @@ def test_stale_study_lock_is_reported_and_replaced(tmp_path, tiny_cifar, one_spe
 
 @pytest.mark.parametrize("how", ["error", "interrupt"])
 def test_study_lock_is_removed_on_errors_and_interrupts(tmp_path, tiny_cifar, one_spec, capsys, monkeypatch, how):
-    from mutualbench import study
-    from mutualbench.errors import UserError
+    from mutualbench.core.errors import UserError
+    from mutualbench.studies import study
 
     data, root = tiny_cifar
     out = tmp_path / "study"
@@ -670,7 +670,7 @@ def test_impossible_options_are_one_line_before_any_work(tmp_path, one_spec, cap
 
 def test_a_bad_slurm_poll_interval_is_an_error_before_any_job_is_submitted(tmp_path, one_spec, capsys, monkeypatch):
     monkeypatch.setenv("MUTUALBENCH_SLURM_POLL_S", "abc")
-    monkeypatch.setattr("mutualbench.slurm.check_available", lambda: pytest.fail("reached the cluster"))
+    monkeypatch.setattr("mutualbench.studies.slurm.check_available", lambda: pytest.fail("reached the cluster"))
     assert main(["replicate", str(one_spec), "--launcher", "slurm", "--wait", "--data", "/nonexistent.tar.gz",
                  "--out", str(tmp_path / "out")]) == 2
     assert one_line_error(capsys.readouterr().err) == (

@@ -1,4 +1,4 @@
-"""Golden trajectories (mutualbench.golden): the stored float64 trajectories of every method
+"""Golden trajectories (mutualbench.training.golden): the stored float64 trajectories of every method
 are reproduced by the current code, and a change of what is computed is reported with the
 case and the step where it first shows."""
 
@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from mutualbench import golden
-from mutualbench.assembly import loaders
 from mutualbench.methods import METHODS, BuildContext, Method, get_method, losses
 from mutualbench.methods import kd as kd_module
-from mutualbench.run import resolve
+from mutualbench.training import golden
+from mutualbench.training.assembly import loaders
+from mutualbench.training.run import resolve
 
 STORED = Path(__file__).resolve().parent / "golden" / "trajectories.json"
 

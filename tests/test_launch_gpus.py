@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from mutualbench import launch
-from mutualbench.request import StudyRequest
+from mutualbench.studies import launch
+from mutualbench.studies.request import StudyRequest
 
 
 def test_one_replicate_process_per_gpu_each_on_its_seeds(monkeypatch):

@@ -9,15 +9,15 @@ import pytest
 import torch
 
 from conftest import run_config
-from mutualbench import golden
 from mutualbench.archs import count_parameters, create_arch
 from mutualbench.cli import main
-from mutualbench.errors import UserError
+from mutualbench.core.errors import UserError
 from mutualbench.methods import BuildContext, get_method
 from mutualbench.methods.base import hashed_config
 from mutualbench.methods.one import Gate, one_loss_terms
-from mutualbench.records import read_record
-from mutualbench.run import Runner, resolve
+from mutualbench.storage.records import read_record
+from mutualbench.training import golden
+from mutualbench.training.run import Runner, resolve
 
 CPU = torch.device("cpu")
 

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from conftest import run_config
-from mutualbench import engine
-from mutualbench.config import default_config, run_id
-from mutualbench.errors import UserError
-from mutualbench.io_utils import safe_torch_load
-from mutualbench.run import Runner, resolve
+from mutualbench.core.config import default_config, run_id
+from mutualbench.core.errors import UserError
+from mutualbench.storage.io_utils import safe_torch_load
+from mutualbench.training import engine
+from mutualbench.training.run import Runner, resolve
 
 
 def test_the_default_dtype_hashes_as_if_the_key_did_not_exist():

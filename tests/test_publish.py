@@ -62,7 +62,7 @@ def test_publish_without_wandb_installed(study, monkeypatch, capsys):
 
 def test_log_run_offline_logs_the_curves(study, tmp_path, monkeypatch):
     pytest.importorskip("wandb")
-    from mutualbench.publish import log_run
+    from mutualbench.analysis.publish import log_run
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
@@ -165,15 +165,15 @@ def test_publish_passes_the_timeout_and_writes_tables_only_after_init(study, mon
 
     os.utime(study / "table.md", ns=(1_000_000_000, 1_000_000_000))
     with pytest.raises(Exception, match="the test ends here"):
-        from mutualbench.publish import publish
+        from mutualbench.analysis.publish import publish
 
         publish(study)
     assert seen == {"timeout": 0.3, "table_mtime": 1_000_000_000}
 
 
 def test_log_run_that_cannot_start_is_a_one_line_user_error(study, monkeypatch):
-    from mutualbench.errors import UserError
-    from mutualbench.publish import log_run
+    from mutualbench.analysis.publish import log_run
+    from mutualbench.core.errors import UserError
 
     _fake_wandb(monkeypatch, _hangs_then_times_out)
     record = json.loads(next((study / "runs").glob("mutual-*.json")).read_text())

@@ -6,7 +6,7 @@ import json
 import re
 from pathlib import Path
 
-from mutualbench.claims import DEFAULT_RULE
+from mutualbench.analysis.claims import DEFAULT_RULE
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"

@@ -3,7 +3,7 @@ import math
 import pandas as pd
 import pytest
 
-from mutualbench.results import MAIN, ablation_comparisons
+from mutualbench.analysis.results import MAIN, ablation_comparisons
 
 
 def frame(rows):

@@ -12,10 +12,10 @@ from conftest import run_config
 from mutualbench.archs import ARCHS, StagedModel
 from mutualbench.archs.registry import register_arch
 from mutualbench.cli import main
-from mutualbench.engine import TrainingDiverged
-from mutualbench.errors import UserError
-from mutualbench.records import read_record
-from mutualbench.run import Runner
+from mutualbench.core.errors import UserError
+from mutualbench.storage.records import read_record
+from mutualbench.training.engine import TrainingDiverged
+from mutualbench.training.run import Runner
 
 if "test_nan_net" not in ARCHS:
 
@@ -229,7 +229,7 @@ def test_a_teacher_recorded_on_another_kind_of_machine_is_not_replaced_silently(
     """Its record is here but not its weights, and it was made on another kind of machine:
     retraining would put a different teacher under the old record's name, so it is a one-line
     error naming the fixes; with MUTUALBENCH_RETRAIN_TEACHERS=1 it is retrained."""
-    from mutualbench.errors import UserError
+    from mutualbench.core.errors import UserError
 
     data, _ = tiny_cifar
     other = None
@@ -252,7 +252,7 @@ def test_a_teacher_recorded_on_another_kind_of_machine_is_not_replaced_silently(
 
 
 def test_git_commit_of_a_tree_copy_comes_from_the_environment(monkeypatch):
-    from mutualbench import envinfo
+    from mutualbench.core import envinfo
 
     def no_git(*args, **kwargs):
         raise FileNotFoundError("git")
@@ -279,7 +279,7 @@ def test_git_commit_is_dirty_for_package_changes_only(tmp_path):
     import shutil
     import subprocess
 
-    from mutualbench import envinfo
+    from mutualbench.core import envinfo
 
     if shutil.which("git") is None:
         pytest.skip("git not installed")
@@ -306,7 +306,7 @@ def test_git_commit_is_dirty_for_package_changes_only(tmp_path):
 
 def test_a_teacher_resumed_across_kinds_of_machine_is_not_replaced_silently(tmp_path, tiny_cifar):
     """Its record's segments name two kinds of machine: no machine can retrain the same teacher."""
-    from mutualbench.errors import UserError
+    from mutualbench.core.errors import UserError
 
     data, _ = tiny_cifar
     seg = None
@@ -323,7 +323,7 @@ def test_a_teacher_resumed_across_kinds_of_machine_is_not_replaced_silently(tmp_
 
 
 def test_epoch_lines_are_throttled_and_every_run_ends_with_one_closing_line(tmp_path, tiny_cifar, monkeypatch):
-    import mutualbench.engine as engine
+    import mutualbench.training.engine as engine
 
     data, root = tiny_cifar
     cfg = run_config("mutual", data, cohort=2)

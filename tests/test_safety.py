@@ -19,7 +19,7 @@ import torch
 
 from conftest import png_bytes, write_tar
 from mutualbench.cli import main
-from mutualbench.errors import UserError
+from mutualbench.core.errors import UserError
 from test_faults import (
     ONE_RUN_SPEC,
     _dead_pid,
@@ -81,7 +81,7 @@ def test_a_stored_study_whose_names_would_escape_is_refused(tmp_path, capsys):
 
 
 def test_every_plot_resolves_inside_its_folder(tmp_path):
-    from mutualbench.io_utils import safe_child
+    from mutualbench.storage.io_utils import safe_child
 
     assert safe_child(tmp_path, "curves_dml.png") == tmp_path / "curves_dml.png"
     for name in ("curves_../../x.png", "../x", "a/b.png", ".."):
@@ -99,9 +99,9 @@ TARGETS = {"record": f"runs/{RID}.json", "checkpoint": f"runs/{RID}/checkpoint.p
 
 def _write(kind: str, study: Path) -> None:
     """The write of ``kind`` a run of the study in ``study`` makes (``TARGETS``), confined to ``study``."""
-    from mutualbench.io_utils import atomic_torch_save, move_aside
-    from mutualbench.locks import LOCK, FolderLock
-    from mutualbench.records import write_record
+    from mutualbench.storage.io_utils import atomic_torch_save, move_aside
+    from mutualbench.storage.locks import LOCK, FolderLock
+    from mutualbench.storage.records import write_record
 
     runs = study / "runs"
     if kind == "record":
@@ -142,8 +142,8 @@ def test_no_write_follows_a_link_out_of_the_study_folder(tmp_path, kind, where):
 
 def _planned_run_id(spec: Path, data: Path, root: Path, out: Path) -> str:
     """The run id of the one run of ``spec`` (planning writes nothing)."""
-    from mutualbench.request import StudyRequest
-    from mutualbench.study import plan_study
+    from mutualbench.studies.request import StudyRequest
+    from mutualbench.studies.study import plan_study
 
     request = StudyRequest(spec, "smoke", out, data=str(data), data_root=root, device="cpu")
     _, _, manifest, _ = plan_study(request, log=lambda m: None)
@@ -247,7 +247,7 @@ def test_replicate_into_another_study_s_folder_is_refused(tmp_path, tiny_cifar, 
     ({"epochs": 3}, "student: train.epochs = 2 here but 3 in {stored}: the runs were made with a different config"),
 ])
 def test_compare_refuses_another_study_profile_or_config(tmp_path, capsys, stored_kwargs, message):
-    from mutualbench.report import report_study
+    from mutualbench.analysis.report import report_study
 
     new = fake_study(tmp_path / "new")
     stored = fake_study(tmp_path / "stored", **stored_kwargs)
@@ -595,7 +595,7 @@ def test_a_publish_that_gets_no_answer_stops_at_the_net_timeout_overall(tmp_path
     (a login, retries) is still cut off at $MUTUALBENCH_NET_TIMEOUT in all."""
     import time
 
-    from mutualbench.publish import publish
+    from mutualbench.analysis.publish import publish
     from test_publish import _fake_wandb
 
     def hangs(settings, **kwargs):

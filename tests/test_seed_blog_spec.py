@@ -3,9 +3,9 @@ trains every model the way it says, and its teacher arm is the teacher KD and th
 
 from pathlib import Path
 
-from mutualbench.config import run_id
-from mutualbench.run import resolve, teacher_config
-from mutualbench.spec import expand, load_spec
+from mutualbench.core.config import run_id
+from mutualbench.studies.spec import expand, load_spec
+from mutualbench.training.run import resolve, teacher_config
 
 SPEC = Path(__file__).resolve().parents[1] / "replication" / "seed_blog.toml"
 SHA = "0" * 64  # any data checksum: both sides of each comparison hash the same one

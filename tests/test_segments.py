@@ -9,9 +9,9 @@ import json
 import pytest
 import torch
 
-from mutualbench.envinfo import machine_kind, record_machine_kind
-from mutualbench.records import read_record, validate_record
-from mutualbench.results import mixed_machine_notes
+from mutualbench.analysis.results import mixed_machine_notes
+from mutualbench.core.envinfo import machine_kind, record_machine_kind
+from mutualbench.storage.records import read_record, validate_record
 from test_ensemble_and_machines import frame
 from test_run import cli
 

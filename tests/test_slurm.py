@@ -320,7 +320,7 @@ def test_no_slurm_here_is_one_line_before_anything(spec, tiny_cifar, tmp_path, c
 def test_a_requeued_job_takes_over_the_run_lock_of_its_earlier_run(tmp_path, monkeypatch):
     """A lock left by a killed earlier run of the same SLURM job, even from another node, is
     not held; one of another job on another node is."""
-    from mutualbench.locks import holder_is_live
+    from mutualbench.storage.locks import holder_is_live
 
     monkeypatch.setenv("SLURM_JOB_ID", "41")
     assert not holder_is_live({"pid": 1, "host": "node-7", "slurm_job": "41"})

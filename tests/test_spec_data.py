@@ -113,7 +113,7 @@ tolerance = 1.0
 
 
 def test_an_arm_runs_in_the_profiles_it_names_with_their_settings(tmp_path):
-    from mutualbench.spec import expand, load_spec
+    from mutualbench.studies.spec import expand, load_spec
 
     path = tmp_path / "p.toml"
     path.write_text(PROFILED.format(data=TINY, arch=ARCH, late_profiles='{ cpu = { "train.epochs" = 7 } }'))
@@ -151,7 +151,7 @@ values = {{ float32 = {{}}, bf16 = {{ "speed.bf16" = true }} }}
 
 
 def test_an_opt_in_ablation_runs_only_when_named(tmp_path):
-    from mutualbench.spec import expand, load_spec
+    from mutualbench.studies.spec import expand, load_spec
 
     path = tmp_path / "o.toml"
     path.write_text(OPT_IN.format(data=TINY, arch=ARCH, opt_in="true"))

@@ -5,7 +5,7 @@ become file names are safe; duplicates and values that cannot be true are spec e
 import pytest
 
 from mutualbench.cli import main
-from mutualbench.spec import expand, load_spec
+from mutualbench.studies.spec import expand, load_spec
 
 SPEC = """
 [study]

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mutualbench.archs import create_arch
-from mutualbench.config import default_config
+from mutualbench.core.config import default_config
 from mutualbench.methods.losses import cross_entropy, kd_loss, mutual_losses
 from mutualbench.methods.stages import HintStage, MutualStage, SupervisedStage
 

@@ -12,12 +12,17 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from mutualbench.claims import Rule, check_claims, evaluate, outcome
+from mutualbench.analysis.claims import Rule, check_claims, evaluate, outcome
+from mutualbench.analysis.compare import compare_studies
+from mutualbench.analysis.results import (
+    last_epochs_mean,
+    linear_contrasts,
+    load_study,
+    paired_comparisons,
+)
+from mutualbench.analysis.stats import consistency, holm, welch
 from mutualbench.cli import main
-from mutualbench.compare import compare_studies
-from mutualbench.errors import UserError
-from mutualbench.results import last_epochs_mean, linear_contrasts, load_study, paired_comparisons
-from mutualbench.stats import consistency, holm, welch
+from mutualbench.core.errors import UserError
 
 ENV = {"device": "CPU: AMD EPYC 7B13 (2 threads)",
        "cpu": {"model": "AMD EPYC 7B13", "isa": "AVX2", "bf16_native": False, "bf16_flags": [], "threads": 2}}

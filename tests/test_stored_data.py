@@ -1,4 +1,4 @@
-"""Stored records and manifests are untrusted input (``mutualbench.stored_schema``): a copy of
+"""Stored records and manifests are untrusted input (``mutualbench.storage.stored_schema``): a copy of
 the stored smoke study with one field tampered is a one-line ``error:`` naming the file and
 the key path (exit 2) in every command that reads it, never a traceback or a table computed on
 what the files cannot say; and ``compare`` of a folder made by a ``replicate`` of selected
@@ -221,8 +221,8 @@ def test_a_tampered_manifest_is_one_line_naming_the_key(study, capsys, command, 
 def test_every_stored_record_and_manifest_passes_the_schema():
     """The stored results are right: the checks refuse none of them (and each record agrees
     with the manifest that lists it)."""
-    from mutualbench.records import read_record
-    from mutualbench.results import load_manifest, load_records
+    from mutualbench.analysis.results import load_manifest, load_records
+    from mutualbench.storage.records import read_record
 
     results = Path(__file__).resolve().parents[1] / "results"
     manifests = sorted(results.rglob("study.json"))
@@ -308,8 +308,8 @@ def test_statistical_compare_of_a_selected_arms_folder_names_what_it_did_not_com
 
 def test_replicate_of_selected_arms_records_them_in_the_manifest(tmp_path, tiny_cifar):
     """``asked.arms``: what ``compare`` of the folder reads (absent without --arms, as before)."""
-    from mutualbench.request import StudyRequest
-    from mutualbench.study import plan_study
+    from mutualbench.studies.request import StudyRequest
+    from mutualbench.studies.study import plan_study
 
     data, root = tiny_cifar
     spec = tmp_path / "s.toml"

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from mutualbench.config import run_id
-from mutualbench.run import resolve
-from mutualbench.spec import expand, load_spec
+from mutualbench.core.config import run_id
+from mutualbench.studies.spec import expand, load_spec
+from mutualbench.training.run import resolve
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDIES = sorted(p.parent for p in (ROOT / "results").glob("*/*/study.json"))

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from mutualbench.report import plot_loss_terms, write_report
+from mutualbench.analysis.report import plot_loss_terms, write_report
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 STUDIES = sorted(p.parent for p in RESULTS.glob("*/*/study.json"))

@@ -196,7 +196,7 @@ def test_malformed_spec_fails_before_training(tmp_path, tiny_cifar, capsys, edit
 
 
 def test_time_budget_stops_before_a_run_that_would_not_fit(monkeypatch):
-    from mutualbench import launch
+    from mutualbench.studies import launch
 
     clock = {"t": 0.0}
     monkeypatch.setattr(launch.time, "monotonic", lambda: clock["t"])
@@ -297,8 +297,8 @@ def test_arms_errors_name_the_fix(tmp_path, spec, tiny_cifar, capsys, arms, mess
 def test_a_profile_may_set_its_own_seed_count(tmp_path, spec, tiny_cifar):
     """[profiles.X] seeds = N runs N seeds when --seeds is not given (a smoke profile reruns
     exactly its stored set's seeds); --seeds still wins; without either, [study] seeds."""
-    from mutualbench.request import StudyRequest
-    from mutualbench.study import plan_study
+    from mutualbench.studies.request import StudyRequest
+    from mutualbench.studies.study import plan_study
 
     data, root = tiny_cifar
 
@@ -350,7 +350,7 @@ def test_not_asked_names_the_option_that_left_a_planned_run_out():
     """The one test of "asked" that planning, ``replicate`` and ``--dry-run`` share: a run of
     a seed not asked is left out by --seeds (even when its ablation is also not asked), an
     ablation run of an asked seed by --ablations; a manifest from before ``asked`` asks all."""
-    from mutualbench.study import is_asked, not_asked
+    from mutualbench.studies.study import is_asked, not_asked
 
     asked = {"seeds": [0, 1], "ablations": ["update_order"]}
     run = {"seed": 0, "ablation": None}

@@ -12,11 +12,19 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from mutualbench.claims import Rule, check_claims, evaluate, markdown, outcome, parse_rule, verdict
+from mutualbench.analysis.claims import (
+    Rule,
+    check_claims,
+    evaluate,
+    markdown,
+    outcome,
+    parse_rule,
+    verdict,
+)
+from mutualbench.analysis.results import load_study
+from mutualbench.analysis.stats import equivalence_p, holm, power, seeds_for_power
 from mutualbench.cli import main
-from mutualbench.errors import UserError
-from mutualbench.results import load_study
-from mutualbench.stats import equivalence_p, holm, power, seeds_for_power
+from mutualbench.core.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 # a kind of machine no test runs on: its records were made elsewhere
@@ -212,9 +220,9 @@ def test_power_against_a_hand_computed_noncentral_t():
 def smoke_study(folder: Path, complete: dict[str, list[int]]) -> Path:
     """A seed_blog/smoke study folder with fake complete records (made on ENV's machine) for
     the given arms and seeds, under the run ids the spec gives them."""
-    from mutualbench.config import run_id
-    from mutualbench.run import resolve
-    from mutualbench.spec import expand, load_spec
+    from mutualbench.core.config import run_id
+    from mutualbench.studies.spec import expand, load_spec
+    from mutualbench.training.run import resolve
 
     spec = load_spec(ROOT / "replication" / "seed_blog.toml")
     sha = "f" * 64
@@ -243,7 +251,7 @@ def smoke_study(folder: Path, complete: dict[str, list[int]]) -> Path:
 
 
 def test_plan_orders_the_runs_that_complete_claims_first(tmp_path, capsys):
-    from mutualbench.planning import missing_runs
+    from mutualbench.studies.planning import missing_runs
 
     every = ["teacher", "student", "student_dml_optimizer", "dml", "hint_dml", "kd"]
     folder = smoke_study(tmp_path / "smoke", {**{a: [0] for a in every}, "teacher": [0, 1], "student": [0, 1]})
@@ -286,10 +294,10 @@ def test_plan_without_its_spec_is_a_one_line_error(tmp_path, capsys):
 
 
 def test_a_time_budget_without_arms_runs_the_plans_order(tmp_path):
-    from mutualbench.config import run_id
-    from mutualbench.run import resolve
-    from mutualbench.spec import expand, load_spec
-    from mutualbench.study import in_plan_order
+    from mutualbench.core.config import run_id
+    from mutualbench.studies.spec import expand, load_spec
+    from mutualbench.studies.study import in_plan_order
+    from mutualbench.training.run import resolve
 
     every = ["teacher", "student", "student_dml_optimizer", "dml", "hint_dml", "kd"]
     folder = smoke_study(tmp_path / "smoke", {**{a: [0] for a in every}, "teacher": [0, 1], "student": [0, 1]})

@@ -8,9 +8,9 @@ import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from .errors import UserError, one_line
-from .layout import RUNS, stored_results
-from .request import DEVICES, LAUNCHERS, StudyRequest
+from .core.errors import UserError, one_line
+from .storage.layout import RUNS, stored_results
+from .studies.request import DEVICES, LAUNCHERS, StudyRequest
 
 
 def cmd_archs(args: argparse.Namespace) -> int:
@@ -69,11 +69,11 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .config import compose_config
-    from .engine import TrainingDiverged
-    from .io_utils import check_output_folder
-    from .locks import clean_temporaries
-    from .run import Runner, check_fault_env
+    from .core.config import compose_config
+    from .storage.io_utils import check_output_folder
+    from .storage.locks import clean_temporaries
+    from .training.engine import TrainingDiverged
+    from .training.run import Runner, check_fault_env
 
     check_fault_env()
     config = compose_config(args.method, args.arch, seed=args.seed, data=args.data, cohort=args.cohort,
@@ -99,7 +99,7 @@ def _run_settings(args: argparse.Namespace) -> Iterator[tuple[str, dict]]:
     """What ``run``'s options set over the run's identity, in order, as settings layers
     (``config.apply_settings``): the device, the teacher, every stage's epochs, the training
     subset, the plain cohort step, then each ``--set`` (which may override any of them)."""
-    from .config import default_config, get_key, leaf_keys, override_settings
+    from .core.config import default_config, get_key, leaf_keys, override_settings
 
     yield "--device", {"device": args.device}
     if args.teacher:
@@ -144,8 +144,8 @@ def cmd_replicate(args: argparse.Namespace) -> int:
     the study folder locked (``<out>/.lock``) for the whole command: one writer per study
     folder. The per-GPU processes of a study run under its lock, SLURM jobs after it (per-run
     locks keep them apart)."""
-    from .io_utils import check_output_folder
-    from .locks import LOCK, FolderLock, clean_temporaries
+    from .storage.io_utils import check_output_folder
+    from .storage.locks import LOCK, FolderLock, clean_temporaries
 
     request = StudyRequest.from_args(args)
     if args.dry_run:
@@ -164,10 +164,10 @@ def cmd_replicate(args: argparse.Namespace) -> int:
 def _dry_run(request: StudyRequest) -> int:
     from tabulate import tabulate
 
-    from .envinfo import device_name, resolve_device
-    from .estimate import format_duration
-    from .progress import count_runs
-    from .study import dry_run
+    from .core.envinfo import device_name, resolve_device
+    from .core.progress import count_runs
+    from .studies.study import dry_run
+    from .training.estimate import format_duration
 
     rows, total = dry_run(request, log=_log(True))
     print(f"{request.spec_path}, profile {request.profile}, into {request.out} (dry run: nothing is trained or "
@@ -184,15 +184,15 @@ def _dry_run(request: StudyRequest) -> int:
 def _replicate(args: argparse.Namespace, request: StudyRequest) -> int:
     """Run the study ``request`` asks for, then (unless ``--no-report`` or a shard) its
     tables and the comparison with the stored study."""
-    from .progress import count_runs
-    from .report import report_study
-    from .study import run_study
+    from .analysis.report import report_study
+    from .core.progress import count_runs
+    from .studies.study import run_study
 
     out = request.out
     log = _log(args.quiet)
     on_record = None
     if args.wandb:
-        from .publish import run_logger
+        from .analysis.publish import run_logger
 
         on_record = run_logger(args.wandb_project, group=f"{request.spec_path.stem}-{request.profile}")
     result = run_study(request, announce_estimate=not args.quiet, on_record=on_record, log=log)
@@ -237,8 +237,8 @@ def _replicate(args: argparse.Namespace, request: StudyRequest) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
-    from .results import load_manifest
-    from .slurm import run_states
+    from .analysis.results import load_manifest
+    from .studies.slurm import run_states
 
     folder = Path(args.folder)
     manifest = load_manifest(folder)
@@ -260,8 +260,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_table(args: argparse.Namespace) -> int:
-    from .report import write_report
-    from .results import has_complete_runs
+    from .analysis.report import write_report
+    from .analysis.results import has_complete_runs
 
     if not has_complete_runs(Path(args.folder)):
         raise UserError(f"{args.folder}: no complete run yet, so no table; `mutualbench status {args.folder}` shows "
@@ -273,9 +273,9 @@ def cmd_table(args: argparse.Namespace) -> int:
 
 
 def cmd_claims(args: argparse.Namespace) -> int:
-    from .claims import evaluate, markdown
-    from .errors import UserError
-    from .results import load_study
+    from .analysis.claims import evaluate, markdown
+    from .analysis.results import load_study
+    from .core.errors import UserError
 
     studies = [load_study(Path(f)) for f in args.folders]
     names = {s.spec["study"]["name"] for s in studies}
@@ -291,9 +291,9 @@ def cmd_claims(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from .errors import UserError
-    from .planning import render
-    from .results import load_study
+    from .analysis.results import load_study
+    from .core.errors import UserError
+    from .studies.planning import render
 
     study = load_study(Path(args.folder))
     spec = args.spec or study.manifest.get("spec_path")
@@ -305,13 +305,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .report import asked_selection, compare_selected, not_selected_note
-    from .results import load_study
+    from .analysis.report import asked_selection, compare_selected, not_selected_note
+    from .analysis.results import load_study
 
     new, stored = load_study(Path(args.folder)), load_study(Path(args.against))
     # what the folder's replicate asked for (its manifest's asked: --arms, --ablations), as
-    # replicate's own comparison does; a float64 study run by run (mutualbench.exact), float32
-    # statistically (mutualbench.compare)
+    # replicate's own comparison does; a float64 study run by run (mutualbench.analysis.exact), float32
+    # statistically (mutualbench.analysis.compare)
     arms, ablations = asked_selection(new.manifest, stored.manifest)
     result = compare_selected(new, stored, arms, ablations)
     note = not_selected_note(new, stored, arms, ablations)
@@ -326,7 +326,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    from .publish import publish
+    from .analysis.publish import publish
 
     where = publish(Path(args.folder), project=args.project, entity=args.entity)
     print(f"published {args.folder} to W&B project {args.project} (run files: {where})")
@@ -467,7 +467,7 @@ PATH_OPTIONS = ("out", "data", "data_root", "spec", "against", "folder", "folder
 def _check_paths(args: argparse.Namespace) -> None:
     """Every path given on the command line can exist (no name over the file system's limit):
     else one line now, not an ENAMETOOLONG traceback after the work has begun."""
-    from .io_utils import PATH_MAX, check_path_length
+    from .storage.io_utils import PATH_MAX, check_path_length
 
     for option in PATH_OPTIONS:
         values = getattr(args, option, None)

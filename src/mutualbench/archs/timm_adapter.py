@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ..errors import UserError
+from ..core.errors import UserError
 from .base import FeatureModel
 from .registry import register_pattern
 

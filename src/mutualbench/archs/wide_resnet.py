@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import UserError
+from ..core.errors import UserError
 from .base import StagedModel
 from .registry import register_arch, register_pattern
 from .resnet_cifar import _init

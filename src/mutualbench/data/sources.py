@@ -41,9 +41,9 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from ..errors import DataError
-from ..net import NET_TIMEOUT_ENV, is_timeout, net_timeout
-from ..progress import progress
+from ..core.errors import DataError
+from ..core.net import NET_TIMEOUT_ENV, is_timeout, net_timeout
+from ..core.progress import progress
 
 CACHE_FORMAT = 1
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".ppm", ".tif", ".tiff"}
@@ -255,9 +255,9 @@ def _write_cache(path: Path, ds: ImageDataset) -> None:
     Another process writing a cache there meanwhile: this one is not cached, it is decoded next time."""
     import tempfile
 
-    from ..errors import UserError, warn
-    from ..io_utils import safe_target, temp_prefix
-    from ..locks import LOCK, FolderLock, held_by_other
+    from ..core.errors import UserError, warn
+    from ..storage.io_utils import safe_target, temp_prefix
+    from ..storage.locks import LOCK, FolderLock, held_by_other
 
     root = path.parent.parent
     try:
@@ -304,7 +304,7 @@ def _clean_cache(root: Path) -> None:
     ``locks.clean_temporaries``), saying so on stderr."""
     import sys
 
-    from ..locks import clean_temporaries
+    from ..storage.locks import clean_temporaries
 
     cache = root / "cache"
     if cache.is_dir():

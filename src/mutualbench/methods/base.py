@@ -26,11 +26,11 @@ from ..archs import (
     create_arch,
     he_normal_fan_out,
 )
-from ..config import derive_seed
-from ..errors import UserError
-from ..evaluation import evaluate_ensemble
-from ..optim import ScheduledOptimizer
-from ..registry import Registry
+from ..core.config import derive_seed
+from ..core.errors import UserError
+from ..core.evaluation import evaluate_ensemble
+from ..core.optim import ScheduledOptimizer
+from ..core.registry import Registry
 
 
 @dataclass

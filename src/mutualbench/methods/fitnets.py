@@ -4,7 +4,7 @@ guided tap; stage 2: the whole student trained by KD from the same teacher."""
 
 from __future__ import annotations
 
-from ..config import CONSTANT, KeyType, adam, optimizer_keys, register_section
+from ..core.config import CONSTANT, KeyType, adam, optimizer_keys, register_section
 from .base import BuildContext, Method, ModelSlot, check_single_model, register_method, resolve_tap
 from .kd import kd_stage
 from .stages import HintStage

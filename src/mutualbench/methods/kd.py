@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from ..config import KeyType, register_section
+from ..core.config import KeyType, register_section
 from .base import BuildContext, Method, ModelSlot, check_single_model, register_method
 from .losses import kd_loss_terms
 from .stages import SupervisedStage

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..evaluation import widen
+from ..core.evaluation import widen
 
 REDUCTIONS = ("sum", "mean")
 

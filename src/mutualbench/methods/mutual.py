@@ -3,8 +3,8 @@ from its own initialisation; update order ``sequential`` (Algorithm 1) or ``simu
 
 from __future__ import annotations
 
-from ..config import KeyType, register_section
-from ..errors import UserError
+from ..core.config import KeyType, register_section
+from ..core.errors import UserError
 from .base import BuildContext, CohortMethod, ModelSlot, cohort_archs, register_method
 from .cohort import make_mutual_stage
 

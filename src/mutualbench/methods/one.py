@@ -24,8 +24,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..config import KeyType, register_section
-from ..errors import UserError
+from ..core.config import KeyType, register_section
+from ..core.errors import UserError
 from .base import BuildContext, Method, ModelSlot, OptimizingStage, loss_terms, register_method
 from .losses import _reduce, cross_entropy, kl_divergence
 from .stages import autocast_bf16

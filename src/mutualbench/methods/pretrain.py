@@ -6,7 +6,7 @@ every model the method trains. So "hints, then the student alone" is ``individua
 
 from __future__ import annotations
 
-from ..errors import UserError
+from ..core.errors import UserError
 from .base import BuildContext, Method, ModelSlot, Stage
 from .fitnets import check_hint_taps, hint_stage
 

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from ..archs import FeatureModel
-from ..config import derive_seed
-from ..errors import UserError
+from ..core.config import derive_seed
+from ..core.errors import UserError
 from .base import OptimizingStage, default_dtype, loss_terms
 from .losses import hint_loss, mutual_loss_terms
 

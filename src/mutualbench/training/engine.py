@@ -27,11 +27,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import warn
-from .evaluation import evaluate, evaluate_ensemble  # noqa: F401  (evaluate_ensemble: re-exported)
-from .io_utils import atomic_torch_save, move_aside
-from .methods.base import Stage, split_terms
-from .progress import progress
+from ..core.errors import warn
+from ..core.evaluation import evaluate, evaluate_all, evaluate_ensemble  # noqa: F401  (evaluate, evaluate_ensemble: re-exported)
+from ..core.progress import progress
+from ..methods.base import Stage, split_terms
+from ..storage.io_utils import atomic_torch_save, move_aside
 
 CHECKPOINT_FORMAT = 1
 NAN_CHECK_EVERY = 50  # steps between finiteness checks (each one is a device sync)
@@ -292,7 +292,7 @@ class Engine:
         stage.end_epoch()
         stage.sync()
         t1 = time.perf_counter()
-        accs = {name: evaluate(self.models[name], self.test_loader) for name in stage.eval_names}
+        accs = evaluate_all({name: self.models[name] for name in stage.eval_names}, self.test_loader)
         synchronize(self.device)
         eval_s = time.perf_counter() - t1
         self.timings["train_s"] += train_s

@@ -17,8 +17,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .archs import is_known_arch
-from .config import (
+from ..archs import is_known_arch
+from ..core.config import (
     arch_names,
     check_value,
     compose_config,
@@ -27,11 +27,11 @@ from .config import (
     leaf_keys,
     set_key,
 )
-from .data.sources import KNOWN_DATASETS
-from .errors import UserError
-from .io_utils import read_regular_file
-from .methods import METHODS
-from .spec_schema import check_shape
+from ..core.errors import UserError
+from ..data.sources import KNOWN_DATASETS
+from ..methods import METHODS
+from ..storage.io_utils import read_regular_file
+from ..storage.spec_schema import check_shape
 
 # Config keys a spec cannot set through [defaults], a profile, an arm's set or an ablation:
 # each arm's own keys (and the seed, data and device) say them, and would silently win.
@@ -54,7 +54,7 @@ def arm_members(arm: dict) -> list[str] | None:
     if arm["method"] in SINGLE_MEMBER:
         return [SINGLE_MEMBER[arm["method"]]]
     if arm["method"] in COHORT_METHODS:
-        from .results import ENSEMBLE
+        from ..analysis.results import ENSEMBLE
 
         k = int(arm.get("cohort", len(arch_names(arm["arch"]))))
         return [f"student{i + 1}" for i in range(k)] + [ENSEMBLE]
@@ -229,7 +229,7 @@ def load_spec(path: str | Path) -> Spec:
             if "family" in t and (not isinstance(t["family"], str) or not t["family"]):
                 raise UserError(f"{path}: [[{kind}]] #{i + 1}: family = {t['family']!r} is not allowed; it must be a "
                                 "name (Holm's adjustment runs within each family), e.g. family = \"blog\"")
-    from .claims import check_claims
+    from ..analysis.claims import check_claims
 
     check_claims(raw, path)
     ablation_names = set()

@@ -3,9 +3,9 @@ learns from one) a trained teacher, to the models, stages, loaders and engine th
 and the method's own measurements at the end.
 
 ``assemble`` is pure: it reads nothing from disk and writes nothing. The runner
-(``mutualbench.run``) adds what persists around it (locks, reuse of complete runs, the teacher
-cache, checkpoints, records); the golden trajectories (``mutualbench.golden``) and the time
-estimate (``mutualbench.estimate``) call the same function, so all three train the run the
+(``mutualbench.training.run``) adds what persists around it (locks, reuse of complete runs, the teacher
+cache, checkpoints, records); the golden trajectories (``mutualbench.training.golden``) and the time
+estimate (``mutualbench.training.estimate``) call the same function, so all three train the run the
 same way.
 """
 
@@ -19,13 +19,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .archs import FeatureModel, create_arch
-from .data import DeviceLoader, ImageDataset
+from ..archs import FeatureModel, create_arch
+from ..core.errors import UserError
+from ..data import DeviceLoader, ImageDataset
+from ..methods import BuildContext, Method, ModelSlot, Stage, get_method
+from ..methods.base import config_dtype, default_dtype, freeze, hashed_config
+from ..methods.pretrain import build_run
 from .engine import Engine
-from .errors import UserError
-from .methods import BuildContext, Method, ModelSlot, Stage, get_method
-from .methods.base import config_dtype, default_dtype, freeze, hashed_config
-from .methods.pretrain import build_run
 
 EVAL_BATCH_SIZE = 1000
 

@@ -22,13 +22,9 @@ from pathlib import Path
 
 import torch
 
-from .archs import FeatureModel, count_parameters, create_arch, is_known_arch
-from .assembly import assemble, new_teacher
-from .config import BASE_DEFAULTS, arch_names, compose_config, run_id, validate
-from .data import ImageDataset, load_dataset
-from .data.sources import sha256_file
-from .engine import TrainingDiverged
-from .envinfo import (
+from ..archs import FeatureModel, count_parameters, create_arch, is_known_arch
+from ..core.config import BASE_DEFAULTS, arch_names, compose_config, run_id, validate
+from ..core.envinfo import (
     current_machine_kind,
     environment,
     load_average,
@@ -36,14 +32,16 @@ from .envinfo import (
     record_machine_kind,
     resolve_device,
 )
-from .errors import UserError, warn
-from .io_utils import atomic_torch_save, move_aside, safe_target, safe_torch_load
-from .locks import LOCK, FolderLock
-from .methods import METHODS, get_method
-from .methods.base import config_dtype
-from .methods.pretrain import check_pretrain, pretrain_sections, uses_teacher
-from .progress import closing_line
-from .records import (
+from ..core.errors import UserError, warn
+from ..core.progress import closing_line
+from ..data import ImageDataset, load_dataset
+from ..data.sources import sha256_file
+from ..methods import METHODS, get_method
+from ..methods.base import config_dtype
+from ..methods.pretrain import check_pretrain, pretrain_sections, uses_teacher
+from ..storage.io_utils import atomic_torch_save, move_aside, safe_target, safe_torch_load
+from ..storage.locks import LOCK, FolderLock
+from ..storage.records import (
     complete_record,
     finish_record,
     model_result,
@@ -52,6 +50,8 @@ from .records import (
     started_record,
     write_record,
 )
+from .assembly import assemble, new_teacher
+from .engine import TrainingDiverged
 
 RETRAIN_TEACHERS_ENV = "MUTUALBENCH_RETRAIN_TEACHERS"
 TOP_LEVEL = ("method", "arch", "cohort", "seed", "init", "pretrain")

@@ -14,20 +14,20 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from .data.sources import KNOWN_DATASETS, copy_problem
-from .envinfo import device_name
-from .errors import UserError
-from .estimate import RunTimer, format_duration
-from .io_utils import atomic_write_json
+from ..core.envinfo import device_name
+from ..core.errors import UserError
+from ..core.progress import count_runs
+from ..data.sources import KNOWN_DATASETS, copy_problem
+from ..storage.io_utils import atomic_write_json
+from ..storage.layout import MANIFEST, RUNS, default_out
+from ..storage.records import complete_record
+from ..storage.spec_schema import MAX_SEEDS
+from ..storage.stored_schema import manifest_problem as stored_manifest_problem
+from ..training.estimate import RunTimer, format_duration
+from ..training.run import Runner, resolve
 from .launch import run_local, run_per_gpu
-from .layout import MANIFEST, RUNS, default_out
-from .progress import count_runs
-from .records import complete_record
 from .request import StudyRequest
-from .run import Runner, resolve
 from .spec import expand, in_profile, load_spec, selected_ablations
-from .spec_schema import MAX_SEEDS
-from .stored_schema import manifest_problem as stored_manifest_problem
 
 MANIFEST_SCHEMA = 1
 
@@ -274,8 +274,8 @@ def in_plan_order(pending: list[dict], runner, manifest: dict, out: Path, spec_p
     the most claims soonest, ``planning.plan_order``), the rest after them in study order: what
     a time budget should spend its hours on. Unchanged when the folder has no results yet to
     plan from."""
+    from ..analysis.results import has_complete_runs
     from .planning import plan_order
-    from .results import has_complete_runs
 
     if not has_complete_runs(out):
         return pending

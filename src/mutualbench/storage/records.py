@@ -9,7 +9,7 @@ import re
 from datetime import UTC, datetime
 from pathlib import Path
 
-from .errors import UserError
+from ..core.errors import UserError
 from .io_utils import atomic_write_json
 from .stored_schema import record_consistency_problem, record_shape_problem
 

@@ -21,18 +21,18 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .claims import parse_rule, planned_seeds, tests
-from .config import run_id
-from .envinfo import MIXED, current_machine_kind, record_machine_kind
-from .errors import UserError
-from .estimate import RunTimer, format_duration, recorded_estimate
-from .layout import RUNS
-from .methods import get_method
-from .methods.pretrain import uses_teacher
-from .records import complete_record, read_record
-from .results import STATISTICS, Study, load_study
+from ..analysis.claims import parse_rule, planned_seeds, tests
+from ..analysis.results import STATISTICS, Study, load_study
+from ..analysis.stats import ALPHA, seeds_for_power
+from ..core.config import run_id
+from ..core.envinfo import MIXED, current_machine_kind, record_machine_kind
+from ..core.errors import UserError
+from ..methods import get_method
+from ..methods.pretrain import uses_teacher
+from ..storage.layout import RUNS
+from ..storage.records import complete_record, read_record
+from ..training.estimate import RunTimer, format_duration, recorded_estimate
 from .spec import expand, load_spec
-from .stats import ALPHA, seeds_for_power
 
 POWER = 0.8
 LABELS = dict(STATISTICS)
@@ -71,7 +71,7 @@ class MissingRun:
 def claim_needs(study: Study, found: dict[str, dict] | None = None) -> list[ClaimNeed]:
     """Per claim: n, the estimate and spread at each statistic of its rule, and the seeds the
     rule's test needs for 80% power at an effect of the observed size."""
-    from .claims import evaluate
+    from ..analysis.claims import evaluate
 
     found = tests(study) if found is None else found
     verdicts = evaluate(study, found).set_index("claim")["verdict"] if study.spec.get("claims") else {}
@@ -131,7 +131,7 @@ def missing_runs(study: Study, spec_path: Path, *, data: str | None = None,
     comparison or contrast uses (main study), in plan order (see ``order_runs``)."""
     import torch
 
-    from .run import resolve, teacher_config
+    from ..training.run import resolve, teacher_config
 
     spec = load_spec(spec_path)
     profile = study.manifest["profile"]
@@ -199,7 +199,7 @@ def _with_teachers(runs: list[MissingRun]) -> list[MissingRun]:
     missing too, moves up to just before it); later runs find the teacher trained. A teacher
     whose record was made on another kind of machine is retrained here, replacing its record,
     which ``replicate`` does only when told (MUTUALBENCH_RETRAIN_TEACHERS=1)."""
-    from .run import RETRAIN_TEACHERS_ENV
+    from ..training.run import RETRAIN_TEACHERS_ENV
 
     by_id = {r.run_id: r for r in runs}
     trained: set[str] = set()

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..storage.io_utils import atomic_write_bytes, safe_child
 from .exact import ExactComparison
-from .io_utils import atomic_write_bytes, safe_child
 from .results import ENSEMBLE, LAST_K, LAST_LABEL, MAIN, Study, load_study
 from .stats import ALPHA
 
@@ -391,7 +391,7 @@ def report_study(folder: Path, against: Path | None = None, arms: list[str] | No
     """After ``replicate``: the tables and plots, and the comparison with the stored study
     ``against`` when it exists (None: no complete run yet, nothing written); with ``arms`` or
     ``ablations``, only the rows selected are compared (``compare_selected``)."""
-    from .layout import MANIFEST
+    from ..storage.layout import MANIFEST
     from .results import has_complete_runs
 
     folder = Path(folder)

@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from .errors import UserError
+from ..core.errors import UserError
 
 MAX_SEEDS = 100  # the most seeds a study may run (``[study] seeds``, ``replicate --seeds``)
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
@@ -116,10 +116,10 @@ class Profile(_Table):
     description: str = ""
     tolerance: Annotated[Number, Field(ge=0)]
     seeds: Annotated[int, Field(ge=1, le=MAX_SEEDS)] = None  # type: ignore[assignment]  # default: [study] seeds
-    # a float64 profile's loss tolerance in the exact comparison (default mutualbench.exact.LOSS_RTOL)
+    # a float64 profile's loss tolerance in the exact comparison (default mutualbench.analysis.exact.LOSS_RTOL)
     loss_rtol: Annotated[Number, Field(gt=0, lt=1)] = None  # type: ignore[assignment]
     # the smallest effect that matters, in accuracy points: a claim's test equivalent within
-    # +-delta (two one-sided tests) reads "negligible" (mutualbench.claims); none: never
+    # +-delta (two one-sided tests) reads "negligible" (mutualbench.analysis.claims); none: never
     delta: Annotated[Number, Field(gt=0)] = None  # type: ignore[assignment]
     set: Settings = {}
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from .engine import TrainingDiverged
-from .progress import count_runs, progress
+from ..core.progress import count_runs, progress
+from ..training.engine import TrainingDiverged
 from .request import StudyRequest
 
 

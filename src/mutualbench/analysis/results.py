@@ -16,13 +16,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from .envinfo import MIXED, record_machine_kind
-from .errors import UserError
-from .layout import MANIFEST, RUNS
-from .records import RUN_ID, read_record
-from .spec_schema import name_problem
+from ..core.envinfo import MIXED, record_machine_kind
+from ..core.errors import UserError
+from ..storage.layout import MANIFEST, RUNS
+from ..storage.records import RUN_ID, read_record
+from ..storage.spec_schema import name_problem
+from ..storage.stored_schema import manifest_problem, record_entry_problem
 from .stats import holm_by_family, one_sample, paired, significant, t_quantile
-from .stored_schema import manifest_problem, record_entry_problem
 
 MAIN = "main"  # the ablation label of the main study's runs
 # the member label of a cohort's ensemble row (mean of the members' softmaxes, final epoch only;

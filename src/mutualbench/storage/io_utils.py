@@ -28,7 +28,7 @@ from typing import Any, BinaryIO
 
 import torch
 
-from .errors import UserError
+from ..core.errors import UserError
 
 # The temporary files of atomic writes: the writer's pid, then tempfile.mkstemp's 8 characters
 # of [a-z0-9_]. No other program makes such a name, so a clean-up never takes another's file.

@@ -17,8 +17,8 @@ import os
 import threading
 from pathlib import Path
 
-from .errors import UserError
-from .net import NET_TIMEOUT_ENV, is_timeout, net_timeout
+from ..core.errors import UserError
+from ..core.net import NET_TIMEOUT_ENV, is_timeout, net_timeout
 
 
 def _wandb():
@@ -78,7 +78,7 @@ def _init(wandb, what: str, after: str, **kwargs):
 
 
 def publish(folder: Path, project: str = "mutualbench", entity: str | None = None) -> str:
-    from .layout import MANIFEST, RUNS
+    from ..storage.layout import MANIFEST, RUNS
     from .report import write_report
     from .results import load_study
 

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from .errors import UserError, warn
+from ..core.errors import UserError, warn
 from .io_utils import TEMP_NAME, file_mode, leftover_temporaries, remove_temporaries, safe_target
 
 LOCK = ".lock"

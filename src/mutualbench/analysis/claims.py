@@ -42,9 +42,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from .errors import UserError
+from ..core.errors import UserError
+from ..storage.spec_schema import label_problem
 from .results import STATISTICS, Study, seed_values
-from .spec_schema import label_problem
 from .stats import ALPHA, equivalence_p, holm
 
 CLAIM_KEYS = {"name", "text", "comparison", "contrast", "expect", "published", "rule", "delta"}

@@ -27,10 +27,10 @@ from pathlib import Path
 
 import torch
 
+from ..methods import get_method
+from ..methods.pretrain import uses_teacher
 from .assembly import assemble, new_teacher
 from .engine import synchronize
-from .methods import get_method
-from .methods.pretrain import uses_teacher
 
 WARMUP_STEPS = 5  # the first steps pay for allocation and kernel selection
 TIMED_STEPS = 12  # in ROUNDS rounds; 5 steps left the estimate of two runs of equal cost up to 20% apart
@@ -197,7 +197,7 @@ class RunTimer:
 
     @staticmethod
     def _kind(resolved: dict) -> str:
-        from .config import canonical_json, without_later_defaults
+        from ..core.config import canonical_json, without_later_defaults
 
         # without its seed, and the same kind as a record made before a later key existed
         return canonical_json(without_later_defaults({k: v for k, v in resolved.items() if k != "seed"}))
@@ -207,8 +207,8 @@ class RunTimer:
         of run: a later seed of the same run takes what the earlier one took. A run resumed
         on another kind of machine (its ``segments``) did not take its time here: skipped."""
         if self._recorded is None:
-            from .envinfo import MIXED, cpu_kind, device_name, record_machine_kind
-            from .records import read_record
+            from ..core.envinfo import MIXED, cpu_kind, device_name, record_machine_kind
+            from ..storage.records import read_record
 
             here_device = device_name(self.runner.device)
             here_cpu = cpu_kind()
@@ -230,7 +230,7 @@ class RunTimer:
     def _base(self, config: dict, resolved: dict) -> RunEstimate:
         """The run's time without safety margin, teacher or checkpoint: its record's kind, else
         the measurement of its steps (shared by the runs that differ only in epochs)."""
-        from .config import canonical_json
+        from ..core.config import canonical_json
 
         key = self._kind(resolved)
         if key not in self._cache:

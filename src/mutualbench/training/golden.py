@@ -1,7 +1,7 @@
 """Golden trajectories: tiny fixed runs of every registered method in float64, compared with
 stored ones to catch any change of what the training code computes.
 
-Each case is a real run config (``mutualbench.config.compose_config``: the defaults plus a few
+Each case is a real run config (``mutualbench.core.config.compose_config``: the defaults plus a few
 overrides, as every run's config is made) taken through the real code: ``run.resolve``, then
 ``assembly.assemble``, as every run is built: the run's loaders (subset, seeded order, flips
 and crops, normalisation), the method's models (seeded initialisation) and stages, and the
@@ -18,8 +18,8 @@ machine that wrote them, while float64 rounding differences (around 1e-16) stay 
 comparison tolerance over these few steps. The float32 defaults of real runs are untouched
 (the default dtype is restored afterwards).
 
-    python -m mutualbench.golden --check tests/golden/trajectories.json
-    python -m mutualbench.golden --write tests/golden/trajectories.json   # after an intended change
+    python -m mutualbench.training.golden --check tests/golden/trajectories.json
+    python -m mutualbench.training.golden --write tests/golden/trajectories.json   # after an intended change
 """
 
 from __future__ import annotations
@@ -37,14 +37,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..core.config import BASE_DEFAULTS, canonical_json, compose_config, default_config, get_key
+from ..core.errors import UserError
+from ..data.sources import ImageDataset
+from ..methods import METHODS, get_method
+from ..methods.base import split_terms
+from ..methods.pretrain import uses_teacher
+from ..storage.io_utils import atomic_write_json
 from .assembly import assemble, new_teacher
-from .config import BASE_DEFAULTS, canonical_json, compose_config, default_config, get_key
-from .data.sources import ImageDataset
-from .errors import UserError
-from .io_utils import atomic_write_json
-from .methods import METHODS, get_method
-from .methods.base import split_terms
-from .methods.pretrain import uses_teacher
 from .run import resolve, teacher_config
 
 FORMAT = 1
@@ -55,7 +55,7 @@ DEFAULT_PATH = Path("tests/golden/trajectories.json")
 # moved the first step's loss by 6e-4 or more. 1e-9 leaves six orders of magnitude for other
 # CPUs, BLAS builds and kernel choices, and still sees a change of one part in a billion.
 RTOL = 1e-9
-WRITE_COMMAND = "python -m mutualbench.golden --write tests/golden/trajectories.json"
+WRITE_COMMAND = "python -m mutualbench.training.golden --write tests/golden/trajectories.json"
 
 # ----------------------------------------------------------------------------- the cases
 # Shared by every case: a few steps on the synthetic data (24 of the 32 training images,
@@ -180,7 +180,7 @@ def missing_methods() -> list[str]:
 def missing_methods_message(missing: list[str]) -> str:
     return (f"method(s) {', '.join(missing)} have no golden case: give each method class a "
             "golden_cases = {\"case name\": {config overrides}} attribute (or add a case to CASES in "
-            f"src/mutualbench/golden.py): a few steps on the synthetic data; then run `{WRITE_COMMAND}` "
+            f"src/mutualbench/training/golden.py): a few steps on the synthetic data; then run `{WRITE_COMMAND}` "
             "and commit the file")
 
 
@@ -281,7 +281,7 @@ def compute(cases: list[str] | None = None, runner: GoldenRunner | None = None) 
     runner = runner or GoldenRunner()
     return {
         "format": FORMAT,
-        "about": "float64 golden trajectories of mutualbench.golden; regenerate with " + WRITE_COMMAND,
+        "about": "float64 golden trajectories of mutualbench.training.golden; regenerate with " + WRITE_COMMAND,
         "data_sha256": runner.ds.sha256,
         "torch": torch.__version__,
         "cases": {name: runner.run_case(name) for name in names},
@@ -405,7 +405,7 @@ def check(path: Path, cases: list[str] | None = None, rtol: float = RTOL) -> tup
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mutualbench.golden", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m mutualbench.training.golden", description=__doc__.split("\n\n")[0])
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--write", metavar="PATH", nargs="?", const=str(DEFAULT_PATH),
                       help=f"compute every case and write the golden file (default {DEFAULT_PATH})")

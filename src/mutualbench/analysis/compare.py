@@ -25,8 +25,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..core.errors import UserError
 from .claims import DEFAULT_RULE, outcome, parse_rule, tests
-from .errors import UserError
 from .results import _ACC, LAST_LABEL, MAIN, STATISTICS, Study, load_study
 from .stats import consistency, welch
 

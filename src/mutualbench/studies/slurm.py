@@ -26,12 +26,12 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from .errors import UserError
-from .io_utils import atomic_write_json
-from .methods import get_method
-from .methods.pretrain import uses_teacher
-from .progress import count_runs
-from .records import complete_record, record_path
+from ..core.errors import UserError
+from ..core.progress import count_runs
+from ..methods import get_method
+from ..methods.pretrain import uses_teacher
+from ..storage.io_utils import atomic_write_json
+from ..storage.records import complete_record, record_path
 
 SLURM_DIR = "slurm"  # under the study's runs/: submitit's job folders and jobs.json
 JOBS_FILE = "jobs.json"
@@ -71,7 +71,7 @@ class RunJob:
         self.max_requeues = max_requeues
 
     def __call__(self, config: dict, out_dir: str, data_root: str | None, device: str) -> str:
-        from .run import Runner
+        from ..training.run import Runner
 
         restarts = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
         if restarts > self.max_requeues:
@@ -175,7 +175,7 @@ def submit_study(configs: list[dict], runner, *, data_root: Path | None, device:
     of the jobs submitted now. A run whose job is still pending or running is not submitted
     again. When sbatch refuses a job, the jobs this call submitted are cancelled and the
     refusal is a UserError naming SLURM's message and the fix."""
-    from .run import teacher_config
+    from ..training.run import teacher_config
 
     runs_dir = runner.out_dir
     known = load_jobs(runs_dir)
@@ -300,8 +300,8 @@ def run_states(runs_dir: Path, run_ids: list[str]) -> dict[str, dict]:
     """Each run's state: ``complete``, ``failed`` (a failed record, or a job that ended
     without a complete one), ``running``, ``pending`` or ``not submitted``, with its job id,
     SLURM's pending reason and, for a failed job, its log file."""
-    from .locks import LOCK, held_by_other
-    from .records import read_record
+    from ..storage.locks import LOCK, held_by_other
+    from ..storage.records import read_record
 
     jobs = load_jobs(runs_dir)
     states = job_states(sorted({jobs[r]["job_id"] for r in run_ids if r in jobs}))

@@ -18,8 +18,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import UserError
-from .layout import MANIFEST, default_out
+from ..core.errors import UserError
+from ..storage.layout import MANIFEST, default_out
 
 DEVICES = ("auto", "cpu", "cuda")
 LAUNCHERS = ("local", "slurm")
@@ -139,8 +139,8 @@ class StudyRequest:
         """Every count and limit in range, ``--against`` a study, the study folder not a file,
         the SLURM options only with ``--launcher slurm`` (and in range there), before any work.
         The one check of these options."""
-        from .io_utils import check_not_a_file
-        from .spec_schema import MAX_SEEDS
+        from ..storage.io_utils import check_not_a_file
+        from ..storage.spec_schema import MAX_SEEDS
 
         for flag, value, allowed in (("--device", self.device, DEVICES), ("--launcher", self.launcher, LAUNCHERS)):
             if value not in allowed:  # (the command line's choices; a caller of the library may give others)
@@ -189,7 +189,7 @@ class StudyRequest:
         The profile defaults to ``full`` on a machine with a GPU, else ``cpu``; the study folder
         to ``runs/<spec>/<profile>``. With ``--launcher slurm``, also that this machine can
         submit (``SlurmOptions.check_here``)."""
-        from .run import check_fault_env
+        from ..training.run import check_fault_env
 
         check_fault_env()
         profile = args.profile or default_profile()

@@ -5,8 +5,8 @@ experiments "match"."""
 
 from __future__ import annotations
 
-from .config import get_key, leaf_keys, without_later_defaults
-from .errors import UserError
+from ..core.config import get_key, leaf_keys, without_later_defaults
+from ..core.errors import UserError
 
 # What may differ between a rerun and the stored study: the seed (compared seed by seed or
 # as a set elsewhere), where the data was read from (its checksum stands for it) and the device.

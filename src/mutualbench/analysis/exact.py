@@ -8,7 +8,7 @@ every run id of the seeds both studies hold, the same final and per-epoch test a
 a relative ``LOSS_RTOL``, or the profile's own ``loss_rtol`` where its training amplifies
 rounding differences more (the rerun's spec says; its accuracies must still be equal). A stored study is exact when every complete record in it trained in
 float64 (``precision`` of the record, ``speed.dtype``); float32 studies are compared
-statistically (``mutualbench.results``).
+statistically (``mutualbench.analysis.results``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from .progress import count_runs
+from ..core.progress import count_runs
 from .results import Study
 
 LOSS_RTOL = 1e-9
