@@ -14,8 +14,8 @@ with T = ``kdcl.temperature`` and w = ``kdcl.weight``. The ensemble, ``kdcl.ense
 - ``min_logit`` (KDCL-MinLogit): each student's logits less its logit of the true class,
   then the smallest over the students, class by class: z_t,c = min_k (z_k,c - z_k,y). The
   true class gets 0 and every other class its least competitive value;
-- ``naive`` (KDCL-Naive): per image, the logits of the student with the lowest
-  cross-entropy (the first such student on a tie).
+- ``naive`` (KDCL-Naive, as we read the paper: not an average): per image, the logits of the
+  student with the lowest cross-entropy (the first such student on a tie).
 
 Implemented from the paper: separate networks, the loss above, both ensembles. Not
 implemented: KDCL-Linear and KDCL-General (their weights are fitted on held-out data), and

@@ -31,10 +31,10 @@ the same augmented batch, as in DML). Assumed where we could not confirm the pap
 values: T = 3 (ONE's, which PCL builds on), decay 0.999 held constant from the first step
 (Mean Teacher's usual value, without its warm-up), an 80-epoch ramp-up (OKDDip's, on the same
 300-epoch schedule); the mean teachers run in train mode, their BatchNorm statistics their
-own, as in Mean Teacher. The paper deploys a peer's temporal mean; the record keeps every
-peer, every temporal mean, the ensemble teacher and the peers' mean-softmax ensemble, so a
-study states which it compares. ``pretrain = "hints"`` is refused (the temporal means start
-from the peers' initial weights).
+own, as in Mean Teacher. The paper, as we read it, deploys a peer's temporal mean; the
+record keeps every peer, every temporal mean, the ensemble teacher and the peers'
+mean-softmax ensemble, so a study states which it compares. ``pretrain = "hints"`` is
+refused (the temporal means start from the peers' initial weights).
 """
 
 from __future__ import annotations
