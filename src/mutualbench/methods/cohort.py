@@ -132,8 +132,6 @@ class StackedCohort(nn.Module):
                     tensor.copy_(buffers[name][k])
 
 
-
-
 class FusedCohortStage(CohortStageBase):
     """Simultaneous updates of a same-architecture cohort on its method's loss in one forward,
     one backward and one optimizer step (see the module docstring). ``speed``: the config's
