@@ -30,7 +30,7 @@ from mutualbench.core.config import apply_overrides, default_config
 from mutualbench.core.envinfo import environment
 from mutualbench.data import DeviceLoader
 from mutualbench.methods.base import BuildContext
-from mutualbench.methods.cohort import make_mutual_stage
+from mutualbench.methods.mutual import make_mutual_stage
 
 BATCH = 128
 

@@ -25,7 +25,7 @@ from conftest import SMOKE
 from mutualbench.archs import create_arch
 from mutualbench.core.config import apply_overrides, default_config
 from mutualbench.methods.base import BuildContext
-from mutualbench.methods.cohort import make_mutual_stage
+from mutualbench.methods.mutual import make_mutual_stage
 
 BATCH = 16 if SMOKE else 128  # smoke mode only checks that the code runs (bf16 is emulated on many CPUs)
 EPOCH_STEPS = 2 if SMOKE else 40

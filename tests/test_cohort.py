@@ -6,8 +6,9 @@ import torch
 from mutualbench.archs import create_arch
 from mutualbench.core.config import apply_overrides, default_config
 from mutualbench.methods.base import BuildContext
-from mutualbench.methods.cohort import FusedMutualStage, StackedCohort, fusable, make_mutual_stage
-from mutualbench.methods.stages import MutualStage
+from mutualbench.methods.cohort import FusedCohortStage, StackedCohort, fusable
+from mutualbench.methods.mutual import MutualLoss, make_mutual_stage
+from mutualbench.methods.stages import CohortStage
 
 CPU = torch.device("cpu")
 
@@ -34,9 +35,9 @@ def test_fused_step_equals_plain_simultaneous_after_5_steps(k, impl, channels_la
     cfg["train"]["optimizer"].update(lr=3e-4, betas=[0.5, 0.99])
     fused_models = cohort(k)
     plain_models = copy.deepcopy(fused_models)
-    mutual = dict(cfg["mutual"], fused_impl=impl)
-    fused = FusedMutualStage(fused_models, cfg["train"], mutual, "sum", CPU, {"channels_last": channels_last})
-    plain = MutualStage(plain_models, cfg["train"], mutual, "sum", CPU, channels_last=channels_last)
+    loss = MutualLoss(cfg["mutual"]["peer_weight"], "sum")
+    fused = FusedCohortStage(fused_models, loss, cfg["train"], CPU, {"channels_last": channels_last}, impl=impl)
+    plain = CohortStage(plain_models, loss, cfg["train"], CPU, {"channels_last": channels_last})
     for stage in (fused, plain):
         stage.begin()
         stage.train_mode()
@@ -72,15 +73,15 @@ def test_fused_updates_match_a_float64_reference_as_closely_as_the_plain_path(k,
     layers' gradients are ~1e-6 of the head's, so float32 rounding flips a few near-zero
     signs; both paths are then equally far from float64 (benchmarks/gpu_check.py)."""
     cfg = apply_overrides(default_config(), ["train.optimizer.name=sgd", "train.optimizer.lr=0.01"])
-    mutual = dict(cfg["mutual"], fused_impl=impl)
+    loss = MutualLoss(cfg["mutual"]["peer_weight"], "sum")
     fused_models = cohort(k)
     plain_models, ref_models = copy.deepcopy(fused_models), copy.deepcopy(fused_models)
     for m in ref_models.values():
         m.double()
     start = flat(ref_models)
-    stages = [FusedMutualStage(fused_models, cfg["train"], mutual, "sum", CPU, {"channels_last": channels_last}),
-              MutualStage(plain_models, cfg["train"], mutual, "sum", CPU, channels_last=channels_last),
-              MutualStage(ref_models, cfg["train"], mutual, "sum", CPU)]
+    stages = [FusedCohortStage(fused_models, loss, cfg["train"], CPU, {"channels_last": channels_last}, impl=impl),
+              CohortStage(plain_models, loss, cfg["train"], CPU, {"channels_last": channels_last}),
+              CohortStage(ref_models, loss, cfg["train"], CPU)]
     for stage in stages:
         stage.begin()
         stage.train_mode()

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from mutualbench.analysis.exact import run_difference
 from mutualbench.core.config import default_config
 from mutualbench.data import loader as loader_module
-from mutualbench.methods import cohort, kd, losses, stages
+from mutualbench.methods import kd, losses, mutual, stages
 from mutualbench.training.run import Runner
 
 pytestmark = pytest.mark.cifar
@@ -178,8 +178,7 @@ def _unnormalised(init):
 MUTATIONS = {
     "kd temperature": ("kd", lambda: [(kd, "kd_loss_terms", _kd_at_t1)]),
     "kl direction": ("kd", lambda: [(losses, "kl_divergence", _kl_reversed)]),
-    "peers not detached": ("hint_dml", lambda: [(cohort, "mutual_loss_terms", _mutual_peers_attached),
-                                                (stages, "mutual_loss_terms", _mutual_peers_attached)]),
+    "peers not detached": ("hint_dml", lambda: [(mutual, "mutual_loss_terms", _mutual_peers_attached)]),
     "hint loss without 1/2": ("hint_dml", lambda: [(stages, "hint_loss", _hint_without_half)]),
     "ensemble of logits": ("hint_dml", lambda: [(sys.modules["mutualbench.methods.base"], "evaluate_ensemble",
                                                  _ensemble_of_logits)]),

@@ -6,7 +6,8 @@ import torch
 from mutualbench.archs import create_arch
 from mutualbench.core.config import default_config
 from mutualbench.methods.losses import cross_entropy, kd_loss, mutual_losses
-from mutualbench.methods.stages import HintStage, MutualStage, SupervisedStage
+from mutualbench.methods.mutual import MutualLoss
+from mutualbench.methods.stages import CohortStage, HintStage, SupervisedStage
 
 CPU = torch.device("cpu")
 
@@ -39,8 +40,8 @@ def params(models):
 def test_sequential_equals_hand_written_algorithm_1(k, peer_weight):
     models = cohort(k)
     ref_models = copy.deepcopy(models)
-    mutual_cfg = {"update_order": "sequential", "peer_weight": peer_weight, "fuse": False}
-    stage = MutualStage({f"s{i}": m for i, m in enumerate(models)}, adam_cfg(), mutual_cfg, "sum", CPU)
+    stage = CohortStage({f"s{i}": m for i, m in enumerate(models)}, MutualLoss(peer_weight, "sum"), adam_cfg(), CPU,
+                        order="sequential")
     stage.begin()
     stage.train_mode()
     ref_opts = [torch.optim.Adam(m.parameters(), lr=1e-3) for m in ref_models]
@@ -64,8 +65,7 @@ def test_sequential_equals_hand_written_algorithm_1(k, peer_weight):
 def test_simultaneous_equals_separate_optimizers():
     models = cohort(2)
     ref = copy.deepcopy(models)
-    stage = MutualStage({"a": models[0], "b": models[1]}, adam_cfg(),
-                        {"update_order": "simultaneous", "peer_weight": "mean", "fuse": False}, "sum", CPU)
+    stage = CohortStage({"a": models[0], "b": models[1]}, MutualLoss("mean", "sum"), adam_cfg(), CPU)
     stage.begin()
     stage.train_mode()
     opts = [torch.optim.Adam(m.parameters(), lr=1e-3) for m in ref]

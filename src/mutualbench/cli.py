@@ -112,8 +112,10 @@ def _run_settings(args: argparse.Namespace) -> Iterator[tuple[str, dict]]:
                            if key.split(".")[-1] == "epochs" and isinstance(get_key(shape, key), int)}
     if args.train_subset is not None:
         yield "--train-subset", {"data.train_subset": args.train_subset}
-    if args.no_fuse:
-        yield "--no-fuse", {"mutual.fuse": False}
+    if args.no_fuse:  # every cohort method's fused step, whichever sections declare it
+        shape = default_config()
+        yield "--no-fuse", {key: False for key in leaf_keys(shape)
+                            if key.split(".")[-1] == "fuse" and isinstance(get_key(shape, key), bool)}
     yield from override_settings(args.set or [])
 
 
@@ -370,7 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-subset", type=int, default=None, help="train on a fixed, seeded, class-balanced subset of N images")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key, e.g. --set kd.temperature=4")
     p.add_argument("--no-fuse", action="store_true",
-                   help="mutual methods: the plain per-model step instead of the fused cohort (= --set mutual.fuse=false)")
+                   help="cohort methods: the plain per-model step instead of the fused cohort (every *.fuse key: "
+                        "--set mutual.fuse=false for mutual, kdcl.fuse for kdcl, ...)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--out", required=True, help="folder for the RunRecord (<run_id>.json) and weights")
     p.add_argument("--quiet", action="store_true", help="no per-epoch log lines")

@@ -274,6 +274,7 @@ class Method:
     # defaults they enter its config and run id; any other non-default speed key is an error).
     speed_keys: tuple[str, ...] = ("bf16", "dtype")
     needs_teacher: bool = False
+    records_ensemble: bool = False  # the record's ``ensemble``: the mean softmax of the cohort members
 
     def check(self, config: dict) -> None:
         """Method-specific checks of the whole config (types and registries are checked
@@ -282,6 +283,13 @@ class Method:
 
     def build(self, ctx: BuildContext) -> tuple[dict[str, ModelSlot], list[Stage]]:
         raise NotImplementedError
+
+    def member_names(self, config: dict) -> list[str] | None:
+        """The names of the models a run of this method records (its slots, in order), from
+        ``config``'s ``arch`` (a list) and ``cohort`` alone: a study checks the members its
+        published numbers name against them before anything runs. None: not declared (the
+        study then takes any name)."""
+        return None
 
     def parameter_counts(self, slots: dict[str, ModelSlot]) -> dict[str, int]:
         """Each model's parameters, as the record reports them (a model sharing a trunk with
@@ -308,7 +316,13 @@ def mean_softmax_ensemble(slots: dict[str, ModelSlot], test_loader, role: str = 
 
 
 class CohortMethod(Method):
-    """A method whose models are a cohort: its result includes the members' mean-softmax ensemble."""
+    """A method whose models are a cohort: its result includes the members' mean-softmax
+    ensemble (``records_ensemble``). Its members are ``student1..K`` unless it says otherwise."""
+
+    records_ensemble = True
+
+    def member_names(self, config: dict) -> list[str] | None:
+        return [f"student{k + 1}" for k in range(cohort_size(config))]
 
     def evaluate(self, slots: dict[str, ModelSlot], test_loader) -> dict | None:
         return mean_softmax_ensemble(slots, test_loader)
@@ -332,6 +346,11 @@ def get_method(name: str) -> Method:
 def check_single_model(config: dict, method: str, what: str = "one student") -> None:
     if config["cohort"] != 1 or len(config["arch"]) != 1:
         raise UserError(f"{method} trains {what}: give one --arch and no --cohort")
+
+
+def cohort_size(config: dict) -> int:
+    """K: ``cohort``, or the number of architectures listed when there are several."""
+    return len(config["arch"]) if len(config["arch"]) > 1 else config["cohort"]
 
 
 def cohort_archs(config: dict) -> list[str]:

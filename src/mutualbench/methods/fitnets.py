@@ -59,6 +59,9 @@ class FitNets(Method):
         check_single_model(config, self.name, "one student")
         check_hint_taps(config)
 
+    def member_names(self, config: dict) -> list[str]:
+        return ["student"]
+
     def build(self, ctx: BuildContext):
         arch = ctx.config["arch"][0]
         student = ctx.new_model(arch, index=0)

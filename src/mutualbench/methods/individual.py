@@ -14,6 +14,9 @@ class Individual(Method):
     def check(self, config: dict) -> None:
         check_single_model(config, self.name, "one model")
 
+    def member_names(self, config: dict) -> list[str]:
+        return ["model"]
+
     def build(self, ctx: BuildContext):
         arch = ctx.config["arch"][0]
         model = ctx.new_model(arch, index=0)

@@ -37,6 +37,9 @@ class KnowledgeDistillation(Method):
     def check(self, config: dict) -> None:
         check_single_model(config, self.name, "one student")
 
+    def member_names(self, config: dict) -> list[str]:
+        return ["student"]
+
     def build(self, ctx: BuildContext):
         arch = ctx.config["arch"][0]
         student = ctx.new_model(arch, index=0)

@@ -1,12 +1,19 @@
 """``mutual``: Deep Mutual Learning (Zhang et al. 2018) of a cohort of K >= 2 students, each
-from its own initialisation; update order ``sequential`` (Algorithm 1) or ``simultaneous``."""
+from its own initialisation; update order ``sequential`` (Algorithm 1) or ``simultaneous``.
+
+The method is its cohort loss, ``MutualLoss``: for every member k,
+CE(p_k, y) + w * sum_{l != k} KL(p_l || p_k), peers detached (``losses.mutual_loss_terms``),
+with w = 1/(K-1) (``peer_weight = "mean"``, the paper) or 1 (``"sum"``, the official code).
+The cohort stages run it on the plain or the fused path (``cohort.make_cohort_stage``)."""
 
 from __future__ import annotations
 
 from ..core.config import KeyType, register_section
 from ..core.errors import UserError
-from .base import BuildContext, CohortMethod, ModelSlot, cohort_archs, register_method
-from .cohort import make_mutual_stage
+from .base import BuildContext, CohortMethod, ModelSlot, Stage, cohort_archs, register_method
+from .cohort import CohortPath, make_cohort_stage
+from .cohort_loss import CohortBatch, CohortLoss, CohortLosses
+from .losses import mutual_loss_terms
 
 MUTUAL_SECTION = register_section(
     "mutual",
@@ -25,21 +32,43 @@ MUTUAL_SECTION = register_section(
 )
 
 
+class MutualLoss(CohortLoss):
+    """DML's loss of every member at once (``losses.mutual_loss_terms``): terms ``ce`` and
+    ``kl`` (the weighted peer KL). Member k's loss needs only its peers' predictions, so the
+    members can also be updated in turn (Algorithm 1)."""
+
+    sequential = True
+
+    def __init__(self, peer_weight: str, reduction: str) -> None:
+        self.peer_weight, self.reduction = peer_weight, reduction
+
+    def __call__(self, batch: CohortBatch) -> CohortLosses:
+        totals, terms = mutual_loss_terms(batch.logits, batch.target, self.peer_weight, self.reduction)
+        return CohortLosses(totals, terms)
+
+
 def check_cohort(config: dict, method: str) -> None:
     if config["cohort"] < 2 and len(config["arch"]) < 2:
         raise UserError(f"{method} needs a cohort of at least 2 students: add --cohort 2 (or list two --arch names)")
     cohort_archs(config)
 
 
-def build_cohort(ctx: BuildContext) -> dict[str, ModelSlot]:
-    slots = {}
-    for k, arch in enumerate(cohort_archs(ctx.config)):
-        name = f"student{k + 1}"
-        slots[name] = ModelSlot(name, "cohort member", arch, ctx.new_model(arch, index=k))
-    return slots
+def build_cohort(ctx: BuildContext, names: list[str] | None = None, role: str = "cohort member") -> dict[str, ModelSlot]:
+    """The cohort's members, model k from its own initialisation (``ctx.new_model``), named
+    ``student1..K`` unless ``names`` are given."""
+    archs = cohort_archs(ctx.config)
+    names = names or [f"student{k + 1}" for k in range(len(archs))]
+    return {name: ModelSlot(name, role, arch, ctx.new_model(arch, index=k))
+            for k, (name, arch) in enumerate(zip(names, archs, strict=True))}
 
 
-def mutual_stage(ctx: BuildContext, slots: dict[str, ModelSlot]):
+def make_mutual_stage(members: dict, ctx: BuildContext) -> Stage:
+    """DML's stage for ``members`` (name -> module) as the ``mutual`` section says."""
+    loss = MutualLoss(ctx.config["mutual"]["peer_weight"], ctx.reduction)
+    return make_cohort_stage(members, ctx, loss, CohortPath.from_config(ctx.config, "mutual"), name="mutual")
+
+
+def mutual_stage(ctx: BuildContext, slots: dict[str, ModelSlot]) -> Stage:
     return make_mutual_stage({n: s.module for n, s in slots.items()}, ctx)
 
 

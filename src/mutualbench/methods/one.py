@@ -121,6 +121,10 @@ class OneStage(OptimizingStage):
         return out
 
 
+def branch_names(k: int) -> list[str]:
+    return [f"branch{i + 1}" for i in range(k)]
+
+
 def split_point(ctx: BuildContext, arch: str) -> str:
     """``one.split_at``, or the architecture's stage before its last."""
     chosen = ctx.config["one"]["split_at"]
@@ -155,6 +159,9 @@ class OnTheFlyNativeEnsemble(Method):
         if config.get("pretrain", "none") != "none":
             raise UserError("one does not take pretrain = \"hints\" (its branches share a trunk); remove it")
 
+    def member_names(self, config: dict) -> list[str]:
+        return [*branch_names(config["cohort"]), "ensemble"]
+
     def build(self, ctx: BuildContext):
         arch, k = ctx.config["arch"][0], ctx.config["cohort"]
         at = split_point(ctx, arch)
@@ -163,7 +170,7 @@ class OnTheFlyNativeEnsemble(Method):
         channels = _channels(trunk)
         gate = ctx.new_module(lambda: Gate(channels, k), "gate", 0)
         network = OneNetwork(trunk, branches, gate)
-        names = [f"branch{i + 1}" for i in range(k)]
+        names = branch_names(k)
         slots = {name: ModelSlot(name, "branch", arch, Branch(trunk, b)) for name, b in zip(names, branches, strict=True)}
         slots["ensemble"] = ModelSlot("ensemble", "gated ensemble", arch, network)
         return slots, [OneStage(network, names, ctx)]

@@ -1,6 +1,6 @@
 """The stages methods are made of: supervised training of one model (CE or KD), FitNets hint
-pretraining, and mutual learning of a cohort (plain paths; the fused cohort step lives in
-``mutualbench.methods.cohort``)."""
+pretraining, and a cohort trained on its method's ``CohortLoss`` (plain paths; the fused
+cohort step lives in ``mutualbench.methods.cohort``)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ from ..archs import FeatureModel
 from ..core.config import derive_seed
 from ..core.errors import UserError
 from .base import OptimizingStage, default_dtype, loss_terms
-from .losses import hint_loss, mutual_loss_terms
+from .cohort_loss import CohortBatch, CohortLoss
+from .features import WithFeatures
+from .losses import hint_loss
 
 
 def autocast_bf16(device: torch.device, on: bool):
@@ -120,85 +122,140 @@ class HintStage(OptimizingStage):
         self.regressors.load_state_dict(state["regressors"])
 
 
-class MutualStage(OptimizingStage):
-    """Deep mutual learning of a cohort, plain paths.
+class CohortStageBase(OptimizingStage):
+    """What both cohort stages share: the method's ``CohortLoss`` (told each epoch), the
+    models evaluated after each epoch (the members, their temporal means, the loss's other
+    models), and the loss's trained parts in the checkpoint."""
 
-    ``channels_last`` converts the members and the input to channels-last memory format;
-    ``bf16`` runs the forward passes under bfloat16 autocast; ``compile_mode`` (not None)
-    runs each member through ``torch.compile`` with that mode.
+    def __init__(self, name: str, members: dict[str, nn.Module], loss: CohortLoss, train_cfg: dict,
+                 device: torch.device, speed: dict | None) -> None:
+        self.name, self.members, self.loss = name, members, loss
+        self.cfg, self.device, self.speed = train_cfg, device, dict(speed or {})
+        self.epochs = train_cfg["epochs"]
+        means = tuple(loss.means.modules) if loss.means is not None else ()
+        self.eval_names = (*members, *means, *loss.others)
 
-    ``sequential``: the paper's Algorithm 1. For each member k in turn: its loss against the
-    peers' current predictions, an update, then its predictions are recomputed for the
-    members after it. ``simultaneous``: one set of predictions, every member updated
-    together (one backward of sum_k L_k, peers detached; one optimizer over all members is
-    exactly K optimizers since Adam and SGD act element-wise).
+    def begin_epoch(self, epoch: int, global_epoch: int) -> None:
+        super().begin_epoch(epoch, global_epoch)
+        self.loss.begin_epoch(epoch)
+
+    def new_cohort_optimizer(self, params) -> None:
+        """The one optimizer of simultaneous updates: the members' parameters (in order), then the loss's parts."""
+        self.optimizers = {"cohort": self.new_optimizer([*params, *self.loss.part_parameters()], self.cfg, self.device)}
+
+    def extra_state(self) -> dict:
+        return {"loss_parts": self.loss.parts.state_dict()} if self.loss.parts is not None else {}
+
+    def load_extra_state(self, state: dict) -> None:
+        if self.loss.parts is not None:
+            self.loss.parts.load_state_dict(state["loss_parts"])
+
+
+class CohortStage(CohortStageBase):
+    """A cohort trained on its method's loss, plain paths: one module per member.
+
+    ``speed`` (the config's ``speed`` section, or None): ``channels_last`` converts the
+    members (and their temporal means) and the input to channels-last memory format; ``bf16``
+    runs the step under bfloat16 autocast; ``compile`` runs each member through
+    ``torch.compile`` (with ``compile_mode``, or "default").
+
+    ``order="simultaneous"``: one set of predictions, every member (and the loss's parts)
+    updated together: one backward of the loss's objective (sum_k L_k, and the losses of its
+    other models), one optimizer over all of them, which is exactly K optimizers since Adam
+    and SGD act element-wise. ``order="sequential"`` (DML's Algorithm 1, for a ``sequential``
+    loss): for each member k in turn, its loss against the peers' current predictions, an
+    update, then its predictions are recomputed for the members after it.
     """
 
-    name = "mutual"
-
-    def __init__(self, members: dict[str, nn.Module], train_cfg: dict, mutual_cfg: dict, reduction: str,
-                 device: torch.device, why_plain: str = "", channels_last: bool = False, bf16: bool = False,
-                 compile_mode: str | None = None) -> None:
-        self.members, self.cfg, self.device = members, train_cfg, device
-        self.why_plain, self.channels_last = why_plain, channels_last
-        self.bf16, self.compile_mode = bf16, compile_mode
-        self.order, self.peer_weight = mutual_cfg["update_order"], mutual_cfg["peer_weight"]
-        self.reduction = reduction
-        self.epochs = train_cfg["epochs"]
-        self.eval_names = tuple(members)
+    def __init__(self, members: dict[str, nn.Module], loss: CohortLoss, train_cfg: dict, device: torch.device,
+                 speed: dict | None = None, order: str = "simultaneous", why_plain: str = "",
+                 name: str = "mutual") -> None:
+        super().__init__(name, members, loss, train_cfg, device, speed)
+        if order not in ("simultaneous", "sequential"):
+            raise ValueError(f"order must be simultaneous or sequential, got {order!r}")
+        if order == "sequential" and not loss.sequential:
+            raise ValueError("this cohort loss has no sequential form (Algorithm 1): its members update together")
+        self.order, self.why_plain = order, why_plain
+        self.channels_last, self.bf16 = bool(self.speed.get("channels_last")), bool(self.speed.get("bf16"))
+        self.compile_mode = (self.speed.get("compile_mode") or "default") if self.speed.get("compile") else None
+        self.means = dict(loss.means.modules) if loss.means is not None else {}
 
     def describe(self) -> dict:
         return {"cohort_path": "plain", "update_order": self.order, "why_plain": self.why_plain,
                 "channels_last": self.channels_last, "bf16": self.bf16, "compile": self.compile_mode is not None,
                 "compile_mode": self.compile_mode}
 
+    def _compiled(self, module: nn.Module) -> nn.Module:
+        return torch.compile(module, mode=self.compile_mode) if self.compile_mode else module
+
     def begin(self) -> None:
         if self.channels_last:
-            for m in self.members.values():
+            for m in (*self.members.values(), *self.means.values()):
                 m.to(memory_format=torch.channels_last)
         if self.order == "sequential":
             self.optimizers = {n: self.new_optimizer(m.parameters(), self.cfg, self.device) for n, m in self.members.items()}
         else:
-            params = [p for m in self.members.values() for p in m.parameters()]
-            self.optimizers = {"cohort": self.new_optimizer(params, self.cfg, self.device)}
-        models = list(self.members.values())
-        self._forwards = [torch.compile(m, mode=self.compile_mode) for m in models] if self.compile_mode else models
+            self.new_cohort_optimizer([p for m in self.members.values() for p in m.parameters()])
+        views = [WithFeatures(m) if self.loss.uses_features else m for m in self.members.values()]
+        self._forwards = [self._compiled(v) for v in views]
+        self._mean_forwards = [self._compiled(m) for m in self.means.values()]
 
     def train_mode(self) -> None:
-        for m in self.members.values():
+        for m in (*self.members.values(), *self.means.values()):
             m.train()
+        if self.loss.parts is not None:
+            self.loss.parts.train()
 
     def step(self, x, y):
         with autocast_bf16(self.device, self.bf16):
             return self._step(x, y)
 
     def _step(self, x, y):
-        names, models = list(self.members), self._forwards
+        names = list(self.members)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        if self.order == "simultaneous":
-            losses, terms = mutual_loss_terms(torch.stack([m(x) for m in models]), y, self.peer_weight, self.reduction)
-            self.optimizers["cohort"].step(losses.sum())
-            return cohort_losses(names, losses, terms)
-        # sequential (Algorithm 1)
+        if self.order == "sequential":
+            return self._sequential(names, x, y)
+        out = self.loss(self._batch(x, y))
+        self.optimizers["cohort"].step(out.objective())
+        if self.means:
+            follow(list(self.means.values()), list(self.members.values()), self.loss.means.decay)
+        return out.recorded(names)
+
+    def _batch(self, x, y) -> CohortBatch:
+        """Every member's predictions (and features) on the batch, and its temporal mean's."""
+        if self.loss.uses_features:
+            outs = [f(x) for f in self._forwards]
+            logits, features = torch.stack([o[0] for o in outs]), torch.stack([o[1] for o in outs])
+        else:
+            logits, features = torch.stack([f(x) for f in self._forwards]), None
+        mean_logits = None
+        if self.means:
+            with torch.no_grad():
+                mean_logits = torch.stack([m(x) for m in self._mean_forwards])
+        return CohortBatch(logits, y, features, mean_logits)
+
+    def _sequential(self, names, x, y):
+        """Algorithm 1: each member in turn against its peers' current predictions."""
+        models = self._forwards
         with torch.no_grad():
             current = [None] + [m(x) for m in models[1:]]
         out = {}
         for k, model in enumerate(models):
             logits = model(x)
             stacked = torch.stack([logits if j == k else current[j] for j in range(len(models))])
-            losses, terms = mutual_loss_terms(stacked, y, self.peer_weight, self.reduction)
-            self.optimizers[names[k]].step(losses[k])
-            out.update(loss_terms(names[k], losses[k], {t: v[k] for t, v in terms.items()}))
+            losses = self.loss(CohortBatch(stacked, y))
+            self.optimizers[names[k]].step(losses.totals[k])
+            out.update(loss_terms(names[k], losses.totals[k], {t: v[k] for t, v in losses.terms.items()}))
             if k < len(models) - 1:
                 with torch.no_grad():
                     current[k] = model(x)
         return out
 
 
-def cohort_losses(names: list[str], losses: torch.Tensor, terms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A stage's losses from the ``[K]`` totals and terms of ``mutual_loss_terms``."""
-    out = {}
-    for k, name in enumerate(names):
-        out.update(loss_terms(name, losses[k], {t: v[k] for t, v in terms.items()}))
-    return out
+@torch.no_grad()
+def follow(means: list[nn.Module], members: list[nn.Module], decay: float) -> None:
+    """Move every temporal mean's parameters towards its member's: theta' += (1 - d)(theta - theta')."""
+    for mean, member in zip(means, members, strict=True):
+        for a, b in zip(mean.parameters(), member.parameters(), strict=True):
+            a.lerp_(b, 1.0 - decay)

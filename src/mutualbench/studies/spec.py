@@ -29,7 +29,7 @@ from ..core.config import (
 )
 from ..core.errors import UserError
 from ..data.sources import KNOWN_DATASETS
-from ..methods import METHODS
+from ..methods import METHODS, get_method
 from ..storage.io_utils import read_regular_file
 from ..storage.spec_schema import check_shape
 
@@ -43,22 +43,22 @@ RESERVED = {
     "data.source": "the data set is [study] data, read from replicate --data",
     "device": "the device is replicate --device",
 }
-# The members a run of each built-in method records (a cohort: student1..studentK and the
-# ensemble), for checking the published numbers; a method not listed is not checked.
-SINGLE_MEMBER = {"individual": "model", "kd": "student", "fitnets": "student"}
-COHORT_METHODS = {"mutual", "hint_mutual"}
 
 
 def arm_members(arm: dict) -> list[str] | None:
-    """The member names the arm's runs record, or None when its method is not a built-in one."""
-    if arm["method"] in SINGLE_MEMBER:
-        return [SINGLE_MEMBER[arm["method"]]]
-    if arm["method"] in COHORT_METHODS:
+    """The members the arm's runs record, as its method declares them (``Method.member_names``:
+    e.g. student1..studentK, and the cohort's mean-softmax ensemble where the method records
+    one), for checking the published numbers; None when the method does not declare them."""
+    method = get_method(arm["method"])
+    archs = arch_names(arm["arch"])
+    names = method.member_names({"arch": archs, "cohort": int(arm.get("cohort", len(archs)))})
+    if names is None:
+        return None
+    if method.records_ensemble:
         from ..analysis.results import ENSEMBLE
 
-        k = int(arm.get("cohort", len(arch_names(arm["arch"]))))
-        return [f"student{i + 1}" for i in range(k)] + [ENSEMBLE]
-    return None
+        names = [*names, ENSEMBLE]
+    return names
 
 
 @dataclass

@@ -102,7 +102,7 @@ def _honoured_speed(method, speed: dict) -> dict:
         if key not in method.speed_keys:
             honoured = ", ".join(f"speed.{k}" for k in method.speed_keys) or "none"
             raise UserError(f"speed.{key} = {value!r} does not apply to method {method.name!r} (it honours: {honoured}; "
-                            "the cohort methods mutual and hint_mutual honour every speed key); remove it for this run")
+                            "the cohort methods, such as mutual, honour every speed key); remove it for this run")
         out[key] = value
     return out
 
