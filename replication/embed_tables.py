@@ -288,11 +288,15 @@ def registry_block() -> str:
     lines = ["| method | teacher | what it trains |", "|---|---|---|"]
     for name in METHODS.names():
         cls = METHODS.get(name)
+        if not cls.__module__.startswith("mutualbench."):
+            continue  # a plugin registered from outside the package (a test's, a user's)
         doc = (sys.modules[cls.__module__].__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
         doc = doc.replace("``", "`").split(": ", 1)[-1]
         lines.append(f"| `{name}` | {'yes' if cls.needs_teacher else ''} | {doc} |")
     lines += ["", "| architecture | family | params (10 classes) | taps |", "|---|---|---:|---|"]
     for name in ARCHS.names():
+        if not ARCHS.get(name).factory.__module__.startswith("mutualbench."):
+            continue
         model = create_arch(name, 10)
         lines.append(f"| `{name}` | {ARCHS.get(name).family} | {count_parameters(model):,} | "
                      f"{', '.join(model.tap_names)} |")
