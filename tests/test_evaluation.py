@@ -1,6 +1,6 @@
-"""The evaluation pass: every model of a stage measured in one pass over the test split gives
-exactly the accuracies of measuring each model on its own, whatever its memory layout, and
-leaves each model in the mode it found it in."""
+"""The evaluation pass: every model of a stage measured together gives exactly the accuracies
+of measuring each model on its own, whatever its memory layout, and leaves each model in the
+mode it found it in."""
 
 import numpy as np
 import torch
@@ -27,7 +27,7 @@ def models() -> dict[str, torch.nn.Module]:
     return out
 
 
-def test_one_pass_gives_each_models_own_accuracy():
+def test_measuring_together_gives_each_models_own_accuracy():
     data, nets = loader(), models()
     nets["resnet"].eval()  # each model is measured in eval mode and left in the mode it was in
     modes = {name: m.training for name, m in nets.items()}
