@@ -62,7 +62,7 @@ STATS_NOTE = (f"Each statistic is tested on its own: the final-epoch accuracy (p
 def markdown(manifest: dict, summary: pd.DataFrame, paired: pd.DataFrame,
              ablation_paired: pd.DataFrame | None = None, contrasts: pd.DataFrame | None = None,
              machine_notes: list[str] | None = None, claims: str = "",
-             ablation_contrasts: pd.DataFrame | None = None) -> str:
+             ablation_contrasts: pd.DataFrame | None = None, layout_notes: list[str] | None = None) -> str:
     from tabulate import tabulate
 
     spec, prof = manifest["spec"], manifest["profile"]
@@ -159,6 +159,11 @@ def markdown(manifest: dict, summary: pd.DataFrame, paired: pd.DataFrame,
                   "float32 rounds differently on each kind of CPU or GPU, so where the runs of a comparison "
                   "came from more than one kind, their difference carries that noise as well as the seeds':", ""]
         lines += [f"- {n}" for n in machine_notes]
+    if layout_notes:
+        lines += ["", "## Runs in different memory layouts", "",
+                  "float32 rounds differently in the NCHW and channels-last layouts, as on different kinds of "
+                  "machine, so where an arm's runs mix them its seeds carry that noise as well:", ""]
+        lines += [f"- {n}" for n in layout_notes]
     return "\n".join(lines) + "\n"
 
 
@@ -269,7 +274,7 @@ def write_report(folder: Path | Study) -> dict[str, Path]:
     claims = evaluate(study)
     md = markdown(manifest, study.summary, study.paired, study.ablations, study.contrasts,
                   study.mixed_machine_notes(), claims_markdown({manifest["profile"]: claims}),
-                  study.ablation_contrasts)
+                  study.ablation_contrasts, study.mixed_layout_notes())
     _write_changed(folder / "table.md", md.encode(), root=folder)
     _write_changed(folder / "table.csv", study.summary.to_csv(index=False, float_format="%.4f").encode(), root=folder)
     _write_changed(folder / "comparisons.csv", study.paired.to_csv(index=False, float_format="%.6f").encode(),

@@ -19,7 +19,7 @@ import pandas as pd
 from ..core.envinfo import MIXED, record_machine_kind
 from ..core.errors import UserError
 from ..storage.layout import MANIFEST, RUNS
-from ..storage.records import RUN_ID, read_record
+from ..storage.records import RUN_ID, read_record, record_layout
 from ..storage.spec_schema import name_problem
 from ..storage.stored_schema import manifest_problem, record_entry_problem
 from .stats import holm_by_family, one_sample, paired, significant, t_quantile
@@ -139,6 +139,7 @@ def runs_frame(manifest: dict, records: dict[str, dict]) -> pd.DataFrame:
                 "train_s": rec["timings"]["train_s"],
                 "device": rec["env"]["device"],
                 "machine": record_machine_kind(rec),
+                "layout": record_layout(rec),
             })
         ens = rec.get("ensemble")
         if isinstance(ens, dict) and ens.get("final_test_acc") is not None:
@@ -146,7 +147,7 @@ def runs_frame(manifest: dict, records: dict[str, dict]) -> pd.DataFrame:
                              params=ens["params"], final_acc=ens["final_test_acc"], last5_acc=math.nan,
                              best_acc_test_selected=math.nan))
     cols = ["ablation", "value", "arm", "method", "member", "seed", "run_id", "arch", "params", "final_acc",
-            "last5_acc", "best_acc_test_selected", "train_s", "device", "machine"]
+            "last5_acc", "best_acc_test_selected", "train_s", "device", "machine", "layout"]
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -432,6 +433,27 @@ def mixed_machine_notes(df: pd.DataFrame, spec: dict) -> list[str]:
     return notes
 
 
+def mixed_layout_notes(df: pd.DataFrame) -> list[str]:
+    """One line per arm (of the main study or an ablation) whose runs trained in more than one
+    memory layout (``records.record_layout``), e.g. seeds made before and after the
+    single-model stages honoured ``speed.channels_last``: float32 rounds differently in each,
+    as on each kind of machine. Arms of different methods may differ in layout; that is the
+    method's setting, noted in the records, not a mix within an arm."""
+    if df.empty or "layout" not in df:
+        return []
+    notes = []
+    models = df[df["member"] != ENSEMBLE]
+    for (abl, val, arm), g in models.groupby(["ablation", "value", "arm"], sort=False):
+        by_layout = g.drop_duplicates("run_id").groupby("layout", sort=True)["seed"]
+        if by_layout.ngroups < 2:
+            continue
+        where = arm if abl == MAIN else f"ablation {abl} = {val} on {arm}"
+        parts = [f"{layout} (seed{'s' if len(seeds) > 1 else ''} {', '.join(str(s) for s in sorted(seeds))})"
+                 for layout, seeds in by_layout]
+        notes.append(f"{where}: runs in {' and '.join(parts)}")
+    return notes
+
+
 @dataclass
 class Study:
     """A study folder loaded once: what the table, the plots, ``compare`` and ``publish`` all
@@ -459,6 +481,9 @@ class Study:
 
     def mixed_machine_notes(self) -> list[str]:
         return mixed_machine_notes(self.runs, self.spec)
+
+    def mixed_layout_notes(self) -> list[str]:
+        return mixed_layout_notes(self.runs)
 
     def machine_kinds(self) -> list[str]:
         """The kinds of machine (``envinfo.record_machine_kind``: GPU name, or CPU model and

@@ -87,10 +87,16 @@ def hashed_config(resolved: dict, method: str) -> HashedConfig:
 
 @dataclass
 class BuildContext:
+    """What a method builds its run from: the config sections its run id hashes, the device,
+    the data set's classes, the trained teacher (where it learns from one) and the memory
+    layout its single-model stages train in (``channels_last``: ``speed.channels_last`` in a
+    float32 run; the cohort stages read their ``speed`` section themselves)."""
+
     config: dict
     device: torch.device
     num_classes: int
     teacher: FeatureModel | None = None
+    channels_last: bool = False
 
     def new_parts(self, arch: str, index: int, split_at: str) -> tuple[nn.Module, nn.Module]:
         """Model ``index`` of the run (``new_model``) in two parts: its stages up to and

@@ -28,7 +28,7 @@ from ..core.config import KeyType, register_section
 from ..core.errors import UserError
 from .base import BuildContext, Method, ModelSlot, OptimizingStage, loss_terms, register_method
 from .losses import _reduce, cross_entropy, kl_divergence
-from .stages import autocast_bf16
+from .stages import autocast_bf16, channels_last_input, layout_description, to_channels_last
 
 ONE_SECTION = register_section(
     "one",
@@ -89,27 +89,32 @@ def one_loss_terms(logits: torch.Tensor, ensemble: torch.Tensor, target: torch.T
 
 
 class OneStage(OptimizingStage):
-    """Every part of the network (trunk, branches, gate) updated by one optimizer on ONE's loss."""
+    """Every part of the network (trunk, branches, gate) updated by one optimizer on ONE's loss
+    (the whole network and every batch channels-last with ``speed.channels_last``)."""
 
     name = "train"
 
     def __init__(self, network: OneNetwork, names: list[str], ctx: BuildContext) -> None:
         self.network, self.names, self.device, self.bf16 = network, names, ctx.device, ctx.bf16
+        self.channels_last = ctx.channels_last
         self.cfg, self.reduction = ctx.config["train"], ctx.reduction
         self.temperature = ctx.config["one"]["temperature"]
         self.epochs = self.cfg["epochs"]
         self.eval_names = (*names, "ensemble")
 
     def begin(self) -> None:
+        if self.channels_last:
+            to_channels_last(self.network)
         self.optimizers = {"network": self.new_optimizer(self.network.parameters(), self.cfg, self.device)}
 
     def train_mode(self) -> None:
         self.network.train()
 
     def describe(self) -> dict:
-        return {"bf16": self.bf16} if self.bf16 else {}
+        return layout_description(self.channels_last, self.bf16)
 
     def step(self, x, y):
+        x = channels_last_input(x, self.channels_last)
         with autocast_bf16(self.device, self.bf16):
             logits, ensemble = self.network.all_logits(x)
         total, ce_e, terms = one_loss_terms(logits, ensemble, y, self.temperature, self.reduction)

@@ -29,7 +29,7 @@ import torch
 
 from ..methods import get_method
 from ..methods.pretrain import uses_teacher
-from .assembly import assemble, new_teacher
+from .assembly import assemble, new_teacher, run_channels_last
 from .engine import synchronize
 
 WARMUP_STEPS = 5  # the first steps pay for allocation and kernel selection
@@ -95,7 +95,7 @@ def measure_run_seconds(runner, config: dict, steps: int = TIMED_STEPS) -> RunEs
         # an untrained teacher: its weights do not change the time of a step
         teacher = new_teacher(resolved, ds.num_classes, device=device) \
             if uses_teacher(get_method(resolved["method"]), resolved) else None
-        run = assemble(resolved, ds, device, teacher)
+        run = assemble(resolved, ds, device, teacher, channels_last=run_channels_last(config))
         slots, stages, train_loader, test_loader = run.slots, run.stages, run.train_loader, run.test_loader
         batches_per_epoch = len(train_loader)
         x_test, _ = next(iter(test_loader.epoch_batches(0)))

@@ -50,7 +50,7 @@ from ..storage.records import (
     started_record,
     write_record,
 )
-from .assembly import assemble, new_teacher
+from .assembly import assemble, new_teacher, run_channels_last
 from .engine import TrainingDiverged
 
 RETRAIN_TEACHERS_ENV = "MUTUALBENCH_RETRAIN_TEACHERS"
@@ -91,16 +91,25 @@ def resolve(config: dict) -> dict:
     return resolved
 
 
+# Keys of ``speed`` every method honours without their entering the run id of a method
+# without a speed section: the memory layout changes float32 rounding as the kind of machine
+# does, and like the machine it is recorded (the record's ``layout`` and its stages), not
+# hashed, so the runs stored before the single-model stages honoured it keep their ids. (A
+# method with a speed section, the cohort methods, has always hashed it with the section.)
+LAYOUT_KEYS = ("channels_last",)
+
+
 def _honoured_speed(method, speed: dict) -> dict:
     """The ``speed`` keys a method without a speed section honours (``Method.speed_keys``),
     when set away from their defaults; a non-default key it cannot honour is an error, so no
-    record claims a setting that did not apply."""
+    record claims a setting that did not apply. The layout keys (``LAYOUT_KEYS``) are honoured
+    by every method and never hashed."""
     out = {}
     for key, value in speed.items():
-        if value == BASE_DEFAULTS["speed"][key]:
+        if key in LAYOUT_KEYS or value == BASE_DEFAULTS["speed"][key]:
             continue
         if key not in method.speed_keys:
-            honoured = ", ".join(f"speed.{k}" for k in method.speed_keys) or "none"
+            honoured = ", ".join(f"speed.{k}" for k in (*method.speed_keys, *LAYOUT_KEYS))
             raise UserError(f"speed.{key} = {value!r} does not apply to method {method.name!r} (it honours: {honoured}; "
                             "the cohort methods, such as mutual, honour every speed key); remove it for this run")
         out[key] = value
@@ -137,11 +146,13 @@ def _float64_threads(resolved: dict, device: torch.device):
 def teacher_config(config: dict) -> dict:
     """The ``individual`` run that trains this config's teacher (``compose_config``): its
     architecture, one model, the same seed, and the run's initialisation scheme (a profile
-    that sets ``init`` sets it for the teacher too), data, loss, the teacher's own ``train``
-    and the run's precision (a float64 run's teacher is float64)."""
+    that sets ``init`` sets it for the teacher too), data, loss, the teacher's own ``train``,
+    the run's precision (a float64 run's teacher is float64) and memory layout."""
     t = config["teacher"]
     inherited = {"init": config.get("init", BASE_DEFAULTS["init"]), "data": config["data"], "loss": config["loss"],
-                 "train": t["train"], "speed.dtype": (config.get("speed") or {}).get("dtype", "float32")}
+                 "train": t["train"], "speed.dtype": (config.get("speed") or {}).get("dtype", "float32"),
+                 "speed.channels_last": (config.get("speed") or {}).get("channels_last",
+                                                                          BASE_DEFAULTS["speed"]["channels_last"])}
     return compose_config("individual", [t["arch"]], cohort=1, seed=config["seed"], data=config["data"]["source"],
                           settings=[("the teacher of a run", inherited)])
 
@@ -253,7 +264,7 @@ class Runner:
             method = get_method(resolved["method"])
             if uses_teacher(method, resolved):
                 teacher, teacher_info = self._teacher(resolved, config, ds, ckpt)
-            return self._execute(resolved, rid, ds, method, teacher, teacher_info)
+            return self._execute(resolved, rid, ds, method, teacher, teacher_info, run_channels_last(config))
 
     def _check_confined(self, rid: str) -> None:
         """Every file run ``rid`` writes stays inside ``root``, checked before any run of a study
@@ -319,16 +330,16 @@ class Runner:
                 f"run where the record was made, or set {RETRAIN_TEACHERS_ENV}=1 to retrain it here and replace the record")
 
     # ------------------------------------------------------------------ training
-    def _execute(self, resolved, rid, ds, method, teacher, teacher_info) -> dict:
+    def _execute(self, resolved, rid, ds, method, teacher, teacher_info, channels_last: bool) -> dict:
         with _float64_threads(resolved, self.device):
-            return self._execute_here(resolved, rid, ds, method, teacher, teacher_info)
+            return self._execute_here(resolved, rid, ds, method, teacher, teacher_info, channels_last)
 
-    def _execute_here(self, resolved, rid, ds, method, teacher, teacher_info) -> dict:
+    def _execute_here(self, resolved, rid, ds, method, teacher, teacher_info, channels_last: bool) -> dict:
         started = datetime.now(UTC)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         t0 = time.perf_counter()
-        run = assemble(resolved, ds, self.device, teacher)
+        run = assemble(resolved, ds, self.device, teacher, channels_last=channels_last)
         work = self.out_dir / rid
         env = environment(self.device)
         # plain str and int: the checkpoint that keeps it loads with weights_only
