@@ -240,9 +240,9 @@ def arm_accuracy(df: pd.DataFrame, statistic: str = "final") -> pd.DataFrame:
 
 def seed_values(df: pd.DataFrame, weights: dict[str, float], statistic: str = "final") -> pd.Series:
     """Per seed, sum_a w_a * acc_a of the main study at ``statistic`` (a cohort as the mean of
-    the members it is compared on, ``arm_accuracy``), over the seeds every arm of ``weights`` has: a comparison a vs b is ``{a: 1, b: -1}``.
-    The values behind a comparison's or contrast's test, for tests that need them whole
-    (equivalence, power)."""
+    the members it is compared on, ``arm_accuracy``), over the seeds every arm of ``weights``
+    has: a comparison a vs b is ``{a: 1, b: -1}``. The values behind a comparison's or
+    contrast's test, for tests that need them whole (equivalence, power)."""
     main = df[df["ablation"] == MAIN] if not df.empty else df
     if main.empty:
         return pd.Series(dtype=float)
@@ -333,12 +333,12 @@ CONTRAST_COLUMNS = ["family", "contrast", "weights", "n", "mean", "std", "ci95_l
 
 def linear_contrasts(df: pd.DataFrame, contrasts: list[dict], arms: set[str] | None = None) -> pd.DataFrame:
     """Each contrast sum_a w_a * acc_a evaluated per seed on the main arms (a cohort as the mean
-    of the members it is compared on, ``arm_accuracy``), at both statistics, over the seeds every arm of it has: mean, std, 95%
-    t-interval, the one-sample t-test of mean 0 (two-sided), its Holm adjustment within the
-    contrast's ``family`` (default ``contrasts``) and the seeds where it is > 0. An arm with
-    fewer seeds than the others is named in ``note`` (the contrast then uses the seeds all its
-    arms share, and says it is not computed when they share none). ``arms``: as for
-    ``paired_comparisons``."""
+    of the members it is compared on, ``arm_accuracy``), at both statistics, over the seeds
+    every arm of it has: mean, std, 95% t-interval, the one-sample t-test of mean 0
+    (two-sided), its Holm adjustment within the contrast's ``family`` (default ``contrasts``)
+    and the seeds where it is > 0. An arm with fewer seeds than the others is named in
+    ``note`` (the contrast then uses the seeds all its arms share, and says it is not computed
+    when they share none). ``arms``: as for ``paired_comparisons``."""
     empty = pd.DataFrame(columns=["arm", "seed", "final_acc", "last5_acc"])
     main = df[df["ablation"] == MAIN] if not df.empty else df
     acc = {stat: (arm_accuracy(main, stat) if not df.empty else empty) for stat, _ in STATISTICS}

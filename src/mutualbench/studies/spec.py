@@ -3,10 +3,10 @@
 A spec names arms (a method on an architecture with config overrides, the published
 numbers it is compared with, optionally ``compare``: the members whose mean stands for it in
 the comparisons, when not those its method declares, and optionally ``profiles``: the
-profiles it runs in, each with settings of its own), profiles (sizes: ``full``, ``cpu``, ``smoke``, with a
-regression tolerance each), paired comparisons and ablations (one or more settings varied
-over named values on some arms; one with ``opt_in = true`` runs only when ``replicate
---ablations`` names it). Everything is checked before any training: an unknown key,
+profiles it runs in, each with settings of its own), profiles (sizes: ``full``, ``cpu``,
+``smoke``, with a regression tolerance each), paired comparisons and ablations (one or more
+settings varied over named values on some arms; one with ``opt_in = true`` runs only when
+``replicate --ablations`` names it). Everything is checked before any training: an unknown key,
 method, architecture or profile fails with the file, the key and the fix.
 """
 
