@@ -114,14 +114,41 @@ def last_epochs_mean(curves: list[dict], member: str, k: int = LAST_K) -> float:
     return float(sum(accs[-k:]) / k)
 
 
+def compared_members(config: dict, compare: list[str] | None = None) -> list[str] | None:
+    """The models of a run that its arm is compared on: the arm's ``compare`` (its spec), else
+    those the run's method declares from the run's config (``Method.compared_members``: e.g.
+    ONE's branches, not its gated ensemble). None: every model the run records (a method not
+    registered in this process, such as a plugin's, or a config without the architectures and
+    cohort the declaration reads)."""
+    if compare:
+        return list(compare)
+    from ..methods import METHODS, get_method
+
+    method = config.get("method")
+    if method not in METHODS or not isinstance(config.get("arch"), list) or "cohort" not in config:
+        return None
+    return get_method(method).compared_members(config)
+
+
 def runs_frame(manifest: dict, records: dict[str, dict]) -> pd.DataFrame:
-    """One row per (planned run, model) of a complete record."""
+    """One row per (planned run, model) of a complete record; ``compared`` says whether the
+    model is one its arm is compared on (``compared_members``), the mean-softmax ensemble's
+    row never. A run that lacks a model its arm is compared on is a one-line UserError: the
+    arm's mean would silently be over fewer models."""
+    arms = (manifest.get("spec") or {}).get("arms") or []
+    compare = {a.get("name"): a.get("compare") for a in arms if isinstance(a, dict)}
     rows = []
     for entry in manifest["runs"]:
         rec = records.get(entry["run_id"])
         if rec is None or rec["status"] != "complete":
             continue
         curves = rec.get("curves") or []
+        compared = compared_members(rec["config"], compare.get(entry["arm"]))
+        missing = [m for m in compared or [] if m not in rec["models"]]
+        if missing:
+            raise UserError(f"run {entry['run_id']} of arm {entry['arm']!r} does not record {', '.join(missing)}, "
+                            f"which the arm is compared on (it records {', '.join(rec['models'])}); name those in "
+                            "the arm's compare = [...] in the spec")
         for member, m in rec["models"].items():
             rows.append({
                 "ablation": entry.get("ablation") or MAIN,
@@ -140,15 +167,31 @@ def runs_frame(manifest: dict, records: dict[str, dict]) -> pd.DataFrame:
                 "device": rec["env"]["device"],
                 "machine": record_machine_kind(rec),
                 "layout": record_layout(rec),
+                "compared": compared is None or member in compared,
             })
         ens = rec.get("ensemble")
         if isinstance(ens, dict) and ens.get("final_test_acc") is not None:
             rows.append(dict(rows[-1], member=ENSEMBLE, arch="+".join(rec["models"][m]["arch"] for m in ens["members"]),
                              params=ens["params"], final_acc=ens["final_test_acc"], last5_acc=math.nan,
-                             best_acc_test_selected=math.nan))
+                             best_acc_test_selected=math.nan, compared=False))
     cols = ["ablation", "value", "arm", "method", "member", "seed", "run_id", "arch", "params", "final_acc",
-            "last5_acc", "best_acc_test_selected", "train_s", "device", "machine", "layout"]
+            "last5_acc", "best_acc_test_selected", "train_s", "device", "machine", "layout", "compared"]
     return pd.DataFrame(rows, columns=cols)
+
+
+def compared_on(df: pd.DataFrame) -> dict[str, list[str]]:
+    """Each main arm that is compared on fewer than all the models its runs record, with the
+    models it is compared on, in the records' order (e.g. ``one``: its branches, without its
+    gated ensemble); an arm compared on every model it records is not listed."""
+    if df.empty or "compared" not in df:
+        return {}
+    models = df[(df["ablation"] == MAIN) & (df["member"] != ENSEMBLE)]
+    out = {}
+    for arm, g in models.groupby("arm", sort=False):
+        chosen = list(dict.fromkeys(g.loc[g["compared"].astype(bool), "member"]))
+        if chosen != list(dict.fromkeys(g["member"])):
+            out[arm] = chosen
+    return out
 
 
 def summarize(df: pd.DataFrame, spec: dict) -> pd.DataFrame:
@@ -183,20 +226,24 @@ def summarize(df: pd.DataFrame, spec: dict) -> pd.DataFrame:
 
 def arm_accuracy(df: pd.DataFrame, statistic: str = "final") -> pd.DataFrame:
     """Per (ablation, value, arm, seed): the accuracy at ``statistic`` (``final``: final epoch,
-    ``last5``: the last-5 mean), averaged over a cohort's members, in column ``final_acc`` /
+    ``last5``: the last-5 mean), averaged over the members the arm is compared on (column
+    ``compared``, ``runs_frame``: a cohort's students, ONE's branches without its gated
+    ensemble; every member of a frame without the column), in column ``final_acc`` /
     ``last5_acc``; seeds where the statistic is undefined are left out."""
     col = _ACC[statistic]
     if col not in df:  # a frame built without the statistic: undefined on every seed
         df = df.assign(**{col: math.nan})
     df = df[(df["member"] != ENSEMBLE) & df[col].notna()]
+    if "compared" in df:  # NaN (a row of a frame without the column) counts, as it did before
+        df = df[df["compared"].astype(bool)]
     return df.groupby(["ablation", "value", "arm", "seed"], sort=False)[col].mean().reset_index()
 
 
 def seed_values(df: pd.DataFrame, weights: dict[str, float], statistic: str = "final") -> pd.Series:
-    """Per seed, sum_a w_a * acc_a of the main study at ``statistic`` (a cohort as its members'
-    mean), over the seeds every arm of ``weights`` has: a comparison a vs b is ``{a: 1, b: -1}``.
-    The values behind a comparison's or contrast's test, for tests that need them whole
-    (equivalence, power)."""
+    """Per seed, sum_a w_a * acc_a of the main study at ``statistic`` (a cohort as the mean of
+    the members it is compared on, ``arm_accuracy``), over the seeds every arm of ``weights``
+    has: a comparison a vs b is ``{a: 1, b: -1}``. The values behind a comparison's or
+    contrast's test, for tests that need them whole (equivalence, power)."""
     main = df[df["ablation"] == MAIN] if not df.empty else df
     if main.empty:
         return pd.Series(dtype=float)
@@ -258,7 +305,8 @@ def _adjust(out: pd.DataFrame) -> pd.DataFrame:
 
 
 def paired_comparisons(df: pd.DataFrame, comparisons: list[dict], arms: set[str] | None = None) -> pd.DataFrame:
-    """a vs b over the seeds both have (main study), at both statistics: mean difference, its
+    """a vs b over the seeds both have (main study; each arm as ``arm_accuracy`` gives it, the
+    mean of the members it is compared on), at both statistics: mean difference, its
     std and 95% t-interval, the paired t-test, and its Holm adjustment within the comparison's
     ``family`` (default ``comparisons``). ``arms``: the arms of the profile; a comparison
     naming another arm is not part of this profile and is left out (it is not a test made)."""
@@ -285,13 +333,13 @@ CONTRAST_COLUMNS = ["family", "contrast", "weights", "n", "mean", "std", "ci95_l
 
 
 def linear_contrasts(df: pd.DataFrame, contrasts: list[dict], arms: set[str] | None = None) -> pd.DataFrame:
-    """Each contrast sum_a w_a * acc_a evaluated per seed on the main arms (a cohort as its
-    members' mean), at both statistics, over the seeds every arm of it has: mean, std, 95%
-    t-interval, the one-sample t-test of mean 0 (two-sided), its Holm adjustment within the
-    contrast's ``family`` (default ``contrasts``) and the seeds where it is > 0. An arm with
-    fewer seeds than the others is named in ``note`` (the contrast then uses the seeds all its
-    arms share, and says it is not computed when they share none). ``arms``: as for
-    ``paired_comparisons``."""
+    """Each contrast sum_a w_a * acc_a evaluated per seed on the main arms (a cohort as the mean
+    of the members it is compared on, ``arm_accuracy``), at both statistics, over the seeds
+    every arm of it has: mean, std, 95% t-interval, the one-sample t-test of mean 0
+    (two-sided), its Holm adjustment within the contrast's ``family`` (default ``contrasts``)
+    and the seeds where it is > 0. An arm with fewer seeds than the others is named in
+    ``note`` (the contrast then uses the seeds all its arms share, and says it is not computed
+    when they share none). ``arms``: as for ``paired_comparisons``."""
     empty = pd.DataFrame(columns=["arm", "seed", "final_acc", "last5_acc"])
     main = df[df["ablation"] == MAIN] if not df.empty else df
     acc = {stat: (arm_accuracy(main, stat) if not df.empty else empty) for stat, _ in STATISTICS}
@@ -498,15 +546,23 @@ class Study:
             if not entry.get("ablation") and rec is not None and rec["status"] == "complete":
                 yield entry, rec
 
+    def compared_on(self) -> dict[str, list[str]]:
+        return compared_on(self.runs)
+
     def curves(self) -> pd.DataFrame:
-        """Test accuracy per epoch of every main run's models."""
+        """Test accuracy per epoch of every main run's models; ``compared``: whether the model
+        is one its arm is compared on (``runs_frame``)."""
+        runs = self.runs
+        out = runs[~runs["compared"].astype(bool)] if "compared" in runs else runs.iloc[:0]
+        left_out = set(zip(out["run_id"], out["member"], strict=True))
         rows = []
         for entry, rec in self._main_records():
             for e in rec["curves"]:
                 for member, acc in e["test_acc"].items():
                     rows.append({"arm": entry["arm"], "member": member, "seed": entry["seed"], "epoch": e["epoch"],
-                                 "stage": e["stage"], "acc": acc})
-        return pd.DataFrame(rows, columns=["arm", "member", "seed", "epoch", "stage", "acc"])
+                                 "stage": e["stage"], "acc": acc,
+                                 "compared": (entry["run_id"], member) not in left_out})
+        return pd.DataFrame(rows, columns=["arm", "member", "seed", "epoch", "stage", "acc", "compared"])
 
     def loss_terms(self) -> pd.DataFrame:
         """Every loss term per epoch of every main run's models (records made before the

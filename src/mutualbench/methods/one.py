@@ -17,6 +17,10 @@ network one can deploy alone, counted with the trunk) and ``ensemble`` (the whol
 with its gate). Branch k is initialised as model k of the run would be (``new_parts``), the
 trunk as model 0's; the gate from its own seed. Per model, the record keeps the terms
 ``ce`` and ``kl`` (branches) and ``ce`` (the ensemble): they add up to the batch's loss.
+
+A study compares ONE on its branches (``compared_members``): each is one network of the
+cohort's size, as DML's students are; the gated ensemble runs all K branches and is the
+branches' teacher, so it is reported beside them but not averaged in.
 """
 
 from __future__ import annotations
@@ -166,6 +170,10 @@ class OnTheFlyNativeEnsemble(Method):
 
     def member_names(self, config: dict) -> list[str]:
         return [*branch_names(config["cohort"]), "ensemble"]
+
+    def compared_members(self, config: dict) -> list[str]:
+        """The branches, not the gated ensemble (module docstring)."""
+        return branch_names(config["cohort"])
 
     def build(self, ctx: BuildContext):
         arch, k = ctx.config["arch"][0], ctx.config["cohort"]

@@ -108,6 +108,8 @@ class Arm(_Table):
     cohort: int = None  # type: ignore[assignment]  # its range is the config's (cohort >= 1)
     set: Settings = {}
     published: dict[str, Percent] = {}
+    # the members the arm is compared on (default: those its method declares); spec.py checks them
+    compare: Annotated[list[str], Field(min_length=1)] = None  # type: ignore[assignment]
     description: str = ""
     profiles: dict[str, Settings] = None  # type: ignore[assignment]
 
@@ -182,6 +184,9 @@ HELP: dict[tuple, tuple[str, str]] = {
     ("arms", "*", "published"): ("a table of each member's published accuracy in percent",
                                  "published = { model = 74.0 }"),
     ("arms", "*", "published", "*"): ("a number from 0 to 100 (a published accuracy in percent)", "model = 74.0"),
+    ("arms", "*", "compare"): ("a non-empty list of the names of the members the arm is compared on",
+                               'compare = ["branch1", "branch2", "branch3"]'),
+    ("arms", "*", "compare", "*"): ("a member's name", '"branch1"'),
     ("arms", "*", "description"): ("a string", 'description = "..."'),
     ("arms", "*", "profiles"): ("a table naming the profiles the arm runs in, each with its own settings",
                                 'profiles = { cpu = { "train.epochs" = 20 }, full = {} }'),
