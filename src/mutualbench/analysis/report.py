@@ -63,7 +63,7 @@ def markdown(manifest: dict, summary: pd.DataFrame, paired: pd.DataFrame,
              ablation_paired: pd.DataFrame | None = None, contrasts: pd.DataFrame | None = None,
              machine_notes: list[str] | None = None, claims: str = "",
              ablation_contrasts: pd.DataFrame | None = None, compared: dict[str, list[str]] | None = None,
-             layout_notes: list[str] | None = None) -> str:
+             layout_notes: list[str] | None = None, failed_notes: list[str] | None = None) -> str:
     """table.md. ``compared``: the arms compared on fewer than all their models, with those
     models (``results.compared_on``), named in one line under the main table. ``layout_notes``:
     the arms whose runs mix memory layouts (``results.mixed_layout_notes``)."""
@@ -168,6 +168,14 @@ def markdown(manifest: dict, summary: pd.DataFrame, paired: pd.DataFrame,
                   "float32 rounds differently on each kind of CPU or GPU, so where the runs of a comparison "
                   "came from more than one kind, their difference carries that noise as well as the seeds':", ""]
         lines += [f"- {n}" for n in machine_notes]
+    if failed_notes:
+        below = (spec["profiles"].get(prof) or {}).get("failed_below")
+        lines += ["", "## Runs that failed to train", "",
+                  f"The profile's rule, stated before these runs: a run whose every compared model ends at or below "
+                  f"{below}% test accuracy failed to train. Such a run is counted here, left out of its arm's mean "
+                  "and of every comparison and contrast at its seed (they are conditional on training), never "
+                  "replaced by another seed, and counted as run by the claims' planned n:", ""]
+        lines += [f"- {n}" for n in failed_notes]
     if layout_notes:
         lines += ["", "## Runs in different memory layouts", "",
                   "float32 rounds differently in the NCHW and channels-last layouts, as on different kinds of "
@@ -285,7 +293,7 @@ def write_report(folder: Path | Study) -> dict[str, Path]:
     claims = evaluate(study)
     md = markdown(manifest, study.summary, study.paired, study.ablations, study.contrasts,
                   study.mixed_machine_notes(), claims_markdown({manifest["profile"]: claims}),
-                  study.ablation_contrasts, study.compared_on(), study.mixed_layout_notes())
+                  study.ablation_contrasts, study.compared_on(), study.mixed_layout_notes(), study.failed_notes())
     _write_changed(folder / "table.md", md.encode(), root=folder)
     _write_changed(folder / "table.csv", study.summary.to_csv(index=False, float_format="%.4f").encode(), root=folder)
     _write_changed(folder / "comparisons.csv", study.paired.to_csv(index=False, float_format="%.6f").encode(),
@@ -302,7 +310,7 @@ def write_report(folder: Path | Study) -> dict[str, Path]:
         _write_changed(folder / "claims.csv", claims.to_csv(index=False, float_format="%.6f").encode(), root=folder)
     # every table row's runs: (ablation, value, arm, member) -> seed, run id, the record's numbers
     # runs.csv keeps the columns it had before the layout and compared columns existed (the records hold both)
-    runs = df.drop(columns=["device", "layout", "compared"], errors="ignore")
+    runs = df.drop(columns=["device", "layout", "compared", "failed"], errors="ignore")
     runs = runs.sort_values(["ablation", "value", "arm", "member", "seed"], kind="stable")
     _write_changed(folder / "runs.csv", runs.to_csv(index=False, float_format="%.4f").encode(), root=folder)
     title = f"{manifest['spec']['study']['name']} ({manifest['profile']}, {manifest['data']['name']})"

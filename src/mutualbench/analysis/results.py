@@ -130,13 +130,34 @@ def compared_members(config: dict, compare: list[str] | None = None) -> list[str
     return get_method(method).compared_members(config)
 
 
+def failed_below(manifest: dict) -> float | None:
+    """The profile's rule for a run that failed to train (``failed_below``, accuracy in
+    percent; None: the profile states none, and every complete run counts)."""
+    spec = manifest.get("spec") or {}
+    value = ((spec.get("profiles") or {}).get(manifest.get("profile")) or {}).get("failed_below")
+    return None if value is None else float(value)
+
+
+def failed_to_train(rec: dict, compared: list[str] | None, below: float | None) -> bool:
+    """A complete run failed to train when its profile states ``failed_below`` and every
+    model its arm is compared on ends at or below it (e.g. at chance: a network whose units
+    died predicts one class). Stated in the spec before the runs it judges."""
+    if below is None:
+        return False
+    names = compared if compared is not None else list(rec["models"])
+    accs = [rec["models"][m]["final_test_acc"] for m in names if m in rec["models"]]
+    return bool(accs) and all(a is not None and a <= below for a in accs)
+
+
 def runs_frame(manifest: dict, records: dict[str, dict]) -> pd.DataFrame:
     """One row per (planned run, model) of a complete record; ``compared`` says whether the
     model is one its arm is compared on (``compared_members``), the mean-softmax ensemble's
-    row never. A run that lacks a model its arm is compared on is a one-line UserError: the
-    arm's mean would silently be over fewer models."""
+    row never; ``failed`` whether the run failed to train (``failed_to_train``). A run that
+    lacks a model its arm is compared on is a one-line UserError: the arm's mean would
+    silently be over fewer models."""
     arms = (manifest.get("spec") or {}).get("arms") or []
     compare = {a.get("name"): a.get("compare") for a in arms if isinstance(a, dict)}
+    below = failed_below(manifest)
     rows = []
     for entry in manifest["runs"]:
         rec = records.get(entry["run_id"])
@@ -149,6 +170,7 @@ def runs_frame(manifest: dict, records: dict[str, dict]) -> pd.DataFrame:
             raise UserError(f"run {entry['run_id']} of arm {entry['arm']!r} does not record {', '.join(missing)}, "
                             f"which the arm is compared on (it records {', '.join(rec['models'])}); name those in "
                             "the arm's compare = [...] in the spec")
+        failed = failed_to_train(rec, compared, below)
         for member, m in rec["models"].items():
             rows.append({
                 "ablation": entry.get("ablation") or MAIN,
@@ -168,6 +190,7 @@ def runs_frame(manifest: dict, records: dict[str, dict]) -> pd.DataFrame:
                 "machine": record_machine_kind(rec),
                 "layout": record_layout(rec),
                 "compared": compared is None or member in compared,
+                "failed": failed,
             })
         ens = rec.get("ensemble")
         if isinstance(ens, dict) and ens.get("final_test_acc") is not None:
@@ -175,7 +198,7 @@ def runs_frame(manifest: dict, records: dict[str, dict]) -> pd.DataFrame:
                              params=ens["params"], final_acc=ens["final_test_acc"], last5_acc=math.nan,
                              best_acc_test_selected=math.nan, compared=False))
     cols = ["ablation", "value", "arm", "method", "member", "seed", "run_id", "arch", "params", "final_acc",
-            "last5_acc", "best_acc_test_selected", "train_s", "device", "machine", "layout", "compared"]
+            "last5_acc", "best_acc_test_selected", "train_s", "device", "machine", "layout", "compared", "failed"]
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -517,6 +540,9 @@ class Study:
     contrasts: pd.DataFrame
     # the contrasts within each ablation value (``ablation_contrasts``); empty where none applies
     ablation_contrasts: pd.DataFrame = dataclass_field(default_factory=pd.DataFrame)
+    # the rows of runs that failed to train (``failed_to_train``): kept out of ``runs`` and so of
+    # every mean, comparison and contrast, listed in table.md, counted as run by the claims
+    failed: pd.DataFrame = dataclass_field(default_factory=pd.DataFrame)
 
     @property
     def spec(self) -> dict:
@@ -533,6 +559,31 @@ class Study:
     def mixed_layout_notes(self) -> list[str]:
         return mixed_layout_notes(self.runs)
 
+    def failed_seeds(self, arms) -> set[int]:
+        """The seeds of the main study at which a run of one of ``arms`` failed to train while
+        every one of ``arms`` has its run there (trained or not): seeds a test has run, though
+        they are not in it."""
+        if self.failed.empty:
+            return set()
+        arms = list(arms)
+        both = pd.concat([self.runs, self.failed])
+        main = both[(both["ablation"] == MAIN) & both["arm"].isin(arms)]
+        failed = self.failed[(self.failed["ablation"] == MAIN) & self.failed["arm"].isin(arms)]
+        return {int(s) for s in set(failed["seed"]) if set(main.loc[main["seed"] == s, "arm"]) == set(arms)}
+
+    def failed_notes(self) -> list[str]:
+        """One line per run that failed to train: arm (and ablation value), seed, run id and
+        the final accuracy of each model its arm is compared on."""
+        if self.failed.empty:
+            return []
+        notes = []
+        rows = self.failed[(self.failed["member"] != ENSEMBLE) & self.failed["compared"].astype(bool)]
+        for (abl, val, arm, seed, rid), g in rows.groupby(["ablation", "value", "arm", "seed", "run_id"], sort=False):
+            where = arm if abl == MAIN else f"ablation {abl} = {val} on {arm}"
+            accs = ", ".join(f"{m} {a:.2f}%" for m, a in zip(g["member"], g["final_acc"], strict=True))
+            notes.append(f"{where}, seed {seed} (run {rid}): {accs}")
+        return notes
+
     def machine_kinds(self) -> list[str]:
         """The kinds of machine (``envinfo.record_machine_kind``: GPU name, or CPU model and
         instruction set; "A + B" for a run resumed on another kind) that the study's complete
@@ -540,10 +591,14 @@ class Study:
         return sorted({record_machine_kind(r) for r in self.records.values() if r["status"] == "complete"})
 
     def _main_records(self):
-        """(manifest entry, record) of every complete run of the main study (no ablation)."""
+        """(manifest entry, record) of every complete run of the main study (no ablation) that
+        did not fail to train (its curves are not in the arm's band, as its accuracy is not in
+        the arm's mean)."""
+        failed = set(self.failed["run_id"]) if not self.failed.empty else set()
         for entry in self.manifest["runs"]:
             rec = self.records.get(entry["run_id"])
-            if not entry.get("ablation") and rec is not None and rec["status"] == "complete":
+            if not entry.get("ablation") and rec is not None and rec["status"] == "complete" \
+                    and entry["run_id"] not in failed:
                 yield entry, rec
 
     def compared_on(self) -> dict[str, list[str]]:
@@ -581,13 +636,15 @@ def load_study(folder: Path) -> Study:
     folder = Path(folder)
     manifest = load_manifest(folder)
     records = load_records(folder, manifest)
-    df = runs_frame(manifest, records)
+    everything = runs_frame(manifest, records)
+    failed = everything[everything["failed"].astype(bool)].reset_index(drop=True)
+    df = everything[~everything["failed"].astype(bool)].reset_index(drop=True)
     spec = manifest["spec"]
     arms = profile_arms(spec, manifest.get("profile"))
     return Study(folder, manifest, records, df, summarize(df, spec),
                  paired_comparisons(df, spec.get("comparisons", []), arms), ablation_comparisons(df),
                  linear_contrasts(df, spec.get("contrasts", []), arms),
-                 ablation_contrasts(df, spec.get("contrasts", []), spec.get("ablations", [])))
+                 ablation_contrasts(df, spec.get("contrasts", []), spec.get("ablations", [])), failed)
 
 
 def _study(s: Path | Study) -> Study:

@@ -123,6 +123,9 @@ class Profile(_Table):
     # the smallest effect that matters, in accuracy points: a claim's test equivalent within
     # +-delta (two one-sided tests) reads "negligible" (mutualbench.analysis.claims); none: never
     delta: Annotated[Number, Field(gt=0)] = None  # type: ignore[assignment]
+    # a run whose every compared model ends at or below this test accuracy (percent) failed to
+    # train: listed, kept out of means and paired tests, counted as run (analysis.results)
+    failed_below: Annotated[Number, Field(ge=0, lt=100)] = None  # type: ignore[assignment]
     set: Settings = {}
 
 

@@ -429,6 +429,7 @@ class SpecProfile(_Stored):
     seeds: PositiveInt = None
     delta: OptPositive = None
     loss_rtol: OptPositive = None
+    failed_below: OptPercent = None
     description: OptText = None
 
 
