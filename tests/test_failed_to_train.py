@@ -71,5 +71,6 @@ def test_the_rule_is_checked_in_a_spec(tmp_path):
     text = (tmp_path / "x.toml")
     text.write_text('[study]\nname = "x"\ndata = "cifar10"\n\n[[arms]]\nname = "a"\nmethod = "individual"\n'
                     'arch = "seed_vgg_student"\n\n[profiles.p]\ntolerance = 1.0\nfailed_below = 120\n')
-    with pytest.raises(UserError, match="failed_below"):
+    with pytest.raises(UserError, match="failed_below") as e:
         load_spec(text)
+    assert "a test accuracy in percent, from 0 up to 100" in str(e.value) and "\n" not in str(e.value)

@@ -105,14 +105,19 @@ def test_a_float64_run_keeps_nchw_in_its_single_model_stages(tmp_path, tiny_cifa
 
 @pytest.mark.parametrize("method,extra", CASES)
 def test_the_channels_last_path_computes_what_the_nchw_path_does(tiny_cifar, method, extra):
-    """In float64, where the two layouts differ only in the order of a few additions: three
-    epochs of losses and accuracies agree to 1e-9 (float32 differs by rounding, as between
-    machines)."""
+    """Two epochs of losses and accuracies in float64, where the layouts differ only in the
+    order of a few additions, agree to 1e-9; in float32, the layout production uses, the first
+    epoch's losses agree to 1e-3 (rounding, as between machines)."""
     data, root = tiny_cifar
-    config = _config(method, data, False, **{"speed.dtype": "float64", "train.epochs": 2, **extra})
-    config["cohort"] = extra.get("cohort", 1)
-    resolved = resolve(config)
     ds = load_dataset(str(data), root=root)
+    for dtype, rel in (("float64", 1e-9), ("float32", 1e-3)):
+        config = _config(method, data, False, **{"speed.dtype": dtype, "train.epochs": 2 if dtype == "float64" else 1,
+                                                 **extra})
+        config["cohort"] = extra.get("cohort", 1)
+        _same_in_both_layouts(method, resolve(config), ds, rel, exact_accuracy=dtype == "float64")
+
+
+def _same_in_both_layouts(method, resolved, ds, rel, exact_accuracy):
     curves = {}
     for channels_last in (False, True):
         teacher = None
@@ -125,8 +130,9 @@ def test_the_channels_last_path_computes_what_the_nchw_path_does(tiny_cifar, met
             channels_last]
     for plain, fast in zip(curves[False], curves[True], strict=True):
         for model, loss in plain["train_loss"].items():
-            assert fast["train_loss"][model] == pytest.approx(loss, rel=1e-9, abs=1e-9), (method, model)
-        assert fast["test_acc"] == plain["test_acc"]
+            assert fast["train_loss"][model] == pytest.approx(loss, rel=rel, abs=rel), (method, model)
+        if exact_accuracy:
+            assert fast["test_acc"] == plain["test_acc"]
 
 
 def test_an_arm_whose_runs_mix_layouts_gets_one_note():
@@ -147,14 +153,18 @@ def test_old_records_read_their_layout_from_their_stages_or_config():
     assert record_layout({"config": {"method": "individual"}}) == "NCHW"
 
 
-def test_run_accepts_channels_last_for_every_single_model_method(tmp_path, tiny_cifar, capsys):
+def test_run_takes_either_layout_for_every_single_model_method(tmp_path, tiny_cifar, capsys):
+    """``speed.channels_last=false`` (true is the default) was refused for these methods before
+    their stages honoured it; now it runs, in NCHW."""
     data, root = tiny_cifar
     for method in ("individual", "kd", "fitnets", "hint_mutual"):
         args = ["run", "--method", method, "--arch", "seed_vgg_student", "--data", str(data),
                 "--data-root", str(root), "--out", str(tmp_path / method), "--epochs", "1", "--quiet",
-                "--set", "speed.channels_last=true", "--set", "data.train_subset=12"]
+                "--set", "speed.channels_last=false", "--set", "data.train_subset=12"]
         if method != "individual":
             args += ["--teacher", "seed_vgg_teacher", "--set", "teacher.train.epochs=1", "--set", "hint.epochs=1"]
         if method == "hint_mutual":
             args += ["--cohort", "2"]
         assert main(args) == 0, capsys.readouterr().err
+        (path,) = (tmp_path / method).glob(f"{method}-*.json")
+        assert read_record(path)["layout"] == "NCHW"

@@ -199,6 +199,8 @@ HELP: dict[tuple, tuple[str, str]] = {
     ("profiles", "*", "tolerance"): ("a finite number >= 0 (accuracy points)", "tolerance = 0.5"),
     ("profiles", "*", "loss_rtol"): ("a relative tolerance between 0 and 1, exclusive", "loss_rtol = 1e-6"),
     ("profiles", "*", "delta"): ("a number > 0: the smallest effect that matters, in accuracy points", "delta = 1.0"),
+    ("profiles", "*", "failed_below"): ("a test accuracy in percent, from 0 up to 100: a run whose every compared "
+                                        "model ends at or below it failed to train", "failed_below = 15.0"),
     ("profiles", "*", "description"): ("a string", 'description = "..."'),
     ("profiles", "*", "seeds"): (f"a positive integer (the seeds the profile plans: run when replicate --seeds is "
                                  f"not given, and the n at which its claims are decided), at most {MAX_SEEDS}",

@@ -42,9 +42,12 @@ from ..methods.pretrain import check_pretrain, pretrain_sections, uses_teacher
 from ..storage.io_utils import atomic_torch_save, move_aside, safe_target, safe_torch_load
 from ..storage.locks import LOCK, FolderLock
 from ..storage.records import (
+    CHANNELS_LAST,
+    NCHW,
     complete_record,
     finish_record,
     model_result,
+    record_layout,
     record_path,
     record_problem,
     started_record,
@@ -299,7 +302,7 @@ class Runner:
             recorded = stored is not None
             reused = recorded and final.exists()
             if recorded and not reused:
-                self._check_teacher_retrain(stored, t_rid)
+                self._check_teacher_retrain(stored, t_rid, tcfg)
             if not reused:
                 self.log(f"training the teacher ({arch}) as run {t_rid}"
                          + (" again: its record is here but not its weights (results/ stores no weights)"
@@ -314,7 +317,7 @@ class Runner:
         info.update(arch=arch, params=count_parameters(teacher))
         return teacher, info
 
-    def _check_teacher_retrain(self, stored: dict, t_rid: str) -> None:
+    def _check_teacher_retrain(self, stored: dict, t_rid: str, tcfg: dict) -> None:
         """A teacher whose record is here but not its weights is retrained under the same run
         id, which replaces the record. On the kind of machine that made the record that gives
         the same teacher (training is deterministic there); on another kind float32 rounds
@@ -328,6 +331,14 @@ class Runner:
                 f"retraining it on this machine ({here}) would replace that record with a different teacher, since "
                 f"float32 rounds differently on each kind of machine. Put its weights at {self.out_dir / t_rid / 'final.pt'}, "
                 f"run where the record was made, or set {RETRAIN_TEACHERS_ENV}=1 to retrain it here and replace the record")
+        made_in, here_in = record_layout(stored), (CHANNELS_LAST if run_channels_last(tcfg) else NCHW)
+        if made_in != here_in and os.environ.get(RETRAIN_TEACHERS_ENV) != "1":
+            raise UserError(
+                f"the teacher run {t_rid} in {self.out_dir} has a record (trained in {made_in}) but not its weights; "
+                f"retraining it in {here_in} would replace that record with a different teacher, since float32 rounds "
+                f"differently in each memory layout. Put its weights at {self.out_dir / t_rid / 'final.pt'}, retrain "
+                f"it in its layout (--set speed.channels_last={'true' if made_in == CHANNELS_LAST else 'false'}), or "
+                f"set {RETRAIN_TEACHERS_ENV}=1 to retrain it here and replace the record")
 
     # ------------------------------------------------------------------ training
     def _execute(self, resolved, rid, ds, method, teacher, teacher_info, channels_last: bool) -> dict:
