@@ -52,13 +52,22 @@ smoke-study: $(BIN)/mutualbench
 	else echo "smoke-study: $(SHARED_CIFAR) not found, skipped"; fi
 
 # CPU benchmarks; ratios against baselines measured in the same run, with machine info.
+# BENCH: which of them (default all). `epoch` (whole epochs per method and per way) is filed
+# under the kind of CPU it ran on: results/bench/<cpu kind>.{json,md}, e.g. amd-epyc-avx2.md.
+BENCH ?= loader cohort conv_grouping epoch
 bench: $(BIN)/mutualbench
 	@mkdir -p results/bench
-	@for b in loader cohort conv_grouping; do \
+	@for b in $(filter-out epoch,$(BENCH)); do \
 	  $(BIN)/python -m pytest benchmarks/test_bench_$$b.py -q -p no:cacheprovider --benchmark-json results/bench/$$b-cpu.json || exit 1; \
 	  $(BIN)/python benchmarks/report.py results/bench/$$b-cpu.json > results/bench/$$b-cpu.md; \
 	  cat results/bench/$$b-cpu.md; \
 	done
+	@if [ -n "$(filter epoch,$(BENCH))" ]; then \
+	  kind=$$($(BIN)/python -c 'from mutualbench.core.envinfo import cpu_slug; print(cpu_slug())') || exit 1; \
+	  $(BIN)/python -m pytest benchmarks/test_bench_epoch.py -q -p no:cacheprovider --benchmark-json results/bench/$$kind.json || exit 1; \
+	  $(BIN)/python benchmarks/epoch_report.py results/bench/$$kind.json > results/bench/$$kind.md || exit 1; \
+	  cat results/bench/$$kind.md; \
+	fi
 
 # CI: every benchmark once on small data, no timing claims.
 bench-smoke: $(BIN)/mutualbench

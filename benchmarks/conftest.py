@@ -33,3 +33,16 @@ def cifar_train():
     if SMOKE:
         images, labels = images[::25], labels[::25]
     return images, labels, mean, std, name
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    """What decides a CPU timing beyond the model name pytest-benchmark records: the
+    instruction set PyTorch dispatches to, native bf16, the threads, the torch version, and
+    the kind of machine the results are filed under (``results/bench/<slug>.md``)."""
+    import torch
+
+    from mutualbench.core.envinfo import cpu_kind, machine_kind, machine_slug
+
+    cpu = cpu_kind()
+    kind = machine_kind({"cpu": cpu})
+    machine_info["mutualbench"] = {"cpu": cpu, "kind": kind, "slug": machine_slug(kind), "torch": torch.__version__}

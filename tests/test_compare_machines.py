@@ -7,7 +7,7 @@ from pathlib import Path
 
 from mutualbench.analysis.results import load_study, machine_note
 from mutualbench.cli import main
-from mutualbench.core.envinfo import machine_kind
+from mutualbench.core.envinfo import machine_kind, machine_slug
 
 OLD_ENV = {"device": "CPU: AMD EPYC 7B13 (2 threads)"}  # a record written before env.cpu existed
 EPYC = {"device": "CPU: AMD EPYC 7B13 (2 threads)",
@@ -42,6 +42,14 @@ def study(folder: Path, envs: list[dict], accs: list[float]) -> Path:
 def test_machine_kind_of_old_and_new_records():
     assert machine_kind(EPYC) == "AMD EPYC 7B13 AVX2"
     assert machine_kind(OLD_ENV) == "CPU: AMD EPYC 7B13 (2 threads) (instruction set not recorded)"
+
+
+def test_machine_slug_names_a_kind_of_machine_as_a_file_name():
+    # results/bench/<slug>.md: one file per kind of machine, found again on the same kind
+    assert machine_slug(machine_kind(EPYC)) == "amd-epyc-7b13-avx2"
+    assert machine_slug(machine_kind(XEON)) == "intel-xeon-platinum-8480-avx512"
+    assert machine_slug("AMD EPYC AVX2") == "amd-epyc-avx2"
+    assert machine_slug("?/?") == "unknown"
 
 
 def test_compare_notes_results_from_another_kind_of_machine(tmp_path, capsys):

@@ -75,7 +75,7 @@ def test_each_bad_value_names_key_value_and_what_is_allowed(key, value, allowed)
         (["--method", "individual", "--set", "train.optimizer.betas=[0.9,1]"], "train.optimizer.betas = [0.9, 1]"),
         (["--method", "kd", "--teacher", "seed_vgg_teacher", "--set", "kd.alpha=-0.5"], "kd.alpha = -0.5 is not allowed"),
         (["--method", "individual", "--set", "speed.compile=true"], "speed.compile = True does not apply to method 'individual'"),
-        (["--method", "kd", "--teacher", "seed_vgg_teacher", "--set", "speed.channels_last=false"], "speed.channels_last = False does not apply to method 'kd'"),
+        (["--method", "kd", "--teacher", "seed_vgg_teacher", "--set", "speed.compile=true"], "speed.compile = True does not apply to method 'kd'"),
     ],
 )
 def test_cli_run_refuses_before_loading_data(tmp_path, capsys, args, message):

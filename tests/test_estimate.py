@@ -91,6 +91,27 @@ def test_a_recorded_run_of_the_same_kind_on_this_machine_is_the_estimate(tmp_pat
     assert est.train_s == pytest.approx(first["timings"]["train_s"] * RunTimer.SAFETY, rel=1e-2)
 
 
+def test_a_recorded_run_in_the_other_memory_layout_is_not_the_estimate(tmp_path, tiny_cifar, monkeypatch):
+    """An individual run's layout is recorded, not hashed: a channels-last run of the same kind
+    is measured, not given the time of the NCHW record (the layouts run at different speeds)."""
+    data, root = tiny_cifar
+    runner = Runner(tmp_path / "runs", data_root=root, device="cpu")
+    nchw = config(data, method="individual")
+    nchw["speed"]["channels_last"] = False
+    runner.run(nchw)
+    measured = []
+    real = estimate.measure_run_seconds
+    monkeypatch.setattr(estimate, "measure_run_seconds", lambda r, c, *a, **k: measured.append(c) or real(r, c, *a, **k))
+    again = config(data, method="individual")
+    again["seed"], again["speed"]["channels_last"] = 1, False
+    RunTimer(runner).estimate(again)
+    assert measured == []  # the same layout: the record's time
+    other = config(data, method="individual")
+    other["seed"] = 1  # channels-last, the default
+    RunTimer(runner).estimate(other)
+    assert len(measured) == 1
+
+
 def test_an_interrupted_run_is_estimated_for_the_epochs_it_has_left(tmp_path, tiny_cifar):
     data, root = tiny_cifar
     runner = Runner(tmp_path / "runs", data_root=root, device="cpu")

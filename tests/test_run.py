@@ -251,6 +251,31 @@ def test_a_teacher_recorded_on_another_kind_of_machine_is_not_replaced_silently(
     assert again["teacher"]["source"] == "trained" and metrics(again) == metrics(first)
 
 
+def test_a_teacher_recorded_in_the_other_memory_layout_is_not_replaced_silently(tmp_path, tiny_cifar, monkeypatch):
+    """Its record is here but not its weights, and it trained in NCHW (as every teacher did
+    before the single-model stages honoured speed.channels_last): retraining it channels-last
+    would put a different teacher under the old record's name, so it is a one-line error
+    naming the fixes; asked in its own layout it is retrained."""
+    from mutualbench.core.errors import UserError
+
+    data, _ = tiny_cifar
+
+    def as_nchw(record):
+        for stage in record["stages"]:
+            stage.pop("channels_last", None)  # a stage that does not say trained in NCHW
+        record["layout"] = "NCHW"
+
+    runner, first, t_rid, path = _kd_with_teacher_record_only(tmp_path, tiny_cifar, as_nchw)
+    before = path.read_bytes()
+    with pytest.raises(UserError) as e:
+        runner.run(run_config("kd", data))
+    msg = str(e.value)
+    assert f"the teacher run {t_rid}" in msg and "trained in NCHW" in msg and "speed.channels_last=false" in msg
+    assert "\n" not in msg and path.read_bytes() == before
+    again = runner.run(run_config("kd", data, **{"speed.channels_last": False}))
+    assert again["teacher"]["source"] == "trained" and again["layout"] == "NCHW"
+
+
 def test_git_commit_of_a_tree_copy_comes_from_the_environment(monkeypatch):
     from mutualbench.core import envinfo
 

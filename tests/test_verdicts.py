@@ -221,6 +221,7 @@ def smoke_study(folder: Path, complete: dict[str, list[int]]) -> Path:
     """A seed_blog/smoke study folder with fake complete records (made on ENV's machine) for
     the given arms and seeds, under the run ids the spec gives them."""
     from mutualbench.core.config import run_id
+    from mutualbench.methods import get_method
     from mutualbench.studies.spec import expand, load_spec
     from mutualbench.training.run import resolve
 
@@ -236,13 +237,14 @@ def smoke_study(folder: Path, complete: dict[str, list[int]]) -> Path:
         if p.seed not in complete.get(p.arm, []):
             continue
         acc = 20.0 + len(p.arm) + p.seed
+        members = get_method(resolved["method"]).member_names(resolved)  # every model the run records
         record = {"schema": 1, "run_id": rid, "status": "complete", "seed": p.seed, "data": {},
-                  "curves": [{"epoch": e, "stage": "train", "test_acc": {"model": acc}, "train_s": 10.0,
+                  "curves": [{"epoch": e, "stage": "train", "test_acc": {m: acc for m in members}, "train_s": 10.0,
                               "eval_s": 1.0} for e in range(1, 4)],
                   "stages": [{"name": "train", "epochs": 3}],
                   "config": resolved, "timings": {"train_s": 30.0, "eval_s": 3.0}, "env": ENV,
-                  "models": {"model": {"role": "individual", "arch": "seed_vgg_student", "params": 1,
-                                       "final_test_acc": acc, "best_test_acc_test_selected": acc}}}
+                  "models": {m: {"role": "individual", "arch": "seed_vgg_student", "params": 1,
+                                 "final_test_acc": acc, "best_test_acc_test_selected": acc} for m in members}}
         (folder / "runs" / f"{rid}.json").write_text(json.dumps(record))
     manifest = {"schema": 1, "spec_path": str(spec.path), "spec": spec.raw, "profile": "smoke", "seeds": [0, 1],
                 "runs": runs, "data": {"name": "cifar10", "sha256": sha}}

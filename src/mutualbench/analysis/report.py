@@ -62,7 +62,11 @@ STATS_NOTE = (f"Each statistic is tested on its own: the final-epoch accuracy (p
 def markdown(manifest: dict, summary: pd.DataFrame, paired: pd.DataFrame,
              ablation_paired: pd.DataFrame | None = None, contrasts: pd.DataFrame | None = None,
              machine_notes: list[str] | None = None, claims: str = "",
-             ablation_contrasts: pd.DataFrame | None = None) -> str:
+             ablation_contrasts: pd.DataFrame | None = None, compared: dict[str, list[str]] | None = None,
+             layout_notes: list[str] | None = None, failed_notes: list[str] | None = None) -> str:
+    """table.md. ``compared``: the arms compared on fewer than all their models, with those
+    models (``results.compared_on``), named in one line under the main table. ``layout_notes``:
+    the arms whose runs mix memory layouts (``results.mixed_layout_notes``)."""
     from tabulate import tabulate
 
     spec, prof = manifest["spec"], manifest["profile"]
@@ -93,6 +97,11 @@ def markdown(manifest: dict, summary: pd.DataFrame, paired: pd.DataFrame,
         lines += ["", f"`{ENSEMBLE}`: the cohort's prediction, the mean of its members' softmaxes, at the final "
                   "epoch; an extra column of the cohort, not averaged into the cohort's accuracy that the "
                   "comparisons and contrasts use."]
+    if compared:
+        lines += ["", "Compared on: " + "; ".join(f"`{arm}` on {', '.join(members)}" for arm, members in compared.items())
+                  + ". An arm's accuracy in the comparisons, contrasts and claims is the mean of these models (as "
+                  "its method declares them, or its spec's `compare` names them); its other rows above are reported, "
+                  "not averaged in. Every other arm is compared on all its models."]
     done = paired[paired["n"] > 0] if not paired.empty else paired
     if not paired.empty:
         lines += ["", "## Paired comparisons (same seeds; a cohort counts as its members' mean)", ""]
@@ -159,12 +168,26 @@ def markdown(manifest: dict, summary: pd.DataFrame, paired: pd.DataFrame,
                   "float32 rounds differently on each kind of CPU or GPU, so where the runs of a comparison "
                   "came from more than one kind, their difference carries that noise as well as the seeds':", ""]
         lines += [f"- {n}" for n in machine_notes]
+    if failed_notes:
+        below = (spec["profiles"].get(prof) or {}).get("failed_below")
+        lines += ["", "## Runs that failed to train", "",
+                  f"The profile's rule, stated before these runs: a run whose every compared model ends at or below "
+                  f"{below}% test accuracy failed to train. Such a run is counted here, left out of its arm's mean "
+                  "and of every comparison and contrast at its seed (they are conditional on training), never "
+                  "replaced by another seed, and counted as run by the claims' planned n:", ""]
+        lines += [f"- {n}" for n in failed_notes]
+    if layout_notes:
+        lines += ["", "## Runs in different memory layouts", "",
+                  "float32 rounds differently in the NCHW and channels-last layouts, as on different kinds of "
+                  "machine, so where an arm's runs mix them its seeds carry that noise as well:", ""]
+        lines += [f"- {n}" for n in layout_notes]
     return "\n".join(lines) + "\n"
 
 
 def plot_curves(curves: pd.DataFrame, out: Path, title: str) -> list[Path]:
-    """``curves.png``: every main arm (a cohort as its members' mean), mean ± std band over
-    seeds; ``curves_<arm>.png`` for each cohort arm, one line per member (the blog's figures)."""
+    """``curves.png``: every main arm (a cohort as the mean of the members it is compared on,
+    column ``compared``), mean ± std band over seeds; ``curves_<arm>.png`` for each cohort arm,
+    one line per member, every member (the blog's figures)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -181,7 +204,8 @@ def plot_curves(curves: pd.DataFrame, out: Path, title: str) -> list[Path]:
         ax.fill_between(mean.index, mean - std, mean + std, alpha=0.2)
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    per_arm = curves.groupby(["arm", "seed", "epoch"], sort=False)["acc"].mean().reset_index()
+    chosen = curves[curves["compared"].astype(bool)] if "compared" in curves else curves
+    per_arm = chosen.groupby(["arm", "seed", "epoch"], sort=False)["acc"].mean().reset_index()
     for arm, g in per_arm.groupby("arm", sort=False):
         band(ax, g, arm)
     ax.set(xlabel="epoch (all stages)", ylabel="test accuracy (%)", title=title)
@@ -269,7 +293,7 @@ def write_report(folder: Path | Study) -> dict[str, Path]:
     claims = evaluate(study)
     md = markdown(manifest, study.summary, study.paired, study.ablations, study.contrasts,
                   study.mixed_machine_notes(), claims_markdown({manifest["profile"]: claims}),
-                  study.ablation_contrasts)
+                  study.ablation_contrasts, study.compared_on(), study.mixed_layout_notes(), study.failed_notes())
     _write_changed(folder / "table.md", md.encode(), root=folder)
     _write_changed(folder / "table.csv", study.summary.to_csv(index=False, float_format="%.4f").encode(), root=folder)
     _write_changed(folder / "comparisons.csv", study.paired.to_csv(index=False, float_format="%.6f").encode(),
@@ -285,7 +309,9 @@ def write_report(folder: Path | Study) -> dict[str, Path]:
     if not claims.empty:
         _write_changed(folder / "claims.csv", claims.to_csv(index=False, float_format="%.6f").encode(), root=folder)
     # every table row's runs: (ablation, value, arm, member) -> seed, run id, the record's numbers
-    runs = df.drop(columns=["device"]).sort_values(["ablation", "value", "arm", "member", "seed"], kind="stable")
+    # runs.csv keeps the columns it had before the layout and compared columns existed (the records hold both)
+    runs = df.drop(columns=["device", "layout", "compared", "failed"], errors="ignore")
+    runs = runs.sort_values(["ablation", "value", "arm", "member", "seed"], kind="stable")
     _write_changed(folder / "runs.csv", runs.to_csv(index=False, float_format="%.4f").encode(), root=folder)
     title = f"{manifest['spec']['study']['name']} ({manifest['profile']}, {manifest['data']['name']})"
     plots = plot_curves(study.curves(), folder, title) + plot_loss_terms(study.loss_terms(), folder, title)

@@ -19,7 +19,7 @@ import pandas as pd
 from ..core.envinfo import MIXED, record_machine_kind
 from ..core.errors import UserError
 from ..storage.layout import MANIFEST, RUNS
-from ..storage.records import RUN_ID, read_record
+from ..storage.records import RUN_ID, read_record, record_layout
 from ..storage.spec_schema import name_problem
 from ..storage.stored_schema import manifest_problem, record_entry_problem
 from .stats import holm_by_family, one_sample, paired, significant, t_quantile
@@ -114,14 +114,63 @@ def last_epochs_mean(curves: list[dict], member: str, k: int = LAST_K) -> float:
     return float(sum(accs[-k:]) / k)
 
 
+def compared_members(config: dict, compare: list[str] | None = None) -> list[str] | None:
+    """The models of a run that its arm is compared on: the arm's ``compare`` (its spec), else
+    those the run's method declares from the run's config (``Method.compared_members``: e.g.
+    ONE's branches, not its gated ensemble). None: every model the run records (a method not
+    registered in this process, such as a plugin's, or a config without the architectures and
+    cohort the declaration reads)."""
+    if compare:
+        return list(compare)
+    from ..methods import METHODS, get_method
+
+    method = config.get("method")
+    if method not in METHODS or not isinstance(config.get("arch"), list) or "cohort" not in config:
+        return None
+    return get_method(method).compared_members(config)
+
+
+def failed_below(manifest: dict) -> float | None:
+    """The profile's rule for a run that failed to train (``failed_below``, accuracy in
+    percent; None: the profile states none, and every complete run counts)."""
+    spec = manifest.get("spec") or {}
+    value = ((spec.get("profiles") or {}).get(manifest.get("profile")) or {}).get("failed_below")
+    return None if value is None else float(value)
+
+
+def failed_to_train(rec: dict, compared: list[str] | None, below: float | None) -> bool:
+    """A complete run failed to train when its profile states ``failed_below`` and every
+    model its arm is compared on ends at or below it (e.g. at chance: a network whose units
+    died predicts one class). Stated in the spec before the runs it judges."""
+    if below is None:
+        return False
+    names = compared if compared is not None else list(rec["models"])
+    accs = [rec["models"][m]["final_test_acc"] for m in names if m in rec["models"]]
+    return bool(accs) and all(a is not None and a <= below for a in accs)
+
+
 def runs_frame(manifest: dict, records: dict[str, dict]) -> pd.DataFrame:
-    """One row per (planned run, model) of a complete record."""
+    """One row per (planned run, model) of a complete record; ``compared`` says whether the
+    model is one its arm is compared on (``compared_members``), the mean-softmax ensemble's
+    row never; ``failed`` whether the run failed to train (``failed_to_train``). A run that
+    lacks a model its arm is compared on is a one-line UserError: the arm's mean would
+    silently be over fewer models."""
+    arms = (manifest.get("spec") or {}).get("arms") or []
+    compare = {a.get("name"): a.get("compare") for a in arms if isinstance(a, dict)}
+    below = failed_below(manifest)
     rows = []
     for entry in manifest["runs"]:
         rec = records.get(entry["run_id"])
         if rec is None or rec["status"] != "complete":
             continue
         curves = rec.get("curves") or []
+        compared = compared_members(rec["config"], compare.get(entry["arm"]))
+        missing = [m for m in compared or [] if m not in rec["models"]]
+        if missing:
+            raise UserError(f"run {entry['run_id']} of arm {entry['arm']!r} does not record {', '.join(missing)}, "
+                            f"which the arm is compared on (it records {', '.join(rec['models'])}); name those in "
+                            "the arm's compare = [...] in the spec")
+        failed = failed_to_train(rec, compared, below)
         for member, m in rec["models"].items():
             rows.append({
                 "ablation": entry.get("ablation") or MAIN,
@@ -139,15 +188,33 @@ def runs_frame(manifest: dict, records: dict[str, dict]) -> pd.DataFrame:
                 "train_s": rec["timings"]["train_s"],
                 "device": rec["env"]["device"],
                 "machine": record_machine_kind(rec),
+                "layout": record_layout(rec),
+                "compared": compared is None or member in compared,
+                "failed": failed,
             })
         ens = rec.get("ensemble")
         if isinstance(ens, dict) and ens.get("final_test_acc") is not None:
             rows.append(dict(rows[-1], member=ENSEMBLE, arch="+".join(rec["models"][m]["arch"] for m in ens["members"]),
                              params=ens["params"], final_acc=ens["final_test_acc"], last5_acc=math.nan,
-                             best_acc_test_selected=math.nan))
+                             best_acc_test_selected=math.nan, compared=False))
     cols = ["ablation", "value", "arm", "method", "member", "seed", "run_id", "arch", "params", "final_acc",
-            "last5_acc", "best_acc_test_selected", "train_s", "device", "machine"]
+            "last5_acc", "best_acc_test_selected", "train_s", "device", "machine", "layout", "compared", "failed"]
     return pd.DataFrame(rows, columns=cols)
+
+
+def compared_on(df: pd.DataFrame) -> dict[str, list[str]]:
+    """Each main arm that is compared on fewer than all the models its runs record, with the
+    models it is compared on, in the records' order (e.g. ``one``: its branches, without its
+    gated ensemble); an arm compared on every model it records is not listed."""
+    if df.empty or "compared" not in df:
+        return {}
+    models = df[(df["ablation"] == MAIN) & (df["member"] != ENSEMBLE)]
+    out = {}
+    for arm, g in models.groupby("arm", sort=False):
+        chosen = list(dict.fromkeys(g.loc[g["compared"].astype(bool), "member"]))
+        if chosen != list(dict.fromkeys(g["member"])):
+            out[arm] = chosen
+    return out
 
 
 def summarize(df: pd.DataFrame, spec: dict) -> pd.DataFrame:
@@ -182,20 +249,24 @@ def summarize(df: pd.DataFrame, spec: dict) -> pd.DataFrame:
 
 def arm_accuracy(df: pd.DataFrame, statistic: str = "final") -> pd.DataFrame:
     """Per (ablation, value, arm, seed): the accuracy at ``statistic`` (``final``: final epoch,
-    ``last5``: the last-5 mean), averaged over a cohort's members, in column ``final_acc`` /
+    ``last5``: the last-5 mean), averaged over the members the arm is compared on (column
+    ``compared``, ``runs_frame``: a cohort's students, ONE's branches without its gated
+    ensemble; every member of a frame without the column), in column ``final_acc`` /
     ``last5_acc``; seeds where the statistic is undefined are left out."""
     col = _ACC[statistic]
     if col not in df:  # a frame built without the statistic: undefined on every seed
         df = df.assign(**{col: math.nan})
     df = df[(df["member"] != ENSEMBLE) & df[col].notna()]
+    if "compared" in df:  # NaN (a row of a frame without the column) counts, as it did before
+        df = df[df["compared"].astype(bool)]
     return df.groupby(["ablation", "value", "arm", "seed"], sort=False)[col].mean().reset_index()
 
 
 def seed_values(df: pd.DataFrame, weights: dict[str, float], statistic: str = "final") -> pd.Series:
-    """Per seed, sum_a w_a * acc_a of the main study at ``statistic`` (a cohort as its members'
-    mean), over the seeds every arm of ``weights`` has: a comparison a vs b is ``{a: 1, b: -1}``.
-    The values behind a comparison's or contrast's test, for tests that need them whole
-    (equivalence, power)."""
+    """Per seed, sum_a w_a * acc_a of the main study at ``statistic`` (a cohort as the mean of
+    the members it is compared on, ``arm_accuracy``), over the seeds every arm of ``weights``
+    has: a comparison a vs b is ``{a: 1, b: -1}``. The values behind a comparison's or
+    contrast's test, for tests that need them whole (equivalence, power)."""
     main = df[df["ablation"] == MAIN] if not df.empty else df
     if main.empty:
         return pd.Series(dtype=float)
@@ -257,7 +328,8 @@ def _adjust(out: pd.DataFrame) -> pd.DataFrame:
 
 
 def paired_comparisons(df: pd.DataFrame, comparisons: list[dict], arms: set[str] | None = None) -> pd.DataFrame:
-    """a vs b over the seeds both have (main study), at both statistics: mean difference, its
+    """a vs b over the seeds both have (main study; each arm as ``arm_accuracy`` gives it, the
+    mean of the members it is compared on), at both statistics: mean difference, its
     std and 95% t-interval, the paired t-test, and its Holm adjustment within the comparison's
     ``family`` (default ``comparisons``). ``arms``: the arms of the profile; a comparison
     naming another arm is not part of this profile and is left out (it is not a test made)."""
@@ -284,13 +356,13 @@ CONTRAST_COLUMNS = ["family", "contrast", "weights", "n", "mean", "std", "ci95_l
 
 
 def linear_contrasts(df: pd.DataFrame, contrasts: list[dict], arms: set[str] | None = None) -> pd.DataFrame:
-    """Each contrast sum_a w_a * acc_a evaluated per seed on the main arms (a cohort as its
-    members' mean), at both statistics, over the seeds every arm of it has: mean, std, 95%
-    t-interval, the one-sample t-test of mean 0 (two-sided), its Holm adjustment within the
-    contrast's ``family`` (default ``contrasts``) and the seeds where it is > 0. An arm with
-    fewer seeds than the others is named in ``note`` (the contrast then uses the seeds all its
-    arms share, and says it is not computed when they share none). ``arms``: as for
-    ``paired_comparisons``."""
+    """Each contrast sum_a w_a * acc_a evaluated per seed on the main arms (a cohort as the mean
+    of the members it is compared on, ``arm_accuracy``), at both statistics, over the seeds
+    every arm of it has: mean, std, 95% t-interval, the one-sample t-test of mean 0
+    (two-sided), its Holm adjustment within the contrast's ``family`` (default ``contrasts``)
+    and the seeds where it is > 0. An arm with fewer seeds than the others is named in
+    ``note`` (the contrast then uses the seeds all its arms share, and says it is not computed
+    when they share none). ``arms``: as for ``paired_comparisons``."""
     empty = pd.DataFrame(columns=["arm", "seed", "final_acc", "last5_acc"])
     main = df[df["ablation"] == MAIN] if not df.empty else df
     acc = {stat: (arm_accuracy(main, stat) if not df.empty else empty) for stat, _ in STATISTICS}
@@ -432,6 +504,27 @@ def mixed_machine_notes(df: pd.DataFrame, spec: dict) -> list[str]:
     return notes
 
 
+def mixed_layout_notes(df: pd.DataFrame) -> list[str]:
+    """One line per arm (of the main study or an ablation) whose runs trained in more than one
+    memory layout (``records.record_layout``), e.g. seeds made before and after the
+    single-model stages honoured ``speed.channels_last``: float32 rounds differently in each,
+    as on each kind of machine. Arms of different methods may differ in layout; that is the
+    method's setting, noted in the records, not a mix within an arm."""
+    if df.empty or "layout" not in df:
+        return []
+    notes = []
+    models = df[df["member"] != ENSEMBLE]
+    for (abl, val, arm), g in models.groupby(["ablation", "value", "arm"], sort=False):
+        by_layout = g.drop_duplicates("run_id").groupby("layout", sort=True)["seed"]
+        if by_layout.ngroups < 2:
+            continue
+        where = arm if abl == MAIN else f"ablation {abl} = {val} on {arm}"
+        parts = [f"{layout} (seed{'s' if len(seeds) > 1 else ''} {', '.join(str(s) for s in sorted(seeds))})"
+                 for layout, seeds in by_layout]
+        notes.append(f"{where}: runs in {' and '.join(parts)}")
+    return notes
+
+
 @dataclass
 class Study:
     """A study folder loaded once: what the table, the plots, ``compare`` and ``publish`` all
@@ -447,6 +540,9 @@ class Study:
     contrasts: pd.DataFrame
     # the contrasts within each ablation value (``ablation_contrasts``); empty where none applies
     ablation_contrasts: pd.DataFrame = dataclass_field(default_factory=pd.DataFrame)
+    # the rows of runs that failed to train (``failed_to_train``): kept out of ``runs`` and so of
+    # every mean, comparison and contrast, listed in table.md, counted as run by the claims
+    failed: pd.DataFrame = dataclass_field(default_factory=pd.DataFrame)
 
     @property
     def spec(self) -> dict:
@@ -460,6 +556,34 @@ class Study:
     def mixed_machine_notes(self) -> list[str]:
         return mixed_machine_notes(self.runs, self.spec)
 
+    def mixed_layout_notes(self) -> list[str]:
+        return mixed_layout_notes(self.runs)
+
+    def failed_seeds(self, arms) -> set[int]:
+        """The seeds of the main study at which a run of one of ``arms`` failed to train while
+        every one of ``arms`` has its run there (trained or not): seeds a test has run, though
+        they are not in it."""
+        if self.failed.empty:
+            return set()
+        arms = list(arms)
+        both = pd.concat([self.runs, self.failed])
+        main = both[(both["ablation"] == MAIN) & both["arm"].isin(arms)]
+        failed = self.failed[(self.failed["ablation"] == MAIN) & self.failed["arm"].isin(arms)]
+        return {int(s) for s in set(failed["seed"]) if set(main.loc[main["seed"] == s, "arm"]) == set(arms)}
+
+    def failed_notes(self) -> list[str]:
+        """One line per run that failed to train: arm (and ablation value), seed, run id and
+        the final accuracy of each model its arm is compared on."""
+        if self.failed.empty:
+            return []
+        notes = []
+        rows = self.failed[(self.failed["member"] != ENSEMBLE) & self.failed["compared"].astype(bool)]
+        for (abl, val, arm, seed, rid), g in rows.groupby(["ablation", "value", "arm", "seed", "run_id"], sort=False):
+            where = arm if abl == MAIN else f"ablation {abl} = {val} on {arm}"
+            accs = ", ".join(f"{m} {a:.2f}%" for m, a in zip(g["member"], g["final_acc"], strict=True))
+            notes.append(f"{where}, seed {seed} (run {rid}): {accs}")
+        return notes
+
     def machine_kinds(self) -> list[str]:
         """The kinds of machine (``envinfo.record_machine_kind``: GPU name, or CPU model and
         instruction set; "A + B" for a run resumed on another kind) that the study's complete
@@ -467,21 +591,33 @@ class Study:
         return sorted({record_machine_kind(r) for r in self.records.values() if r["status"] == "complete"})
 
     def _main_records(self):
-        """(manifest entry, record) of every complete run of the main study (no ablation)."""
+        """(manifest entry, record) of every complete run of the main study (no ablation) that
+        did not fail to train (its curves are not in the arm's band, as its accuracy is not in
+        the arm's mean)."""
+        failed = set(self.failed["run_id"]) if not self.failed.empty else set()
         for entry in self.manifest["runs"]:
             rec = self.records.get(entry["run_id"])
-            if not entry.get("ablation") and rec is not None and rec["status"] == "complete":
+            if not entry.get("ablation") and rec is not None and rec["status"] == "complete" \
+                    and entry["run_id"] not in failed:
                 yield entry, rec
 
+    def compared_on(self) -> dict[str, list[str]]:
+        return compared_on(self.runs)
+
     def curves(self) -> pd.DataFrame:
-        """Test accuracy per epoch of every main run's models."""
+        """Test accuracy per epoch of every main run's models; ``compared``: whether the model
+        is one its arm is compared on (``runs_frame``)."""
+        runs = self.runs
+        out = runs[~runs["compared"].astype(bool)] if "compared" in runs else runs.iloc[:0]
+        left_out = set(zip(out["run_id"], out["member"], strict=True))
         rows = []
         for entry, rec in self._main_records():
             for e in rec["curves"]:
                 for member, acc in e["test_acc"].items():
                     rows.append({"arm": entry["arm"], "member": member, "seed": entry["seed"], "epoch": e["epoch"],
-                                 "stage": e["stage"], "acc": acc})
-        return pd.DataFrame(rows, columns=["arm", "member", "seed", "epoch", "stage", "acc"])
+                                 "stage": e["stage"], "acc": acc,
+                                 "compared": (entry["run_id"], member) not in left_out})
+        return pd.DataFrame(rows, columns=["arm", "member", "seed", "epoch", "stage", "acc", "compared"])
 
     def loss_terms(self) -> pd.DataFrame:
         """Every loss term per epoch of every main run's models (records made before the
@@ -500,13 +636,15 @@ def load_study(folder: Path) -> Study:
     folder = Path(folder)
     manifest = load_manifest(folder)
     records = load_records(folder, manifest)
-    df = runs_frame(manifest, records)
+    everything = runs_frame(manifest, records)
+    failed = everything[everything["failed"].astype(bool)].reset_index(drop=True)
+    df = everything[~everything["failed"].astype(bool)].reset_index(drop=True)
     spec = manifest["spec"]
     arms = profile_arms(spec, manifest.get("profile"))
     return Study(folder, manifest, records, df, summarize(df, spec),
                  paired_comparisons(df, spec.get("comparisons", []), arms), ablation_comparisons(df),
                  linear_contrasts(df, spec.get("contrasts", []), arms),
-                 ablation_contrasts(df, spec.get("contrasts", []), spec.get("ablations", [])))
+                 ablation_contrasts(df, spec.get("contrasts", []), spec.get("ablations", [])), failed)
 
 
 def _study(s: Path | Study) -> Study:

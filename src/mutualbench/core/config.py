@@ -60,6 +60,9 @@ BASE_DEFAULTS: dict[str, Any] = {
     # the precision every stage trains and evaluates in: "float32", or "float64" (the exact
     # tier: rounding differences between CPUs and thread counts stay near 1e-16, so results
     # agree across machines; several times slower on a CPU). bf16 autocast is its own flag.
+    # channels_last: the memory layout of every stage's models and batches (the single-model
+    # stages, supervised, KD, hints and ONE, in float32 runs only: float64 ones keep NCHW).
+    # For a method without a speed section it is recorded, not hashed, like the machine.
     "speed": {"channels_last": True, "bf16": False, "compile": False, "compile_mode": None, "dtype": "float32"},
     # The teacher of methods that learn from one (``Method.needs_teacher``): trained as an
     # ``individual`` run with this section's ``train`` (same seed, data and loss), or loaded.

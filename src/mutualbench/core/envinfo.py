@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -78,6 +79,20 @@ def machine_kind(env: dict) -> str:
 
 
 MIXED = " + "  # joins the kinds of machine of a run resumed on another kind
+
+
+def machine_slug(kind: str) -> str:
+    """``kind`` (``machine_kind``) as a file name, so that what was measured on one kind of
+    machine can be stored under it and found again there: lower case, the trademark marks
+    dropped, every run of other characters than letters and digits one '-'
+    (``AMD EPYC AVX2`` -> ``amd-epyc-avx2``)."""
+    text = re.sub(r"\((r|tm|c)\)", " ", kind.lower())
+    return re.sub(r"[^a-z0-9]+", "-", text).strip("-") or "unknown"
+
+
+def cpu_slug() -> str:
+    """``machine_slug`` of this CPU's kind (model and instruction set; see ``cpu_kind``)."""
+    return machine_slug(machine_kind({"cpu": cpu_kind()}))
 
 
 def record_machine_kind(record: dict) -> str:

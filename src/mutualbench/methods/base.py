@@ -87,10 +87,16 @@ def hashed_config(resolved: dict, method: str) -> HashedConfig:
 
 @dataclass
 class BuildContext:
+    """What a method builds its run from: the config sections its run id hashes, the device,
+    the data set's classes, the trained teacher (where it learns from one) and the memory
+    layout its single-model stages train in (``channels_last``: ``speed.channels_last`` in a
+    float32 run; the cohort stages read their ``speed`` section themselves)."""
+
     config: dict
     device: torch.device
     num_classes: int
     teacher: FeatureModel | None = None
+    channels_last: bool = False
 
     def new_parts(self, arch: str, index: int, split_at: str) -> tuple[nn.Module, nn.Module]:
         """Model ``index`` of the run (``new_model``) in two parts: its stages up to and
@@ -291,6 +297,15 @@ class Method:
         study then takes any name)."""
         return None
 
+    def compared_members(self, config: dict) -> list[str] | None:
+        """The models that stand for the method in a study's comparisons, contrasts and claims
+        (an arm's accuracy on a seed is their mean), from the same ``arch`` and ``cohort`` as
+        ``member_names``: the networks one would deploy, each alone. A teacher, a temporal
+        mean or an ensemble that a run also records is left out: averaged in, it would lift
+        the arm against methods that record none. Default: every model the run records (None
+        where the method declares none); a study arm may name others with ``compare``."""
+        return self.member_names(config)
+
     def parameter_counts(self, slots: dict[str, ModelSlot]) -> dict[str, int]:
         """Each model's parameters, as the record reports them (a model sharing a trunk with
         others counts the trunk: it is what that model costs alone)."""
@@ -317,7 +332,8 @@ def mean_softmax_ensemble(slots: dict[str, ModelSlot], test_loader, role: str = 
 
 class CohortMethod(Method):
     """A method whose models are a cohort: its result includes the members' mean-softmax
-    ensemble (``records_ensemble``). Its members are ``student1..K`` unless it says otherwise."""
+    ensemble (``records_ensemble``). Its members are ``student1..K`` unless it says otherwise,
+    and a study compares it on all of them (``compared_members``), never on that ensemble."""
 
     records_ensemble = True
 

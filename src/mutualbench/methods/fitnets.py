@@ -47,7 +47,7 @@ def hint_stage(ctx: BuildContext, students: dict) -> HintStage:
     s_tap = resolve_tap(first, cfg["student_tap"], "student tap")
     t_tap = resolve_tap(ctx.teacher, cfg["teacher_tap"], "teacher tap")
     return HintStage(students, ctx.teacher, s_tap, t_tap, cfg, ctx.reduction, ctx.config["seed"], ctx.device,
-                     bf16=ctx.bf16)
+                     bf16=ctx.bf16, channels_last=ctx.channels_last)
 
 
 @register_method("fitnets")

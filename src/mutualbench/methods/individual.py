@@ -25,5 +25,6 @@ class Individual(Method):
             ce = cross_entropy(model(x), y, red)
             return ce, {"ce": ce}
 
-        stage = SupervisedStage("train", "model", model, loss_fn, ctx.config["train"], ctx.device, bf16=ctx.bf16)
+        stage = SupervisedStage("train", "model", model, loss_fn, ctx.config["train"], ctx.device, bf16=ctx.bf16,
+                                channels_last=ctx.channels_last)
         return {"model": ModelSlot("model", "individual", arch, model)}, [stage]

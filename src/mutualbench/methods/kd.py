@@ -26,7 +26,7 @@ def kd_stage(ctx: BuildContext, student, name: str = "train") -> SupervisedStage
         return kd_loss_terms(student(x), t, y, kd["temperature"], kd["alpha"], red)
 
     return SupervisedStage(name, "student", student, loss_fn, ctx.config["train"], ctx.device, frozen=(teacher,),
-                           bf16=ctx.bf16)
+                           bf16=ctx.bf16, channels_last=ctx.channels_last)
 
 
 @register_method("kd")

@@ -29,6 +29,10 @@ a shared trunk). Not implemented: the code's 1e-7 added to the target probabilit
 attention's projections are the loss's own parameters (drawn from their own seed, kept in
 the stage's checkpoint). Terms per model: ``ce`` and ``kl`` (weighted). The record's
 ensemble is the mean softmax of all K networks.
+
+A study compares OKDDip on its group leader alone (``compared_members``): the paper's
+abstract calls it "the model used for inference", and the auxiliary peers exist to teach it;
+the peers are reported beside it but not averaged in.
 """
 
 from __future__ import annotations
@@ -118,6 +122,10 @@ class DiversePeers(CohortMethod):
 
     def member_names(self, config: dict) -> list[str]:
         return okddip_names(cohort_size(config))
+
+    def compared_members(self, config: dict) -> list[str]:
+        """The group leader, the model deployed (module docstring)."""
+        return ["leader"]
 
     def build(self, ctx: BuildContext):
         slots = build_cohort(ctx, okddip_names(ctx.config["cohort"]))

@@ -17,6 +17,10 @@ network one can deploy alone, counted with the trunk) and ``ensemble`` (the whol
 with its gate). Branch k is initialised as model k of the run would be (``new_parts``), the
 trunk as model 0's; the gate from its own seed. Per model, the record keeps the terms
 ``ce`` and ``kl`` (branches) and ``ce`` (the ensemble): they add up to the batch's loss.
+
+A study compares ONE on its branches (``compared_members``): each is one network of the
+cohort's size, as DML's students are; the gated ensemble runs all K branches and is the
+branches' teacher, so it is reported beside them but not averaged in.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from ..core.config import KeyType, register_section
 from ..core.errors import UserError
 from .base import BuildContext, Method, ModelSlot, OptimizingStage, loss_terms, register_method
 from .losses import _reduce, cross_entropy, kl_divergence
-from .stages import autocast_bf16
+from .stages import autocast_bf16, channels_last_input, layout_description, to_channels_last
 
 ONE_SECTION = register_section(
     "one",
@@ -89,27 +93,32 @@ def one_loss_terms(logits: torch.Tensor, ensemble: torch.Tensor, target: torch.T
 
 
 class OneStage(OptimizingStage):
-    """Every part of the network (trunk, branches, gate) updated by one optimizer on ONE's loss."""
+    """Every part of the network (trunk, branches, gate) updated by one optimizer on ONE's loss
+    (the whole network and every batch channels-last with ``speed.channels_last``)."""
 
     name = "train"
 
     def __init__(self, network: OneNetwork, names: list[str], ctx: BuildContext) -> None:
         self.network, self.names, self.device, self.bf16 = network, names, ctx.device, ctx.bf16
+        self.channels_last = ctx.channels_last
         self.cfg, self.reduction = ctx.config["train"], ctx.reduction
         self.temperature = ctx.config["one"]["temperature"]
         self.epochs = self.cfg["epochs"]
         self.eval_names = (*names, "ensemble")
 
     def begin(self) -> None:
+        if self.channels_last:
+            to_channels_last(self.network)
         self.optimizers = {"network": self.new_optimizer(self.network.parameters(), self.cfg, self.device)}
 
     def train_mode(self) -> None:
         self.network.train()
 
     def describe(self) -> dict:
-        return {"bf16": self.bf16} if self.bf16 else {}
+        return layout_description(self.channels_last, self.bf16)
 
     def step(self, x, y):
+        x = channels_last_input(x, self.channels_last)
         with autocast_bf16(self.device, self.bf16):
             logits, ensemble = self.network.all_logits(x)
         total, ce_e, terms = one_loss_terms(logits, ensemble, y, self.temperature, self.reduction)
@@ -161,6 +170,10 @@ class OnTheFlyNativeEnsemble(Method):
 
     def member_names(self, config: dict) -> list[str]:
         return [*branch_names(config["cohort"]), "ensemble"]
+
+    def compared_members(self, config: dict) -> list[str]:
+        """The branches, not the gated ensemble (module docstring)."""
+        return branch_names(config["cohort"])
 
     def build(self, ctx: BuildContext):
         arch, k = ctx.config["arch"][0], ctx.config["cohort"]

@@ -33,8 +33,12 @@ values: T = 3 (ONE's, which PCL builds on), decay 0.999 held constant from the f
 300-epoch schedule); the mean teachers run in train mode, their BatchNorm statistics their
 own, as in Mean Teacher. The paper, as we read it, deploys a peer's temporal mean; the
 record keeps every peer, every temporal mean, the ensemble teacher and the peers'
-mean-softmax ensemble, so a study states which it compares. ``pretrain = "hints"`` is
-refused (the temporal means start from the peers' initial weights).
+mean-softmax ensemble. A study compares PCL on its peers (``compared_members``), the
+networks trained by gradient as every other cohort's members are: the ensemble teacher runs
+all K peers, and a temporal mean is a second copy of each peer's weights; averaged in, either
+would lift the arm against cohorts that have neither. An arm that is to be compared on the
+temporal means, the paper's deployed models, names them with ``compare`` in its spec.
+``pretrain = "hints"`` is refused (the temporal means start from the peers' initial weights).
 """
 
 from __future__ import annotations
@@ -136,6 +140,10 @@ class PeerCollaborativeLearning(CohortMethod):
     def member_names(self, config: dict) -> list[str]:
         k = cohort_size(config)
         return [*peer_names(k), *mean_names(k), TEACHER]
+
+    def compared_members(self, config: dict) -> list[str]:
+        """The peers, not their temporal means or the ensemble teacher (module docstring)."""
+        return peer_names(cohort_size(config))
 
     def build(self, ctx: BuildContext):
         k, arch = ctx.config["cohort"], ctx.config["arch"][0]

@@ -25,20 +25,44 @@ def autocast_bf16(device: torch.device, on: bool):
     return torch.autocast(device.type, dtype=torch.bfloat16) if on else contextlib.nullcontext()
 
 
+def to_channels_last(*modules: nn.Module | None) -> None:
+    """Lay out every 4-d weight of ``modules`` channels-last (in place: the parameters stay the
+    same objects, so optimizers and checkpoints see no difference)."""
+    for module in modules:
+        if module is not None:
+            module.to(memory_format=torch.channels_last)
+
+
+def channels_last_input(x: torch.Tensor, on: bool) -> torch.Tensor:
+    """A batch of images in channels-last layout when ``on`` (one reorder per batch, instead of
+    one per convolution); anything else as it is."""
+    return x.contiguous(memory_format=torch.channels_last) if on and x.ndim == 4 else x
+
+
+def layout_description(channels_last: bool, bf16: bool) -> dict:
+    """A single-model stage's ``describe``: its memory layout, and bf16 where on."""
+    return {"channels_last": channels_last, **({"bf16": True} if bf16 else {})}
+
+
 class SupervisedStage(OptimizingStage):
     """Train one model with ``loss_fn(x, y)``, which returns ``(total, {term: value})`` (or
     the total alone, recorded without terms);
     ``frozen`` modules (a teacher) stay in eval mode. With ``bf16`` the loss is computed
-    under bfloat16 autocast."""
+    under bfloat16 autocast; with ``channels_last`` the model, the frozen modules and every
+    batch are laid out channels-last (``speed.channels_last``)."""
 
     def __init__(self, name: str, model_name: str, model: nn.Module, loss_fn: Callable, train_cfg: dict,
-                 device: torch.device, frozen: tuple[nn.Module, ...] = (), bf16: bool = False) -> None:
+                 device: torch.device, frozen: tuple[nn.Module, ...] = (), bf16: bool = False,
+                 channels_last: bool = False) -> None:
         self.name, self.model_name, self.model, self.loss_fn = name, model_name, model, loss_fn
         self.cfg, self.device, self.frozen, self.bf16 = train_cfg, device, frozen, bf16
+        self.channels_last = channels_last
         self.epochs = train_cfg["epochs"]
         self.eval_names = (model_name,)
 
     def begin(self) -> None:
+        if self.channels_last:
+            to_channels_last(self.model, *self.frozen)
         self.optimizers = {self.model_name: self.new_optimizer(self.model.parameters(), self.cfg, self.device)}
 
     def train_mode(self) -> None:
@@ -47,9 +71,10 @@ class SupervisedStage(OptimizingStage):
             m.eval()
 
     def describe(self) -> dict:
-        return {"bf16": self.bf16} if self.bf16 else {}
+        return layout_description(self.channels_last, self.bf16)
 
     def step(self, x, y):
+        x = channels_last_input(x, self.channels_last)
         with autocast_bf16(self.device, self.bf16):
             out = self.loss_fn(x, y)
         loss, terms = (out, {}) if isinstance(out, torch.Tensor) else out
@@ -60,14 +85,16 @@ class SupervisedStage(OptimizingStage):
 class HintStage(OptimizingStage):
     """FitNets stage 1 for every student: its layers up to ``student_tap`` plus a conv
     regressor are trained to minimise 1/2 ||G - r(H)||^2 against the frozen teacher's
-    ``teacher_tap``; nothing else moves. Each student has its own regressor and optimizer."""
+    ``teacher_tap``; nothing else moves. Each student has its own regressor and optimizer.
+    With ``channels_last`` the students, the teacher, the regressors and every batch are laid
+    out channels-last."""
 
     name = "hint"
 
     def __init__(self, students: dict[str, FeatureModel], teacher: FeatureModel, student_tap: str,
                  teacher_tap: str, hint_cfg: dict, reduction: str, seed: int, device: torch.device,
-                 bf16: bool = False) -> None:
-        self.students, self.teacher, self.bf16 = students, teacher, bf16
+                 bf16: bool = False, channels_last: bool = False) -> None:
+        self.students, self.teacher, self.bf16, self.channels_last = students, teacher, bf16, channels_last
         self.student_tap, self.teacher_tap = student_tap, teacher_tap
         self.cfg, self.reduction, self.seed, self.device = hint_cfg, reduction, seed, device
         self.epochs = hint_cfg["epochs"]
@@ -91,6 +118,8 @@ class HintStage(OptimizingStage):
         return list(self.students[name].parameters_up_to(self.student_tap)) + list(self.regressors[name].parameters())
 
     def begin(self) -> None:
+        if self.channels_last:
+            to_channels_last(*self.students.values(), self.teacher, self.regressors)
         self.optimizers = {name: self.new_optimizer(self.hinted_parameters(name), self.cfg, self.device)
                            for name in self.students}
 
@@ -101,9 +130,10 @@ class HintStage(OptimizingStage):
         self.regressors.train()
 
     def describe(self) -> dict:
-        return {"bf16": self.bf16} if self.bf16 else {}
+        return layout_description(self.channels_last, self.bf16)
 
     def step(self, x, y):
+        x = channels_last_input(x, self.channels_last)
         with torch.no_grad(), autocast_bf16(self.device, self.bf16):
             guided = self.teacher.forward_to(x, self.teacher_tap)
         losses = {}
@@ -190,8 +220,7 @@ class CohortStage(CohortStageBase):
 
     def begin(self) -> None:
         if self.channels_last:
-            for m in (*self.members.values(), *self.means.values()):
-                m.to(memory_format=torch.channels_last)
+            to_channels_last(*self.members.values(), *self.means.values())
         if self.order == "sequential":
             self.optimizers = {n: self.new_optimizer(m.parameters(), self.cfg, self.device) for n, m in self.members.items()}
         else:
@@ -212,8 +241,7 @@ class CohortStage(CohortStageBase):
 
     def _step(self, x, y):
         names = list(self.members)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = channels_last_input(x, self.channels_last)
         if self.order == "sequential":
             return self._sequential(names, x, y)
         out = self.loss(self._batch(x, y))

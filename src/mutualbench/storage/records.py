@@ -38,6 +38,25 @@ def started_record(run_id: str, resolved: dict, data: dict, teacher: dict | None
     }
 
 
+CHANNELS_LAST, NCHW = "channels-last", "NCHW"
+
+
+def record_layout(record: dict) -> str:
+    """The memory layout a run's models trained in, from its stages: ``channels-last``,
+    ``NCHW``, or both in the order the stages ran (``NCHW + channels-last``: the hint epochs of
+    a hint+DML run made before every stage honoured ``speed.channels_last``). A stage that does
+    not say trained in NCHW (the single-model stages did until they honoured the key); a record
+    made before stages were recorded is read from its config (the cohort stages honoured
+    ``speed.channels_last`` from the start). Float32 rounds differently in each layout, as on
+    each kind of machine, so tables note an arm whose runs mix them."""
+    stages = record.get("stages")
+    if stages is None:
+        speed = (record.get("config") or {}).get("speed") or {}
+        return CHANNELS_LAST if speed.get("channels_last") else NCHW
+    layouts = [CHANNELS_LAST if s.get("channels_last") else NCHW for s in stages if s.get("epochs", 1)]
+    return " + ".join(dict.fromkeys(layouts)) or NCHW
+
+
 def model_result(role: str, arch: str, params: int, curves: list[dict], name: str) -> dict:
     """One model's result: its final-epoch test accuracy first; the best epoch only labelled
     as selected on the test set."""
@@ -62,6 +81,7 @@ def finish_record(record: dict, *, status: str, curves: list[dict], timings: dic
     record.update(status=status, models=models or {}, curves=curves, timings=timings, error=error)
     if status == "complete":
         record.update(stages=stages or [], resumed_from_epoch=resumed_from_epoch)
+        record["layout"] = record_layout(record)
         if segments is not None:
             record["segments"] = segments
         if ensemble is not None:

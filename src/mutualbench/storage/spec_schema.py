@@ -108,6 +108,8 @@ class Arm(_Table):
     cohort: int = None  # type: ignore[assignment]  # its range is the config's (cohort >= 1)
     set: Settings = {}
     published: dict[str, Percent] = {}
+    # the members the arm is compared on (default: those its method declares); spec.py checks them
+    compare: Annotated[list[str], Field(min_length=1)] = None  # type: ignore[assignment]
     description: str = ""
     profiles: dict[str, Settings] = None  # type: ignore[assignment]
 
@@ -121,6 +123,9 @@ class Profile(_Table):
     # the smallest effect that matters, in accuracy points: a claim's test equivalent within
     # +-delta (two one-sided tests) reads "negligible" (mutualbench.analysis.claims); none: never
     delta: Annotated[Number, Field(gt=0)] = None  # type: ignore[assignment]
+    # a run whose every compared model ends at or below this test accuracy (percent) failed to
+    # train: listed, kept out of means and paired tests, counted as run (analysis.results)
+    failed_below: Annotated[Number, Field(ge=0, lt=100)] = None  # type: ignore[assignment]
     set: Settings = {}
 
 
@@ -182,6 +187,9 @@ HELP: dict[tuple, tuple[str, str]] = {
     ("arms", "*", "published"): ("a table of each member's published accuracy in percent",
                                  "published = { model = 74.0 }"),
     ("arms", "*", "published", "*"): ("a number from 0 to 100 (a published accuracy in percent)", "model = 74.0"),
+    ("arms", "*", "compare"): ("a non-empty list of the names of the members the arm is compared on",
+                               'compare = ["branch1", "branch2", "branch3"]'),
+    ("arms", "*", "compare", "*"): ("a member's name", '"branch1"'),
     ("arms", "*", "description"): ("a string", 'description = "..."'),
     ("arms", "*", "profiles"): ("a table naming the profiles the arm runs in, each with its own settings",
                                 'profiles = { cpu = { "train.epochs" = 20 }, full = {} }'),
@@ -191,6 +199,8 @@ HELP: dict[tuple, tuple[str, str]] = {
     ("profiles", "*", "tolerance"): ("a finite number >= 0 (accuracy points)", "tolerance = 0.5"),
     ("profiles", "*", "loss_rtol"): ("a relative tolerance between 0 and 1, exclusive", "loss_rtol = 1e-6"),
     ("profiles", "*", "delta"): ("a number > 0: the smallest effect that matters, in accuracy points", "delta = 1.0"),
+    ("profiles", "*", "failed_below"): ("a test accuracy in percent, from 0 up to 100: a run whose every compared "
+                                        "model ends at or below it failed to train", "failed_below = 15.0"),
     ("profiles", "*", "description"): ("a string", 'description = "..."'),
     ("profiles", "*", "seeds"): (f"a positive integer (the seeds the profile plans: run when replicate --seeds is "
                                  f"not given, and the n at which its claims are decided), at most {MAX_SEEDS}",

@@ -420,6 +420,7 @@ class SpecStudy(_Stored):
 class SpecArm(_Stored):
     name: Text
     published: dict[str, Percent] = {}
+    compare: list[Text] | None = None  # the members the comparisons average (results.compared_members)
     profiles: dict[str, Any] | None = None
 
 
@@ -428,6 +429,7 @@ class SpecProfile(_Stored):
     seeds: PositiveInt = None
     delta: OptPositive = None
     loss_rtol: OptPositive = None
+    failed_below: OptPercent = None
     description: OptText = None
 
 

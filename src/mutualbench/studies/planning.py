@@ -21,6 +21,8 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pandas as pd
+
 from ..analysis.claims import parse_rule, planned_seeds, tests
 from ..analysis.results import STATISTICS, Study, load_study
 from ..analysis.stats import ALPHA, seeds_for_power
@@ -177,7 +179,8 @@ def missing_runs(study: Study, spec_path: Path, *, data: str | None = None,
                f"--no-ablations --arms {p.arm}{data_arg} --out {shlex.quote(str(study.folder))}")
         missing.append(MissingRun(p.arm, p.seed, rid, claims_of.get(p.arm, []), tests_of[p.arm], est, how,
                                   command=cmd, teacher=teacher))
-    done = {(a, int(s)) for a, s in study.runs[study.runs["ablation"] == "main"][["arm", "seed"]].itertuples(index=False)}
+    ran = pd.concat([study.runs, study.failed]) if not study.failed.empty else study.runs  # a failed run is run
+    done = {(a, int(s)) for a, s in ran[ran["ablation"] == "main"][["arm", "seed"]].itertuples(index=False)}
     claims = spec.raw.get("claims", [])
     ordered = _with_teachers(order_runs(missing, done, found, claims))
     have, claim_arms = set(done), _claim_arms(found, claims)

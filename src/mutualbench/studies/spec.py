@@ -1,11 +1,12 @@
 """Study specs (TOML) and their expansion into runs.
 
 A spec names arms (a method on an architecture with config overrides, the published
-numbers it is compared with, and optionally ``profiles``: the profiles it runs in, each with
-settings of its own), profiles (sizes: ``full``, ``cpu``, ``smoke``, with a
-regression tolerance each), paired comparisons and ablations (one or more settings varied
-over named values on some arms; one with ``opt_in = true`` runs only when ``replicate
---ablations`` names it). Everything is checked before any training: an unknown key,
+numbers it is compared with, optionally ``compare``: the members whose mean stands for it in
+the comparisons, when not those its method declares, and optionally ``profiles``: the
+profiles it runs in, each with settings of its own), profiles (sizes: ``full``, ``cpu``,
+``smoke``, with a regression tolerance each), paired comparisons and ablations (one or more
+settings varied over named values on some arms; one with ``opt_in = true`` runs only when
+``replicate --ablations`` names it). Everything is checked before any training: an unknown key,
 method, architecture or profile fails with the file, the key and the fix.
 """
 
@@ -45,13 +46,19 @@ RESERVED = {
 }
 
 
+def _members_config(arm: dict) -> dict:
+    """What a method's ``member_names`` and ``compared_members`` read of an arm: its
+    architectures (a list) and cohort."""
+    archs = arch_names(arm["arch"])
+    return {"arch": archs, "cohort": int(arm.get("cohort", len(archs)))}
+
+
 def arm_members(arm: dict) -> list[str] | None:
     """The members the arm's runs record, as its method declares them (``Method.member_names``:
     e.g. student1..studentK, and the cohort's mean-softmax ensemble where the method records
     one), for checking the published numbers; None when the method does not declare them."""
     method = get_method(arm["method"])
-    archs = arch_names(arm["arch"])
-    names = method.member_names({"arch": archs, "cohort": int(arm.get("cohort", len(archs)))})
+    names = method.member_names(_members_config(arm))
     if names is None:
         return None
     if method.records_ensemble:
@@ -59,6 +66,38 @@ def arm_members(arm: dict) -> list[str] | None:
 
         names = [*names, ENSEMBLE]
     return names
+
+
+def arm_compared(arm: dict) -> list[str] | None:
+    """The members the arm is compared on (its accuracy in the comparisons, contrasts and claims
+    is their mean per seed): the arm's ``compare``, else those its method declares
+    (``Method.compared_members``: e.g. ONE's branches, not its gated ensemble); None: every
+    model its runs record."""
+    if arm.get("compare"):
+        return list(arm["compare"])
+    return get_method(arm["method"]).compared_members(_members_config(arm))
+
+
+def _check_compare(arm: dict, where: str, path: Path) -> None:
+    """Every member an arm's ``compare`` names is a model its runs record (not the cohort's
+    mean-softmax ensemble, which is reported beside the models, never compared), named once."""
+    names = arm.get("compare")
+    if names is None:
+        return
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise UserError(f"{path}: {where} compare: {name!r} is listed twice; list each member once")
+    members = arm_members(arm)
+    if members is None:  # the method does not declare its models: nothing to check against
+        return
+    from ..analysis.results import ENSEMBLE
+
+    models = [m for m in members if m != ENSEMBLE]
+    for name in names:
+        if name not in models:
+            raise UserError(f"{path}: {where} compare: the arm has no member {name!r} (runs of method "
+                            f"{arm['method']!r} record {', '.join(models)}); name some of those, e.g. "
+                            f"compare = [\"{models[0]}\"]")
 
 
 @dataclass
@@ -210,6 +249,7 @@ def load_spec(path: str | Path) -> Spec:
             if members is not None and member not in members:
                 raise UserError(f"{path}: {where} published.{member}: the arm has no member {member!r} (runs of "
                                 f"method {arm['method']!r} record {', '.join(members)}); give the numbers of those")
+        _check_compare(arm, where, path)
     for pname, prof in profiles.items():
         _check_settings(f"[profiles.{pname}] set", prof.get("set", {}), path)
     pairs = set()

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..archs import FeatureModel, create_arch
+from ..core.config import BASE_DEFAULTS
 from ..core.errors import UserError
 from ..data import DeviceLoader, ImageDataset
 from ..methods import BuildContext, Method, ModelSlot, Stage, get_method
@@ -96,13 +97,33 @@ class Assembly:
         return self.method.evaluate(self.slots, self.test_loader)
 
 
+def run_channels_last(config: dict, dtype: torch.dtype | None = None) -> bool:
+    """Whether a run's single-model stages (supervised, KD, hints, ONE) train channels-last:
+    ``speed.channels_last`` (on by default) of its full config, in a run whose arithmetic is
+    float32 (bf16 autocast included). A float64 run keeps NCHW there: the exact tier keeps the
+    one layout its stored sets were made in. ``dtype``: the arithmetic when it is not the
+    config's (the golden trajectories run float32 configs in float64). The cohort stages read
+    ``speed.channels_last`` from their own section, as they always have."""
+    speed = config.get("speed") or {}
+    on = speed.get("channels_last", BASE_DEFAULTS["speed"]["channels_last"])
+    return bool(on) and (config_dtype(config) if dtype is None else dtype) == torch.float32
+
+
 def assemble(resolved: dict, ds: ImageDataset, device: torch.device, teacher: FeatureModel | None = None, *,
-             dtype: torch.dtype | None = None) -> Assembly:
+             dtype: torch.dtype | None = None, channels_last: bool | None = None) -> Assembly:
     """Build the run of ``resolved`` (``run.resolve``) on ``ds``: its loaders, then its models
     and stages (seeded from the config alone, so the order of the two does not matter). The
-    method sees only the sections its run id hashes (``HashedConfig``)."""
+    method sees only the sections its run id hashes (``HashedConfig``). ``channels_last``: the
+    layout of the single-model stages, ``run_channels_last`` of the full config (the resolved
+    config of a method without a speed section does not keep it); None: read from
+    ``resolved``."""
     method = get_method(resolved["method"])
     train, test = loaders(resolved, ds, device, dtype)
-    ctx = BuildContext(hashed_config(resolved, method.name), device, ds.num_classes, teacher)
+    if channels_last is None:
+        channels_last = run_channels_last(resolved, dtype)
+    elif dtype is not None and dtype != torch.float32:
+        channels_last = False
+    ctx = BuildContext(hashed_config(resolved, method.name), device, ds.num_classes, teacher,
+                       channels_last=channels_last)
     slots, stages = build_run(method, ctx)
     return Assembly(method, slots, stages, train, test, device)

@@ -29,7 +29,7 @@ import torch
 
 from ..methods import get_method
 from ..methods.pretrain import uses_teacher
-from .assembly import assemble, new_teacher
+from .assembly import assemble, new_teacher, run_channels_last
 from .engine import synchronize
 
 WARMUP_STEPS = 5  # the first steps pay for allocation and kernel selection
@@ -95,7 +95,7 @@ def measure_run_seconds(runner, config: dict, steps: int = TIMED_STEPS) -> RunEs
         # an untrained teacher: its weights do not change the time of a step
         teacher = new_teacher(resolved, ds.num_classes, device=device) \
             if uses_teacher(get_method(resolved["method"]), resolved) else None
-        run = assemble(resolved, ds, device, teacher)
+        run = assemble(resolved, ds, device, teacher, channels_last=run_channels_last(config))
         slots, stages, train_loader, test_loader = run.slots, run.stages, run.train_loader, run.test_loader
         batches_per_epoch = len(train_loader)
         x_test, _ = next(iter(test_loader.epoch_batches(0)))
@@ -125,13 +125,28 @@ def measure_run_seconds(runner, config: dict, steps: int = TIMED_STEPS) -> RunEs
     return est.for_epochs(tuple(int(s.epochs) for s in stages))
 
 
-def stage_epochs(runner, config: dict) -> tuple[int, ...]:
-    """The epochs of each of the run's stages, in order, as training would build them."""
+def _planned_stages(runner, config: dict) -> list:
+    """The run's stages with epochs, as training would build them (an untrained teacher)."""
     resolved, _, ds, _ = runner.prepare(config)
     with torch.random.fork_rng(devices=[runner.device] if runner.device.type == "cuda" else []):
         teacher = new_teacher(resolved, ds.num_classes, device=runner.device) \
             if uses_teacher(get_method(resolved["method"]), resolved) else None
-        return tuple(int(s.epochs) for s in assemble(resolved, ds, runner.device, teacher).stages if s.epochs > 0)
+        run = assemble(resolved, ds, runner.device, teacher, channels_last=run_channels_last(config))
+        return [s for s in run.stages if s.epochs > 0]
+
+
+def stage_epochs(runner, config: dict) -> tuple[int, ...]:
+    """The epochs of each of the run's stages, in order, as training would build them."""
+    return tuple(int(s.epochs) for s in _planned_stages(runner, config))
+
+
+def planned_layout(runner, config: dict) -> str:
+    """The memory layout a run of ``config`` would record (``records.record_layout`` of its
+    stages): the layout of a single-model stage is not in its resolved config, and a run in
+    one layout does not take the time of a run in the other."""
+    from ..storage.records import record_layout
+
+    return record_layout({"stages": [{"epochs": s.epochs, **s.describe()} for s in _planned_stages(runner, config)]})
 
 
 def checkpointed_epochs(path: Path) -> int:
@@ -194,6 +209,7 @@ class RunTimer:
         self._steps: dict[str, RunEstimate] = {}  # by kind without epochs: one measurement each
         self._family: dict[str, tuple[str, int]] = {}  # kind -> (kind without epochs or cohort, cohort)
         self._recorded: dict[str, RunEstimate] | None = None
+        self._layouts: dict[tuple[str, bool], str] = {}  # (kind, channels_last asked) -> planned layout
 
     @staticmethod
     def _kind(resolved: dict) -> str:
@@ -202,9 +218,17 @@ class RunTimer:
         # without its seed, and the same kind as a record made before a later key existed
         return canonical_json(without_later_defaults({k: v for k, v in resolved.items() if k != "seed"}))
 
+    def _kind_of_run(self, config: dict, resolved: dict) -> str:
+        """The run's kind with the layout it would train in (``planned_layout``, once per kind)."""
+        kind = self._kind(resolved)
+        asked = (kind, run_channels_last(config))
+        if asked not in self._layouts:
+            self._layouts[asked] = planned_layout(self.runner, config)
+        return f"{kind} in {self._layouts[asked]}"
+
     def recorded(self) -> dict[str, RunEstimate]:
         """Times of complete runs in the output folder made on this kind of machine, by kind
-        of run: a later seed of the same run takes what the earlier one took. A run resumed
+        of run and layout: a later seed of the same run takes what the earlier one took. A run resumed
         on another kind of machine (its ``segments``) did not take its time here: skipped."""
         if self._recorded is None:
             from ..core.envinfo import MIXED, cpu_kind, device_name, record_machine_kind
@@ -224,7 +248,9 @@ class RunTimer:
                     and cpu.get("model") == here_cpu["model"] and MIXED not in record_machine_kind(rec)
                 if rec["status"] != "complete" or not same:
                     continue
-                self._recorded[self._kind(rec["config"])] = recorded_estimate(rec)
+                from ..storage.records import record_layout
+
+                self._recorded[f"{self._kind(rec['config'])} in {record_layout(rec)}"] = recorded_estimate(rec)
         return self._recorded
 
     def _base(self, config: dict, resolved: dict) -> RunEstimate:
@@ -232,7 +258,7 @@ class RunTimer:
         the measurement of its steps (shared by the runs that differ only in epochs)."""
         from ..core.config import canonical_json
 
-        key = self._kind(resolved)
+        key = self._kind_of_run(config, resolved)
         if key not in self._cache:
             steps_key = canonical_json(_without_epochs(dict(resolved, seed=None)))
             known = self.recorded().get(key)

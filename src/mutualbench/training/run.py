@@ -42,15 +42,18 @@ from ..methods.pretrain import check_pretrain, pretrain_sections, uses_teacher
 from ..storage.io_utils import atomic_torch_save, move_aside, safe_target, safe_torch_load
 from ..storage.locks import LOCK, FolderLock
 from ..storage.records import (
+    CHANNELS_LAST,
+    NCHW,
     complete_record,
     finish_record,
     model_result,
+    record_layout,
     record_path,
     record_problem,
     started_record,
     write_record,
 )
-from .assembly import assemble, new_teacher
+from .assembly import assemble, new_teacher, run_channels_last
 from .engine import TrainingDiverged
 
 RETRAIN_TEACHERS_ENV = "MUTUALBENCH_RETRAIN_TEACHERS"
@@ -91,16 +94,25 @@ def resolve(config: dict) -> dict:
     return resolved
 
 
+# Keys of ``speed`` every method honours without their entering the run id of a method
+# without a speed section: the memory layout changes float32 rounding as the kind of machine
+# does, and like the machine it is recorded (the record's ``layout`` and its stages), not
+# hashed, so the runs stored before the single-model stages honoured it keep their ids. (A
+# method with a speed section, the cohort methods, has always hashed it with the section.)
+LAYOUT_KEYS = ("channels_last",)
+
+
 def _honoured_speed(method, speed: dict) -> dict:
     """The ``speed`` keys a method without a speed section honours (``Method.speed_keys``),
     when set away from their defaults; a non-default key it cannot honour is an error, so no
-    record claims a setting that did not apply."""
+    record claims a setting that did not apply. The layout keys (``LAYOUT_KEYS``) are honoured
+    by every method and never hashed."""
     out = {}
     for key, value in speed.items():
-        if value == BASE_DEFAULTS["speed"][key]:
+        if key in LAYOUT_KEYS or value == BASE_DEFAULTS["speed"][key]:
             continue
         if key not in method.speed_keys:
-            honoured = ", ".join(f"speed.{k}" for k in method.speed_keys) or "none"
+            honoured = ", ".join(f"speed.{k}" for k in (*method.speed_keys, *LAYOUT_KEYS))
             raise UserError(f"speed.{key} = {value!r} does not apply to method {method.name!r} (it honours: {honoured}; "
                             "the cohort methods, such as mutual, honour every speed key); remove it for this run")
         out[key] = value
@@ -137,11 +149,13 @@ def _float64_threads(resolved: dict, device: torch.device):
 def teacher_config(config: dict) -> dict:
     """The ``individual`` run that trains this config's teacher (``compose_config``): its
     architecture, one model, the same seed, and the run's initialisation scheme (a profile
-    that sets ``init`` sets it for the teacher too), data, loss, the teacher's own ``train``
-    and the run's precision (a float64 run's teacher is float64)."""
+    that sets ``init`` sets it for the teacher too), data, loss, the teacher's own ``train``,
+    the run's precision (a float64 run's teacher is float64) and memory layout."""
     t = config["teacher"]
     inherited = {"init": config.get("init", BASE_DEFAULTS["init"]), "data": config["data"], "loss": config["loss"],
-                 "train": t["train"], "speed.dtype": (config.get("speed") or {}).get("dtype", "float32")}
+                 "train": t["train"], "speed.dtype": (config.get("speed") or {}).get("dtype", "float32"),
+                 "speed.channels_last": (config.get("speed") or {}).get("channels_last",
+                                                                          BASE_DEFAULTS["speed"]["channels_last"])}
     return compose_config("individual", [t["arch"]], cohort=1, seed=config["seed"], data=config["data"]["source"],
                           settings=[("the teacher of a run", inherited)])
 
@@ -253,7 +267,7 @@ class Runner:
             method = get_method(resolved["method"])
             if uses_teacher(method, resolved):
                 teacher, teacher_info = self._teacher(resolved, config, ds, ckpt)
-            return self._execute(resolved, rid, ds, method, teacher, teacher_info)
+            return self._execute(resolved, rid, ds, method, teacher, teacher_info, run_channels_last(config))
 
     def _check_confined(self, rid: str) -> None:
         """Every file run ``rid`` writes stays inside ``root``, checked before any run of a study
@@ -288,7 +302,7 @@ class Runner:
             recorded = stored is not None
             reused = recorded and final.exists()
             if recorded and not reused:
-                self._check_teacher_retrain(stored, t_rid)
+                self._check_teacher_retrain(stored, t_rid, tcfg)
             if not reused:
                 self.log(f"training the teacher ({arch}) as run {t_rid}"
                          + (" again: its record is here but not its weights (results/ stores no weights)"
@@ -303,7 +317,7 @@ class Runner:
         info.update(arch=arch, params=count_parameters(teacher))
         return teacher, info
 
-    def _check_teacher_retrain(self, stored: dict, t_rid: str) -> None:
+    def _check_teacher_retrain(self, stored: dict, t_rid: str, tcfg: dict) -> None:
         """A teacher whose record is here but not its weights is retrained under the same run
         id, which replaces the record. On the kind of machine that made the record that gives
         the same teacher (training is deterministic there); on another kind float32 rounds
@@ -317,18 +331,26 @@ class Runner:
                 f"retraining it on this machine ({here}) would replace that record with a different teacher, since "
                 f"float32 rounds differently on each kind of machine. Put its weights at {self.out_dir / t_rid / 'final.pt'}, "
                 f"run where the record was made, or set {RETRAIN_TEACHERS_ENV}=1 to retrain it here and replace the record")
+        made_in, here_in = record_layout(stored), (CHANNELS_LAST if run_channels_last(tcfg) else NCHW)
+        if made_in != here_in and os.environ.get(RETRAIN_TEACHERS_ENV) != "1":
+            raise UserError(
+                f"the teacher run {t_rid} in {self.out_dir} has a record (trained in {made_in}) but not its weights; "
+                f"retraining it in {here_in} would replace that record with a different teacher, since float32 rounds "
+                f"differently in each memory layout. Put its weights at {self.out_dir / t_rid / 'final.pt'}, retrain "
+                f"it in its layout (--set speed.channels_last={'true' if made_in == CHANNELS_LAST else 'false'}), or "
+                f"set {RETRAIN_TEACHERS_ENV}=1 to retrain it here and replace the record")
 
     # ------------------------------------------------------------------ training
-    def _execute(self, resolved, rid, ds, method, teacher, teacher_info) -> dict:
+    def _execute(self, resolved, rid, ds, method, teacher, teacher_info, channels_last: bool) -> dict:
         with _float64_threads(resolved, self.device):
-            return self._execute_here(resolved, rid, ds, method, teacher, teacher_info)
+            return self._execute_here(resolved, rid, ds, method, teacher, teacher_info, channels_last)
 
-    def _execute_here(self, resolved, rid, ds, method, teacher, teacher_info) -> dict:
+    def _execute_here(self, resolved, rid, ds, method, teacher, teacher_info, channels_last: bool) -> dict:
         started = datetime.now(UTC)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         t0 = time.perf_counter()
-        run = assemble(resolved, ds, self.device, teacher)
+        run = assemble(resolved, ds, self.device, teacher, channels_last=channels_last)
         work = self.out_dir / rid
         env = environment(self.device)
         # plain str and int: the checkpoint that keeps it loads with weights_only
