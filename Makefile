@@ -38,7 +38,7 @@ replicate: $(BIN)/mutualbench
 # results/<study>/smoke (`compare` prints one line: reproduced exactly, or the first differences).
 # The studies run side by side (a float64 run trains on one thread), then are compared in order.
 SHARED_CIFAR ?= ../shared/data/cifar10-jpeg75.tar.gz
-SMOKE_STUDIES ?= seed_blog dml_cifar10
+SMOKE_STUDIES ?= seed_blog dml_cifar10 online_kd
 smoke-study: $(BIN)/mutualbench
 	@if [ -f "$(SHARED_CIFAR)" ]; then \
 	  mkdir -p runs && for s in $(SMOKE_STUDIES); do \
