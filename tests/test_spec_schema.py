@@ -105,7 +105,7 @@ SHAPES = [  # (replace this, with this), the error's text after "error: <file>: 
      "[study] seeds = 1000 is not allowed; it must be a positive integer (the number of seeds), at most 100"),
     (("[[comparisons]]", "[[comparisons]]\nfamily = 3"), "[[comparisons]] #1 family = 3 is not allowed; it must be a one-line string without '|'"),
     (("tolerance = 0.5", "tolerance = 0.5\ncolour = 1"),
-     "unknown key(s) colour in [profiles.smoke]; allowed: delta, description, loss_rtol, seeds, set, tolerance"),
+     "unknown key(s) colour in [profiles.smoke]; allowed: delta, description, failed_below, loss_rtol, seeds, set, tolerance"),
     (("tolerance = 0.5", "tolerance = 0.5\nseeds = 0"),
      "[profiles.smoke] seeds = 0 is not allowed; it must be a positive integer (the seeds the profile plans: run "
      "when replicate --seeds is not given, and the n at which its claims are decided), at most 100"),
