@@ -11,7 +11,13 @@ import torch
 
 from mutualbench.analysis.results import mixed_machine_notes
 from mutualbench.core.envinfo import machine_kind, record_machine_kind
-from mutualbench.storage.records import CHANNELS_LAST, NCHW, read_record, record_layout, validate_record
+from mutualbench.storage.records import (
+    CHANNELS_LAST,
+    NCHW,
+    read_record,
+    record_layout,
+    validate_record,
+)
 from test_ensemble_and_machines import frame
 from test_run import cli
 
