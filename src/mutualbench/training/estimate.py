@@ -151,7 +151,7 @@ def planned_layout(config: dict, resolved: dict, num_classes: int = 10) -> str:
     from ..storage.records import record_layout
 
     method = get_method(resolved["method"])
-    with torch.random.fork_rng():
+    with torch.random.fork_rng(devices=[]):  # built on the CPU: no GPU's generator is touched
         teacher = new_teacher(resolved, num_classes) if uses_teacher(method, resolved) else None
         ctx = BuildContext(hashed_config(resolved, method.name), torch.device("cpu"), num_classes, teacher,
                            channels_last=run_channels_last(config))
