@@ -22,6 +22,7 @@ from mutualbench.methods.pretrain import uses_teacher
 from mutualbench.storage.io_utils import safe_torch_load
 from mutualbench.storage.records import read_record, record_layout, record_path
 from mutualbench.training.assembly import assemble, new_teacher, run_channels_last
+from mutualbench.training.estimate import planned_layout
 from mutualbench.training.run import Runner, resolve
 
 CASES = [  # (method, overrides): every single-model stage, alone and before a cohort
@@ -80,6 +81,7 @@ def test_every_single_model_stage_trains_in_the_asked_layout_and_says_so(tmp_pat
         record = Runner(out, data_root=root, device="cpu").run(config)
         layout = "channels-last" if channels_last else "NCHW"
         assert record["layout"] == layout == record_layout(record)
+        assert planned_layout(config, resolve(config)) == layout  # predicted without data, as `plan` does
         assert [s["channels_last"] for s in record["stages"]] == [channels_last] * len(record["stages"])
         weights = safe_torch_load(out / record["run_id"] / "final.pt", "weights")["models"]
         for name, state in weights.items():

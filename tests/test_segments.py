@@ -1,6 +1,6 @@
-"""A run resumed on another kind of machine (or thread count, or torch) is never silent: the
-resuming process warns in one line, and the record's ``segments`` say which epochs ran where;
-tables then count such a run as "A + B"."""
+"""A run resumed on another kind of machine (or thread count, or torch, or memory layout) is
+never silent: the resuming process warns in one line, and the record's ``segments`` say which
+epochs ran where and in which layout; tables then count such a run as "A + B"."""
 
 from __future__ import annotations
 
@@ -11,7 +11,13 @@ import torch
 
 from mutualbench.analysis.results import mixed_machine_notes
 from mutualbench.core.envinfo import machine_kind, record_machine_kind
-from mutualbench.storage.records import read_record, validate_record
+from mutualbench.storage.records import (
+    CHANNELS_LAST,
+    NCHW,
+    read_record,
+    record_layout,
+    validate_record,
+)
 from test_ensemble_and_machines import frame
 from test_run import cli
 
@@ -46,8 +52,9 @@ def finished(data, root, out):
 
 @pytest.fixture(scope="module")
 def runs(tiny_cifar, tmp_path_factory):
-    """The same run four ways: straight through; killed and resumed here; killed, its first
-    epoch marked as made on another machine, resumed; killed with a checkpoint from before
+    """The same run five ways: straight through; killed and resumed here; killed, its first
+    epoch marked as made on another machine, resumed; killed, its first epoch marked as
+    trained in NCHW, resumed (channels-last here); killed with a checkpoint from before
     segments existed, resumed."""
     data, root = tiny_cifar
     base = tmp_path_factory.mktemp("segments")
@@ -58,6 +65,9 @@ def runs(tiny_cifar, tmp_path_factory):
     ckpt = killed_after_one_epoch(data, root, base / "other")
     edit_checkpoint(ckpt, lambda s: s["segments"][0].update(machine=OTHER, threads=64))
     out["other"] = finished(data, root, base / "other")
+    ckpt = killed_after_one_epoch(data, root, base / "layout")
+    edit_checkpoint(ckpt, lambda s: s["segments"][0].update(layout=NCHW))
+    out["layout"] = finished(data, root, base / "layout")
     ckpt = killed_after_one_epoch(data, root, base / "old")
     edit_checkpoint(ckpt, lambda s: s.pop("segments"))
     out["old"] = finished(data, root, base / "old")
@@ -71,6 +81,7 @@ def test_a_run_made_in_one_go_has_one_segment_of_every_epoch(runs):
     seg = record["segments"][0]
     assert seg["threads"] == torch.get_num_threads() and seg["torch"] == torch.__version__
     assert seg["git_commit"] == record["env"]["git_commit"]
+    assert seg["layout"] == CHANNELS_LAST == record["layout"] == record_layout(record)  # float32: channels-last
     assert record_machine_kind(record) == here and "resumes" not in stderr
 
 
@@ -94,7 +105,23 @@ def test_resumed_on_another_machine_warns_once_and_records_both(runs):
     warnings = [line for line in stderr.splitlines() if "resumes after epoch" in line]
     assert len(warnings) == 1
     assert warnings[0].startswith("warning: individual-") and f"resumes after epoch 1 on {here}" in warnings[0]
-    assert f"but epochs 1-1 on {OTHER}, 64 threads, torch {torch.__version__}: each rounds differently" in warnings[0]
+    assert f"but epochs 1-1 on {OTHER}, 64 threads, torch {torch.__version__}, {CHANNELS_LAST}: each rounds " \
+           "differently" in warnings[0]
+    assert record["layout"] == CHANNELS_LAST  # another machine, the same layout
+
+
+def test_resumed_in_another_layout_warns_once_and_records_both_layouts(runs):
+    record, stderr = runs["layout"]
+    here = machine_kind(record["env"])
+    assert [(s["first_epoch"], s["last_epoch"], s["layout"]) for s in record["segments"]] == [
+        (1, 1, NCHW), (2, 3, CHANNELS_LAST)]
+    assert record_machine_kind(record) == here  # one kind of machine, two layouts
+    assert record["layout"] == f"{NCHW} + {CHANNELS_LAST}" == record_layout(record)
+    warnings = [line for line in stderr.splitlines() if "resumes after epoch" in line]
+    assert len(warnings) == 1
+    assert f"resumes after epoch 1 on {here}, {torch.get_num_threads()} threads, torch {torch.__version__}, " \
+           f"{CHANNELS_LAST}, but epochs 1-1 on {here}" in warnings[0]
+    assert f"torch {torch.__version__}, {NCHW}: each rounds differently" in warnings[0]
 
 
 def test_a_checkpoint_from_before_segments_says_its_machine_is_not_recorded(runs):
@@ -103,7 +130,17 @@ def test_a_checkpoint_from_before_segments_says_its_machine_is_not_recorded(runs
     assert [(s["first_epoch"], s["last_epoch"], s["machine"]) for s in record["segments"]] == [
         (1, 1, "not recorded"), (2, 3, here)]
     assert record_machine_kind(record) == f"not recorded + {here}"
+    assert record["layout"] == f"not recorded + {CHANNELS_LAST}"  # its layout is not known either
     assert "but epochs 1-1 on a machine the checkpoint does not record" in stderr
+
+
+def test_a_record_without_layouts_in_its_segments_reads_its_layout_from_its_stages():
+    stages = [{"name": "train", "epochs": 3, "channels_last": True}]
+    assert record_layout({"stages": stages, "segments": [{"first_epoch": 1, "last_epoch": 3, "machine": "X"}]}) \
+        == CHANNELS_LAST
+    assert record_layout({"stages": stages, "segments": [
+        {"first_epoch": 1, "last_epoch": 1, "machine": "X", "layout": f"{NCHW} + {CHANNELS_LAST}"},
+        {"first_epoch": 2, "last_epoch": 3, "machine": "X", "layout": CHANNELS_LAST}]}) == f"{NCHW} + {CHANNELS_LAST}"
 
 
 def test_tables_name_a_comparison_with_a_run_resumed_across_machines():
@@ -130,6 +167,7 @@ def record_with(segments, epochs=3):
      "segments cover epochs 1-2, but the run has 3 epochs of curves"),
     ([{"first_epoch": 1, "last_epoch": 3}], "segments[0] is not a machine with first_epoch and last_epoch"),
     ("X", 'segments = "X" is not a list'),
+    ([{"first_epoch": 1, "last_epoch": 3, "machine": "X", "layout": 1}], "segments[0] has a layout that is not a string"),
 ])
 def test_impossible_segments_are_a_one_line_error_naming_the_record(segments, problem):
     with pytest.raises(Exception, match="impossible run record") as e:

@@ -39,16 +39,23 @@ def started_record(run_id: str, resolved: dict, data: dict, teacher: dict | None
 
 
 CHANNELS_LAST, NCHW = "channels-last", "NCHW"
+LAYOUT_NOT_RECORDED = "not recorded"  # the layout of epochs whose segment predates layouts in segments
 
 
 def record_layout(record: dict) -> str:
-    """The memory layout a run's models trained in, from its stages: ``channels-last``,
-    ``NCHW``, or both in the order the stages ran (``NCHW + channels-last``: the hint epochs of
-    a hint+DML run made before every stage honoured ``speed.channels_last``). A stage that does
-    not say trained in NCHW (the single-model stages did until they honoured the key); a record
-    made before stages were recorded is read from its config (the cohort stages honoured
-    ``speed.channels_last`` from the start). Float32 rounds differently in each layout, as on
-    each kind of machine, so tables note an arm whose runs mix them."""
+    """The memory layout a run's models trained in: ``channels-last``, ``NCHW``, or several in
+    the order they ran (``NCHW + channels-last``: the hint epochs of a hint+DML run made before
+    every stage honoured ``speed.channels_last``, or a run resumed in another layout). Read from
+    the run's ``segments`` where they record each process's layout (a segment that does not is
+    ``not recorded``), else from its stages: a stage that does not say trained in NCHW (the
+    single-model stages did until they honoured the key); a record made before stages were
+    recorded is read from its config (the cohort stages honoured ``speed.channels_last`` from
+    the start). Float32 rounds differently in each layout, as on each kind of machine, so
+    tables note an arm whose runs mix them."""
+    segments = record.get("segments")
+    if isinstance(segments, list) and any(isinstance(s, dict) and "layout" in s for s in segments):
+        parts = [p for s in segments for p in str(s.get("layout") or LAYOUT_NOT_RECORDED).split(" + ")]
+        return " + ".join(dict.fromkeys(parts))
     stages = record.get("stages")
     if stages is None:
         speed = (record.get("config") or {}).get("speed") or {}
@@ -81,9 +88,9 @@ def finish_record(record: dict, *, status: str, curves: list[dict], timings: dic
     record.update(status=status, models=models or {}, curves=curves, timings=timings, error=error)
     if status == "complete":
         record.update(stages=stages or [], resumed_from_epoch=resumed_from_epoch)
-        record["layout"] = record_layout(record)
         if segments is not None:
             record["segments"] = segments
+        record["layout"] = record_layout(record)
         if ensemble is not None:
             record["ensemble"] = ensemble
     record["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
@@ -209,6 +216,8 @@ def _segments_problem(record: dict) -> str | None:
         if not (isinstance(s, dict) and isinstance(s.get("machine"), str) and isinstance(first, int)
                 and isinstance(last, int)):
             return f"segments[{i}] is not a machine with first_epoch and last_epoch"
+        if not isinstance(s.get("layout", ""), str):
+            return f"segments[{i}] has a layout that is not a string"
         if first != expected or last < first:
             return f"segments[{i}] covers epochs {first}-{last}, but the next epoch to cover is {expected}"
         expected = last + 1

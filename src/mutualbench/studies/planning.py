@@ -11,7 +11,9 @@ its estimated time on this machine and the ``replicate`` command that runs it.
 
 Planning reads the study folder only: run ids come from the spec and the manifest's data
 checksum, times from the folder's own records (``estimate.recorded_estimate``), preferring
-those made on this kind of machine; nothing is trained, measured or written.
+those made on this kind of machine in the memory layout the run will train in (its models
+and stages are built, untrained, to know it: ``estimate.planned_layout``); nothing is
+trained, measured or written.
 """
 
 from __future__ import annotations
@@ -32,8 +34,9 @@ from ..core.errors import UserError
 from ..methods import get_method
 from ..methods.pretrain import uses_teacher
 from ..storage.layout import RUNS
-from ..storage.records import complete_record, read_record
-from ..training.estimate import RunTimer, format_duration, recorded_estimate
+from ..storage.records import complete_record, read_record, record_layout
+from ..training.assembly import run_channels_last
+from ..training.estimate import RunTimer, format_duration, planned_layout, recorded_estimate
 from .spec import expand, load_spec
 
 POWER = 0.8
@@ -101,12 +104,10 @@ def _kind(resolved: dict) -> str:
     return RunTimer._kind(dict(resolved, data={k: v for k, v in resolved["data"].items() if k != "source"}))
 
 
-def _recorded_times(runs_dir: Path, here: str) -> dict[str, tuple[float, str]]:
-    """Seconds of a complete run by kind of run (config without its seed): the median of the
-    folder's records made on this kind of machine, else on another kind (named)."""
-    import statistics
-
-    by_kind: dict[str, dict[str, list[float]]] = {}
+def _recorded_times(runs_dir: Path) -> dict[str, dict[tuple[str, str], list[float]]]:
+    """Seconds of each complete run of the folder, by kind of run (config without its seed),
+    then by the kind of machine and the memory layout it trained in."""
+    by_kind: dict[str, dict[tuple[str, str], list[float]]] = {}
     for path in sorted(runs_dir.glob("*.json")):
         try:
             rec = read_record(path)
@@ -116,15 +117,37 @@ def _recorded_times(runs_dir: Path, here: str) -> dict[str, tuple[float, str]]:
         if rec.get("status") != "complete" or MIXED in machine:
             continue
         est = recorded_estimate(rec)
-        by_kind.setdefault(_kind(rec["config"]), {}).setdefault(machine, []).append(est.train_s + est.eval_s)
-    out = {}
-    for kind, machines in by_kind.items():
-        if here in machines:
-            out[kind] = (statistics.median(machines[here]), "this kind of machine")
-        else:
-            other = sorted(machines, key=lambda m: -len(machines[m]))[0]
-            out[kind] = (statistics.median(machines[other]), f"recorded on {other}")
-    return out
+        by_kind.setdefault(_kind(rec["config"]), {}).setdefault((machine, record_layout(rec)), []).append(
+            est.train_s + est.eval_s)
+    return by_kind
+
+
+def _time_of(times: dict[str, dict[tuple[str, str], list[float]]], kind: str, layout: str,
+             here: str) -> tuple[float | None, str]:
+    """A run's time from the recorded runs of its kind: the median of those made on this kind
+    of machine in the layout it will train in, else on this kind of machine in another layout,
+    else on another kind of machine (each named: float32 runs take another time in each
+    layout, as on each machine), the most recorded first."""
+    import statistics
+
+    recorded = times.get(kind)
+    if not recorded:
+        return None, "no run of this kind recorded here"
+
+    def best(keys: list[tuple[str, str]]) -> tuple[str, str] | None:
+        return max(keys, key=lambda k: (len(recorded[k]), k)) if keys else None
+
+    same_machine = [k for k in recorded if k[0] == here]
+    for keys, named in (([k for k in same_machine if k[1] == layout], False), (same_machine, False),
+                        ([k for k in recorded if k[1] == layout], True), (list(recorded), True)):
+        key = best(keys)
+        if key is None:
+            continue
+        how = f"recorded on {key[0]}" if named else "this kind of machine"
+        if key[1] != layout:
+            how += f", in {key[1]} (this run trains {layout})"
+        return statistics.median(recorded[key]), how
+    raise AssertionError("unreachable: a kind with records has a best key")
 
 
 def missing_runs(study: Study, spec_path: Path, *, data: str | None = None,
@@ -154,7 +177,15 @@ def missing_runs(study: Study, spec_path: Path, *, data: str | None = None,
         for arm in t["weights"]:
             tests_of.setdefault(arm, []).append(key)
     here = current_machine_kind(torch.device(device))
-    times = _recorded_times(runs_dir, here)
+    times = _recorded_times(runs_dir)
+    layouts: dict[tuple[str, bool], str] = {}
+
+    def layout_of(config: dict, resolved: dict, kind: str) -> str:
+        asked = (kind, run_channels_last(config))
+        if asked not in layouts:
+            layouts[asked] = planned_layout(config, resolved)
+        return layouts[asked]
+
     data_arg = f" --data {shlex.quote(data)}" if data else ""
     missing = []
     for p in expand(spec, profile, list(range(planned)), spec.data, False):
@@ -165,16 +196,18 @@ def missing_runs(study: Study, spec_path: Path, *, data: str | None = None,
         if complete_record(runs_dir, rid) is not None:
             continue
         kind = _kind(resolved)
-        est, how = times.get(kind, (None, "no run of this kind recorded here"))
+        est, how = _time_of(times, kind, layout_of(p.config, resolved, kind), here)
         teacher = None
         if uses_teacher(get_method(resolved["method"]), resolved) and not resolved["teacher"]["checkpoint"]:
-            t_resolved = resolve(teacher_config(p.config))
+            t_config = teacher_config(p.config)
+            t_resolved = resolve(t_config)
             t_rid = run_id(t_resolved, sha)
             if not (runs_dir / t_rid / "final.pt").exists():
                 t_rec = complete_record(runs_dir, t_rid)
                 made_on = record_machine_kind(t_rec) if t_rec is not None else None
-                t_est = times.get(_kind(t_resolved))
-                teacher = (t_rid, t_est[0] if t_est else None, made_on if made_on not in (None, here) else None)
+                t_kind = _kind(t_resolved)
+                t_s, _ = _time_of(times, t_kind, layout_of(t_config, t_resolved, t_kind), here)
+                teacher = (t_rid, t_s, made_on if made_on not in (None, here) else None)
         cmd = (f"mutualbench replicate {shlex.quote(str(spec.path))} --profile {profile} --seeds {p.seed + 1} "
                f"--no-ablations --arms {p.arm}{data_arg} --out {shlex.quote(str(study.folder))}")
         missing.append(MissingRun(p.arm, p.seed, rid, claims_of.get(p.arm, []), tests_of[p.arm], est, how,

@@ -10,8 +10,9 @@ schedule and RNG state. A non-finite loss stops the run with ``TrainingDiverged`
 
 Which machine trained which epochs is kept as the run's ``segments`` (one per process that
 trained, each ``first_epoch``..``last_epoch`` with the ``segment`` description it was given:
-machine kind, threads, torch, commit), saved in the checkpoint: float32 rounds differently on
-each kind of machine, so a run resumed elsewhere says so, in a warning and in its record.
+machine kind, threads, torch, commit, memory layout), saved in the checkpoint: float32 rounds
+differently on each kind of machine and in each layout, so a run resumed elsewhere or in
+another layout says so, in a warning and in its record.
 """
 
 from __future__ import annotations
@@ -191,7 +192,7 @@ class Engine:
         segments = state.setdefault("segments", _unrecorded(state.get("global_epoch")))
         if not isinstance(segments, list) or not all(
                 isinstance(s, dict) and isinstance(s.get("machine"), str) and isinstance(s.get("first_epoch"), int)
-                and isinstance(s.get("last_epoch"), int) for s in segments):
+                and isinstance(s.get("last_epoch"), int) and isinstance(s.get("layout", ""), str) for s in segments):
             wrong.append("segments")
         if wrong:
             raise _Unusable(f"wrong or missing {', '.join(wrong)}")
@@ -219,10 +220,11 @@ class Engine:
 
     def _warn_if_elsewhere(self, global_epoch: int) -> None:
         """One line when the epochs behind the checkpoint ran on another kind of machine, with
-        another thread count or another torch than this process (or on one not recorded)."""
+        another thread count, another torch or in another memory layout than this process (or
+        on a machine or in a layout not recorded)."""
         if self.segment is None or global_epoch == 0:
             return
-        keys = ("machine", "threads", "torch")
+        keys = ("machine", "threads", "torch") + (("layout",) if "layout" in self.segment else ())
         here = {k: self.segment.get(k) for k in keys}
         before = [s for s in self.segments if {k: s.get(k) for k in keys} != here]
         if not before:
@@ -231,12 +233,15 @@ class Engine:
         def describe(s: dict) -> str:
             if s.get("machine") == NOT_RECORDED:
                 return "a machine the checkpoint does not record"
-            return f"{s.get('machine')}, {s.get('threads')} threads, torch {s.get('torch')}"
+            where = f"{s.get('machine')}, {s.get('threads')} threads, torch {s.get('torch')}"
+            if "layout" in keys:
+                where += f", {s['layout']}" if s.get("layout") else ", a layout the checkpoint does not record"
+            return where
 
         then = "; ".join(f"epochs {s['first_epoch']}-{s['last_epoch']} on {describe(s)}" for s in before)
         warn(f"{self.desc or self.run_id} resumes after epoch {global_epoch} on {describe(self.segment)}, but "
-             f"{then}: each rounds differently, so the run will not match one made on a single machine; "
-             "its record's segments say which epochs ran where")
+             f"{then}: each rounds differently, so the run will not match one made on a single machine in one "
+             "layout; its record's segments say which epochs ran where")
 
     # -------------------------------------------------------------- the loop
     def run(self) -> list[dict]:

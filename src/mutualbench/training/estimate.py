@@ -140,13 +140,23 @@ def stage_epochs(runner, config: dict) -> tuple[int, ...]:
     return tuple(int(s.epochs) for s in _planned_stages(runner, config))
 
 
-def planned_layout(runner, config: dict) -> str:
-    """The memory layout a run of ``config`` would record (``records.record_layout`` of its
-    stages): the layout of a single-model stage is not in its resolved config, and a run in
-    one layout does not take the time of a run in the other."""
+def planned_layout(config: dict, resolved: dict, num_classes: int = 10) -> str:
+    """The memory layout a run of ``config`` (``resolved``: ``run.resolve`` of it) would record
+    (``records.record_layout`` of its stages), from its models and stages alone, without its
+    data (the layout depends on neither the data nor the number of classes): the layout of a
+    single-model stage is not in its resolved config, and a run in one layout does not take
+    the time of a run in the other."""
+    from ..methods.base import BuildContext, hashed_config
+    from ..methods.pretrain import build_run
     from ..storage.records import record_layout
 
-    return record_layout({"stages": [{"epochs": s.epochs, **s.describe()} for s in _planned_stages(runner, config)]})
+    method = get_method(resolved["method"])
+    with torch.random.fork_rng(devices=[]):  # built on the CPU: no GPU's generator is touched
+        teacher = new_teacher(resolved, num_classes) if uses_teacher(method, resolved) else None
+        ctx = BuildContext(hashed_config(resolved, method.name), torch.device("cpu"), num_classes, teacher,
+                           channels_last=run_channels_last(config))
+        _, stages = build_run(method, ctx)
+    return record_layout({"stages": [{"epochs": s.epochs, **s.describe()} for s in stages]})
 
 
 def checkpointed_epochs(path: Path) -> int:
@@ -223,7 +233,7 @@ class RunTimer:
         kind = self._kind(resolved)
         asked = (kind, run_channels_last(config))
         if asked not in self._layouts:
-            self._layouts[asked] = planned_layout(self.runner, config)
+            self._layouts[asked] = planned_layout(config, resolved)
         return f"{kind} in {self._layouts[asked]}"
 
     def recorded(self) -> dict[str, RunEstimate]:
