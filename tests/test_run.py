@@ -263,6 +263,8 @@ def test_a_teacher_recorded_in_the_other_memory_layout_is_not_replaced_silently(
     def as_nchw(record):
         for stage in record["stages"]:
             stage.pop("channels_last", None)  # a stage that does not say trained in NCHW
+        for segment in record.get("segments", []):
+            segment.pop("layout", None)  # nor did a segment say its layout then
         record["layout"] = "NCHW"
 
     runner, first, t_rid, path = _kd_with_teacher_record_only(tmp_path, tiny_cifar, as_nchw)
