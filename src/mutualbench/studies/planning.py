@@ -133,21 +133,11 @@ def _time_of(times: dict[str, dict[tuple[str, str], list[float]]], kind: str, la
     recorded = times.get(kind)
     if not recorded:
         return None, "no run of this kind recorded here"
-
-    def best(keys: list[tuple[str, str]]) -> tuple[str, str] | None:
-        return max(keys, key=lambda k: (len(recorded[k]), k)) if keys else None
-
-    same_machine = [k for k in recorded if k[0] == here]
-    for keys, named in (([k for k in same_machine if k[1] == layout], False), (same_machine, False),
-                        ([k for k in recorded if k[1] == layout], True), (list(recorded), True)):
-        key = best(keys)
-        if key is None:
-            continue
-        how = f"recorded on {key[0]}" if named else "this kind of machine"
-        if key[1] != layout:
-            how += f", in {key[1]} (this run trains {layout})"
-        return statistics.median(recorded[key]), how
-    raise AssertionError("unreachable: a kind with records has a best key")
+    machine, made_in = max(recorded, key=lambda k: (k[0] == here, k[1] == layout, len(recorded[k]), k))
+    how = "this kind of machine" if machine == here else f"recorded on {machine}"
+    if made_in != layout:
+        how += f", in {made_in} (this run trains {layout})"
+    return statistics.median(recorded[(machine, made_in)]), how
 
 
 def missing_runs(study: Study, spec_path: Path, *, data: str | None = None,

@@ -97,6 +97,15 @@ class Assembly:
         return self.method.evaluate(self.slots, self.test_loader)
 
 
+def stages_layout(stages: list[Stage]) -> str:
+    """The memory layout a run of these stages records (``records.record_layout`` of their
+    descriptions): what a process that trains them puts in its segment, and what a run not yet
+    made is timed by."""
+    from ..storage.records import record_layout
+
+    return record_layout({"stages": [{"epochs": s.epochs, **s.describe()} for s in stages]})
+
+
 def run_channels_last(config: dict, dtype: torch.dtype | None = None) -> bool:
     """Whether a run's single-model stages (supervised, KD, hints, ONE) train channels-last:
     ``speed.channels_last`` (on by default) of its full config, in a run whose arithmetic is

@@ -29,7 +29,7 @@ import torch
 
 from ..methods import get_method
 from ..methods.pretrain import uses_teacher
-from .assembly import assemble, new_teacher, run_channels_last
+from .assembly import assemble, new_teacher, run_channels_last, stages_layout
 from .engine import synchronize
 
 WARMUP_STEPS = 5  # the first steps pay for allocation and kernel selection
@@ -148,7 +148,6 @@ def planned_layout(config: dict, resolved: dict, num_classes: int = 10) -> str:
     the time of a run in the other."""
     from ..methods.base import BuildContext, hashed_config
     from ..methods.pretrain import build_run
-    from ..storage.records import record_layout
 
     method = get_method(resolved["method"])
     with torch.random.fork_rng(devices=[]):  # built on the CPU: no GPU's generator is touched
@@ -156,7 +155,7 @@ def planned_layout(config: dict, resolved: dict, num_classes: int = 10) -> str:
         ctx = BuildContext(hashed_config(resolved, method.name), torch.device("cpu"), num_classes, teacher,
                            channels_last=run_channels_last(config))
         _, stages = build_run(method, ctx)
-    return record_layout({"stages": [{"epochs": s.epochs, **s.describe()} for s in stages]})
+    return stages_layout(stages)
 
 
 def checkpointed_epochs(path: Path) -> int:

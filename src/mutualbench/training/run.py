@@ -53,7 +53,7 @@ from ..storage.records import (
     started_record,
     write_record,
 )
-from .assembly import assemble, new_teacher, run_channels_last
+from .assembly import assemble, new_teacher, run_channels_last, stages_layout
 from .engine import TrainingDiverged
 
 RETRAIN_TEACHERS_ENV = "MUTUALBENCH_RETRAIN_TEACHERS"
@@ -356,9 +356,9 @@ class Runner:
         # plain str and int: the checkpoint that keeps it loads with weights_only
         # and the layout this process trains in: a checkpoint resumed in another layout rounds
         # differently, as one resumed on another kind of machine does
-        layout = record_layout({"stages": [{"epochs": s.epochs, **s.describe()} for s in run.stages]})
         segment = {"machine": str(machine_kind(env)), "threads": int(env["cpu"]["threads"]),
-                   "torch": str(env["torch"]), "git_commit": str(env["git_commit"]), "layout": layout}
+                   "torch": str(env["torch"]), "git_commit": str(env["git_commit"]),
+                   "layout": stages_layout(run.stages)}
         engine = run.engine(checkpoint_path=work / "checkpoint.pt", run_id=rid, desc=rid, log=self.log, segment=segment,
                             root=self.root)
         data = dict(ds.provenance(), train_used=run.train_loader.num_samples, test_used=run.test_loader.num_samples)
