@@ -278,23 +278,6 @@ def test_plan_orders_the_runs_that_complete_claims_first(tmp_path, capsys):
     assert out.index("--arms dml ") < out.index("--arms hint_dml ") < out.index("--arms kd ")
 
 
-def test_plan_times_a_run_from_records_of_its_machine_and_layout_first():
-    from mutualbench.studies.planning import _time_of
-
-    times = {"k": {("X", "NCHW"): [100.0, 120.0, 110.0], ("X", "channels-last"): [80.0],
-                   ("Y", "channels-last"): [50.0, 50.0]}}
-    assert _time_of(times, "k", "channels-last", "X") == (80.0, "this kind of machine")
-    assert _time_of(times, "k", "NCHW", "X") == (110.0, "this kind of machine")
-    assert _time_of(times, "k", "channels-last", "Z") == (50.0, "recorded on Y")
-    # no record in the run's layout on this machine: another layout's, named
-    only_nchw = {"k": {("X", "NCHW"): [100.0], ("Y", "channels-last"): [50.0]}}
-    assert _time_of(only_nchw, "k", "channels-last", "X") == (100.0, "this kind of machine, in NCHW (this run "
-                                                                    "trains channels-last)")
-    assert _time_of({"k": {("Y", "NCHW"): [60.0, 70.0]}}, "k", "channels-last", "X") == (
-        65.0, "recorded on Y, in NCHW (this run trains channels-last)")
-    assert _time_of(times, "other", "NCHW", "X") == (None, "no run of this kind recorded here")
-
-
 def test_plan_of_a_complete_study_has_nothing_to_run(tmp_path, capsys):
     every = ["teacher", "student", "student_dml_optimizer", "dml", "hint_dml", "kd"]
     folder = smoke_study(tmp_path / "smoke", {a: [0, 1] for a in every})

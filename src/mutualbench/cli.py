@@ -178,8 +178,9 @@ def _dry_run(request: StudyRequest) -> int:
     todo = sum(r["status"] == "to run" for r in rows)
     done = sum(r["status"] == "complete" for r in rows)
     print(f"\n{count_runs(done)} complete, {todo} to run: about {format_duration(total)} on this machine "
-          f"({device_name(resolve_device(request.device))}; from runs of the same kind recorded there on this kind of "
-          "machine, else a few timed training steps of each kind of run)")
+          f"({device_name(resolve_device(request.device))}; from runs of the same kind recorded there: on this kind of "
+          "machine in the run's layout, else scaled from another machine or layout by the kinds of run recorded in "
+          "both, else a few timed training steps of each kind of run)")
     return 0
 
 
@@ -421,7 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start no run that would end past this many seconds, counted from the start of the "
                         "first run: a run's length is the larger of an estimate for this machine made before the "
                         "runs start (what a complete run of the same kind in the study folder took on this kind of "
-                        "machine, or else a few timed training steps; plus the teacher's training when it is still "
+                        "machine in its layout, or that time on another machine or layout scaled by the kinds of run "
+                        "recorded in both, or else a few timed training steps; plus the teacher's training when it is still "
                         "to do) and the longest run of its kind so far; the same command continues later")
     p.add_argument("--against", default=None, help="stored study to compare with (default results/<spec>/<profile>)")
     p.add_argument("--shard", default=None, help=argparse.SUPPRESS)  # I/N: seeds s with s % N == I

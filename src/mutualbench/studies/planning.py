@@ -10,9 +10,10 @@ order that completes the most (claim, seed) pairs soonest, each with the claims 
 its estimated time on this machine and the ``replicate`` command that runs it.
 
 Planning reads the study folder only: run ids come from the spec and the manifest's data
-checksum, times from the folder's own records (``estimate.recorded_estimate``), preferring
-those made on this kind of machine in the memory layout the run will train in (its models
-and stages are built, untrained, to know it: ``estimate.planned_layout``); nothing is
+checksum, times from the folder's own records (``recorded_times.RecordedTimes``): those made
+on this kind of machine in the memory layout the run will train in (its models and stages
+are built, untrained, to know it: ``estimate.planned_layout``), else a record from another
+machine or layout scaled by the other kinds of run recorded both there and here; nothing is
 trained, measured or written.
 """
 
@@ -29,14 +30,15 @@ from ..analysis.claims import parse_rule, planned_seeds, tests
 from ..analysis.results import STATISTICS, Study, load_study
 from ..analysis.stats import ALPHA, seeds_for_power
 from ..core.config import run_id
-from ..core.envinfo import MIXED, current_machine_kind, record_machine_kind
+from ..core.envinfo import current_machine_kind, record_machine_kind
 from ..core.errors import UserError
 from ..methods import get_method
 from ..methods.pretrain import uses_teacher
 from ..storage.layout import RUNS
-from ..storage.records import complete_record, read_record, record_layout
+from ..storage.records import complete_record
 from ..training.assembly import run_channels_last
-from ..training.estimate import RunTimer, format_duration, planned_layout, recorded_estimate
+from ..training.estimate import format_duration, planned_layout
+from ..training.recorded_times import RecordedTimes, kind_of_run
 from .spec import expand, load_spec
 
 POWER = 0.8
@@ -98,48 +100,6 @@ def claim_needs(study: Study, found: dict[str, dict] | None = None) -> list[Clai
     return out
 
 
-def _kind(resolved: dict) -> str:
-    """``RunTimer``'s kind of run, without the path the data was read from (a record names the
-    local copy it read; planning has only the spec's data set name)."""
-    return RunTimer._kind(dict(resolved, data={k: v for k, v in resolved["data"].items() if k != "source"}))
-
-
-def _recorded_times(runs_dir: Path) -> dict[str, dict[tuple[str, str], list[float]]]:
-    """Seconds of each complete run of the folder, by kind of run (config without its seed),
-    then by the kind of machine and the memory layout it trained in."""
-    by_kind: dict[str, dict[tuple[str, str], list[float]]] = {}
-    for path in sorted(runs_dir.glob("*.json")):
-        try:
-            rec = read_record(path)
-        except Exception:  # noqa: BLE001 -- a damaged record times nothing; table/compare report it
-            continue
-        machine = record_machine_kind(rec)
-        if rec.get("status") != "complete" or MIXED in machine:
-            continue
-        est = recorded_estimate(rec)
-        by_kind.setdefault(_kind(rec["config"]), {}).setdefault((machine, record_layout(rec)), []).append(
-            est.train_s + est.eval_s)
-    return by_kind
-
-
-def _time_of(times: dict[str, dict[tuple[str, str], list[float]]], kind: str, layout: str,
-             here: str) -> tuple[float | None, str]:
-    """A run's time from the recorded runs of its kind: the median of those made on this kind
-    of machine in the layout it will train in, else on this kind of machine in another layout,
-    else on another kind of machine (each named: float32 runs take another time in each
-    layout, as on each machine), the most recorded first."""
-    import statistics
-
-    recorded = times.get(kind)
-    if not recorded:
-        return None, "no run of this kind recorded here"
-    machine, made_in = max(recorded, key=lambda k: (k[0] == here, k[1] == layout, len(recorded[k]), k))
-    how = "this kind of machine" if machine == here else f"recorded on {machine}"
-    if made_in != layout:
-        how += f", in {made_in} (this run trains {layout})"
-    return statistics.median(recorded[(machine, made_in)]), how
-
-
 def missing_runs(study: Study, spec_path: Path, *, data: str | None = None,
                  device: str = "cpu") -> tuple[int, list[MissingRun]]:
     """The profile's planned seeds and the runs missing to reach them for every arm a claim,
@@ -166,8 +126,7 @@ def missing_runs(study: Study, spec_path: Path, *, data: str | None = None,
     for key, t in found.items():
         for arm in t["weights"]:
             tests_of.setdefault(arm, []).append(key)
-    here = current_machine_kind(torch.device(device))
-    times = _recorded_times(runs_dir)
+    times = RecordedTimes.read(runs_dir, current_machine_kind(torch.device(device)))
     layouts: dict[tuple[str, bool], str] = {}
 
     def layout_of(config: dict, resolved: dict, kind: str) -> str:
@@ -185,8 +144,8 @@ def missing_runs(study: Study, spec_path: Path, *, data: str | None = None,
         rid = run_id(resolved, sha)
         if complete_record(runs_dir, rid) is not None:
             continue
-        kind = _kind(resolved)
-        est, how = _time_of(times, kind, layout_of(p.config, resolved, kind), here)
+        kind = kind_of_run(resolved)
+        timed = times.find(kind, layout_of(p.config, resolved, kind))
         teacher = None
         if uses_teacher(get_method(resolved["method"]), resolved) and not resolved["teacher"]["checkpoint"]:
             t_config = teacher_config(p.config)
@@ -195,12 +154,12 @@ def missing_runs(study: Study, spec_path: Path, *, data: str | None = None,
             if not (runs_dir / t_rid / "final.pt").exists():
                 t_rec = complete_record(runs_dir, t_rid)
                 made_on = record_machine_kind(t_rec) if t_rec is not None else None
-                t_kind = _kind(t_resolved)
-                t_s, _ = _time_of(times, t_kind, layout_of(t_config, t_resolved, t_kind), here)
-                teacher = (t_rid, t_s, made_on if made_on not in (None, here) else None)
+                t_kind = kind_of_run(t_resolved)
+                t_s = times.find(t_kind, layout_of(t_config, t_resolved, t_kind)).seconds
+                teacher = (t_rid, t_s, made_on if made_on not in (None, times.here) else None)
         cmd = (f"mutualbench replicate {shlex.quote(str(spec.path))} --profile {profile} --seeds {p.seed + 1} "
                f"--no-ablations --arms {p.arm}{data_arg} --out {shlex.quote(str(study.folder))}")
-        missing.append(MissingRun(p.arm, p.seed, rid, claims_of.get(p.arm, []), tests_of[p.arm], est, how,
+        missing.append(MissingRun(p.arm, p.seed, rid, claims_of.get(p.arm, []), tests_of[p.arm], timed.seconds, timed.how,
                                   command=cmd, teacher=teacher))
     ran = pd.concat([study.runs, study.failed]) if not study.failed.empty else study.runs  # a failed run is run
     done = {(a, int(s)) for a, s in ran[ran["ablation"] == "main"][["arm", "seed"]].itertuples(index=False)}

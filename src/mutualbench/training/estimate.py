@@ -5,9 +5,11 @@
 the teacher's architecture: same cost, no training), times real training steps of every stage
 after a few warm-up steps, and one test batch of every evaluated model, then scales by the
 run's steps and epochs. It costs seconds, touches no output file and leaves the global RNG
-state as it found it. The time budget of ``replicate`` and its plan use it, preferring the time
-a complete run of the same kind (another seed) took on the same kind of machine when the
-output folder holds one (its median epoch, see ``recorded_estimate``).
+state as it found it. The time budget of ``replicate`` and its plan use it only where the output
+folder has no record to go by: the time a complete run of the same kind (another seed) took on
+the same kind of machine in the same layout (its median epoch, see ``recorded_estimate``), or
+on another machine or layout scaled by the kinds of run recorded in both
+(``recorded_times``).
 
 An estimate has to hold on a machine that is doing other work, and be consistent across runs:
 - the steps are timed in rounds and the fastest round's median counts (``robust_seconds``):
@@ -217,60 +219,55 @@ class RunTimer:
         self._cache: dict[str, RunEstimate] = {}  # by kind: recorded, or measured and scaled
         self._steps: dict[str, RunEstimate] = {}  # by kind without epochs: one measurement each
         self._family: dict[str, tuple[str, int]] = {}  # kind -> (kind without epochs or cohort, cohort)
-        self._recorded: dict[str, RunEstimate] | None = None
+        self._recorded = None  # RecordedTimes, read on first use
         self._layouts: dict[tuple[str, bool], str] = {}  # (kind, channels_last asked) -> planned layout
 
     @staticmethod
     def _kind(resolved: dict) -> str:
-        from ..core.config import canonical_json, without_later_defaults
+        from .recorded_times import kind_of_run
 
-        # without its seed, and the same kind as a record made before a later key existed
-        return canonical_json(without_later_defaults({k: v for k, v in resolved.items() if k != "seed"}))
+        return kind_of_run(resolved)
 
-    def _kind_of_run(self, config: dict, resolved: dict) -> str:
-        """The run's kind with the layout it would train in (``planned_layout``, once per kind)."""
+    def _kind_of_run(self, config: dict, resolved: dict) -> tuple[str, str]:
+        """The run's kind and the layout it would train in (``planned_layout``, once per kind)."""
         kind = self._kind(resolved)
         asked = (kind, run_channels_last(config))
         if asked not in self._layouts:
             self._layouts[asked] = planned_layout(config, resolved)
-        return f"{kind} in {self._layouts[asked]}"
+        return kind, self._layouts[asked]
 
-    def recorded(self) -> dict[str, RunEstimate]:
-        """Times of complete runs in the output folder made on this kind of machine, by kind
-        of run and layout: a later seed of the same run takes what the earlier one took. A run resumed
-        on another kind of machine (its ``segments``) did not take its time here: skipped."""
+    def recorded(self):
+        """The complete runs of the output folder (``recorded_times.RecordedTimes``), read once:
+        a later seed of a kind of run takes what the earlier ones took on this kind of machine
+        in its layout, or, recorded elsewhere, that time scaled by the other kinds of run
+        recorded both there and here."""
         if self._recorded is None:
-            from ..core.envinfo import MIXED, cpu_kind, device_name, record_machine_kind
-            from ..storage.records import read_record
+            from ..core.envinfo import current_machine_kind
+            from .recorded_times import RecordedTimes
 
-            here_device = device_name(self.runner.device)
-            here_cpu = cpu_kind()
-            self._recorded = {}
-            for path in sorted(Path(self.runner.out_dir).glob("*.json")):
-                try:
-                    rec = read_record(path)
-                except Exception:
-                    continue
-                env = rec.get("env") or {}
-                cpu = env.get("cpu") or {}
-                same = env.get("device") == here_device and cpu.get("isa") == here_cpu["isa"] \
-                    and cpu.get("model") == here_cpu["model"] and MIXED not in record_machine_kind(rec)
-                if rec["status"] != "complete" or not same:
-                    continue
-                from ..storage.records import record_layout
-
-                self._recorded[f"{self._kind(rec['config'])} in {record_layout(rec)}"] = recorded_estimate(rec)
+            self._recorded = RecordedTimes.read(Path(self.runner.out_dir), current_machine_kind(self.runner.device),
+                                                threads=torch.get_num_threads())
         return self._recorded
 
+    def source(self, config: dict) -> str:
+        """Where a run's estimate comes from: ``RecordedTimes.find``'s words, or timed steps."""
+        from .run import resolve
+
+        found = self.recorded().find(*self._kind_of_run(config, resolve(config)))
+        return found.how if found.scaled else "a few timed training steps"
+
     def _base(self, config: dict, resolved: dict) -> RunEstimate:
-        """The run's time without safety margin, teacher or checkpoint: its record's kind, else
-        the measurement of its steps (shared by the runs that differ only in epochs)."""
+        """The run's time without safety margin, teacher or checkpoint: its kind's records
+        (``recorded``), else the measurement of its steps (shared by the runs that differ
+        only in epochs)."""
         from ..core.config import canonical_json
 
-        key = self._kind_of_run(config, resolved)
+        kind, layout = self._kind_of_run(config, resolved)
+        key = f"{kind} in {layout}"
         if key not in self._cache:
             steps_key = canonical_json(_without_epochs(dict(resolved, seed=None)))
-            known = self.recorded().get(key)
+            found = self.recorded().find(kind, layout)
+            known = found.estimate if found.scaled else None
             if known is None and steps_key in self._steps:
                 try:
                     known = self._steps[steps_key].for_epochs(stage_epochs(self.runner, config))
