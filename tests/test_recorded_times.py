@@ -38,9 +38,9 @@ def test_without_a_kind_recorded_in_both_places_a_time_from_elsewhere_is_named_u
     times = RecordedTimes({"k": {("X", "NCHW"): runs(100), ("Y", "channels-last"): runs(50)}}, here="X")
     found = times.find("k", "channels-last")
     assert (seconds(found), found.how, found.scaled) == (
-        100.0, "this kind of machine, in NCHW (this run trains channels-last)", False)
+        100.0, "this kind of machine, in NCHW; this run trains channels-last", False)
     found = RecordedTimes({"k": {("Y", "NCHW"): runs(60, 70)}}, here="X").find("k", "channels-last")
-    assert (seconds(found), found.how) == (65.0, "recorded on Y, in NCHW (this run trains channels-last)")
+    assert (seconds(found), found.how) == (65.0, "recorded on Y, in NCHW; this run trains channels-last")
     found = RecordedTimes({"k": {("Y", "channels-last"): runs(50, 50)}}, here="Z").find("k", "channels-last")
     assert (seconds(found), found.how, found.scaled) == (50.0, "recorded on Y", False)
 
@@ -57,8 +57,8 @@ def test_a_kind_recorded_elsewhere_is_scaled_by_the_median_ratio_of_the_kinds_re
     }, here="EPYC")
     found = times.find("kd", "channels-last")
     assert seconds(found) == 600.0 and found.scaled
-    assert found.how == ("recorded on Xeon, in NCHW, scaled x0.60 (median over 3 other kinds of run recorded "
-                         "there and here in channels-last)")
+    assert found.how == ("recorded on Xeon, in NCHW, scaled x0.60: the median over 3 other kinds of run "
+                         "recorded there and here in channels-last")
     assert found.estimate.stage_epochs == (10,) and found.estimate.per_epoch[0] == pytest.approx((54.0, 6.0))
     assert times.ratio("kd", ("Xeon", "NCHW"), ("EPYC", "channels-last")) == (pytest.approx(0.6), 3)
     assert times.ratio("kd", ("Xeon", "NCHW"), ("EPYC", "NCHW")) is None
@@ -73,7 +73,7 @@ def test_this_machine_in_another_layout_is_preferred_to_another_machine():
     }, here="EPYC")
     found = times.find("fitnets", "channels-last")  # 4000 x 0.5, not 1000 x median(5, 3) = 4000
     assert seconds(found) == 2000.0
-    assert found.how.startswith("this kind of machine, in NCHW, scaled x0.50 (median over 1 other kind of run")
+    assert found.how.startswith("this kind of machine, in NCHW, scaled x0.50: the median over 1 other kind of run")
 
 
 def test_a_record_of_another_thread_count_is_another_kind_of_machine_and_a_resumed_one_is_skipped(

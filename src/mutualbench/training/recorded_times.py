@@ -134,10 +134,10 @@ class RecordedTimes:
             place, (factor, n) = max(options, key=lambda o: (o[0][0] == self.here, o[1][1], len(recorded[o[0]]), o[0]))
             kinds = "kind" if n == 1 else "kinds"
             return Found(scaled(median_estimate(recorded[place]), factor),
-                         f"{self._where(place, layout)}, scaled x{factor:.2f} (median over {n} other {kinds} of run "
-                         f"recorded there and here in {layout})")
+                         f"{self._where(place, layout)}, scaled x{factor:.2f}: the median over {n} other {kinds} of "
+                         f"run recorded there and here in {layout}")
         place = max(recorded, key=lambda p: (p[0] == self.here, p[1] == layout, len(recorded[p]), p))
         how = self._where(place, layout)
         if place[1] != layout:
-            how += f" (this run trains {layout})"
+            how += f"; this run trains {layout}"
         return Found(median_estimate(recorded[place]), how, scaled=False)
