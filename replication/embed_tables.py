@@ -10,7 +10,8 @@ Markers, for every study in results/: <!-- <study>/<profile>-table:start --> ...
 `cpu` and the `full` scale side by side, <!-- <study>/claims:start --> for the spec's claims
 at both scales, <!-- seed_blog/<profile>-factorial:start --> for the 2x2 factorial, and
 <!-- seed_blog/<profile>-provenance:start --> for which kind of machine ran which run of
-results/seed_blog/<profile>, <!-- <study>/<profile>-headline:start --> for a profile's claims in a
+results/seed_blog/<profile>, <!-- <study>/<profile>-ablation-<name>:start --> for one ablation's
+section of a table.md (its values, paired comparisons and contrasts within each value), <!-- <study>/<profile>-headline:start --> for a profile's claims in a
 few columns (the README's), <!-- registry:start --> for the registered methods and
 architectures (all computed from the stored records and the code, like the tables).
 The blog's study (seed_blog) also answers to the unprefixed names (<!-- cpu-table:start -->).
@@ -304,6 +305,22 @@ def registry_block() -> str:
     return "\n".join(lines)
 
 
+def ablation_sections(table: Path) -> dict[str, str]:
+    """Each "## Ablation: NAME" section of a table.md, without its heading, by NAME: the
+    ablation's per-value table, its paired comparisons and its contrasts within each value,
+    as `mutualbench table` wrote them (<!-- <study>/<profile>-ablation-NAME:start -->)."""
+    sections: dict[str, list[str]] = {}
+    current = None
+    for line in table.read_text(encoding="utf-8").splitlines():
+        if line.startswith("## "):
+            current = line[len("## Ablation: "):].strip() if line.startswith("## Ablation: ") else None
+            if current is not None:
+                sections[current] = []
+        elif current is not None:
+            sections[current].append(line)
+    return {name: "\n".join(lines).strip() for name, lines in sections.items()}
+
+
 def documents() -> list[Path]:
     """Every document that may hold generated blocks: the README, REPLICATION.md and docs/."""
     found = [ROOT / "README.md", ROOT / "REPLICATION.md", *sorted((ROOT / "docs").rglob("*.md"))]
@@ -320,6 +337,11 @@ def embed_document(text: str, log=print) -> str:
             if f"<!-- {marker}:start -->" in text:
                 text = _embed(text, marker, "\n".join(body))
                 log(f"embedded {table.relative_to(ROOT)}")
+        for name, section in ablation_sections(table).items():
+            marker = f"{study}/{profile}-ablation-{name}"
+            if f"<!-- {marker}:start -->" in text:
+                text = _embed(text, marker, section)
+                log(f"embedded the {name} ablation of {table.relative_to(ROOT)}")
     for results in sorted(p for p in (ROOT / "results").iterdir() if p.is_dir()):
         if any(f"<!-- {m}:start -->" in text for m in _markers(results.name, "scale-comparison")):
             scale = scale_comparison(results)

@@ -174,3 +174,17 @@ def test_a_stale_block_is_caught():
     new = embed_tables().embed_document(text, log=lambda _: None)
     assert blocks(new)["seed_blog/full-headline"] != blocks(text)["seed_blog/full-headline"]
     assert "the teacher beats the student trained alone" in new
+
+
+def test_an_ablation_block_is_its_section_of_the_table_and_nothing_else(tmp_path):
+    table = tmp_path / "table.md"
+    table.write_text("# s: profile `p`\n\n## Main arms\n\n| a |\n\n## Ablation: schedule\n\n| value | arm |\n"
+                     "|---|---|\n| cosine | dml |\n\nPaired over seeds\n\n## Ablation: init\n\n| value |\n",
+                     encoding="utf-8")
+    sections = embed_tables().ablation_sections(table)
+    assert sections == {"schedule": "| value | arm |\n|---|---|\n| cosine | dml |\n\nPaired over seeds",
+                        "init": "| value |"}
+    text = "<!-- seed_blog/cpu-schedule-ablation-schedule:start -->\nstale\n<!-- seed_blog/cpu-schedule-ablation-schedule:end -->\n"
+    new = embed_tables().embed_document(text, log=lambda _: None)
+    stored = embed_tables().ablation_sections(ROOT / "results" / "seed_blog" / "cpu-schedule" / "table.md")
+    assert blocks(new)["seed_blog/cpu-schedule-ablation-schedule"].strip() == stored["schedule"]
