@@ -106,7 +106,8 @@ def test_replicate_takes_a_scaled_record_without_timing_steps_and_times_steps_fo
     agree exactly and nothing is timed."""
     data, root = tiny_cifar
     runner = Runner(tmp_path / "runs", data_root=root, device="cpu")
-    timer = RunTimer(runner)
+    lines = []
+    timer = RunTimer(runner, progress=lines.append)
     cfg = run_config("individual", data)
     kind, layout = timer._kind_of_run(cfg, resolve(cfg))
     timer._recorded = RecordedTimes({kind: {("Xeon", "NCHW"): runs(100)},
@@ -115,8 +116,10 @@ def test_replicate_takes_a_scaled_record_without_timing_steps_and_times_steps_fo
     monkeypatch.setattr(estimate, "measure_run_seconds", lambda *a, **k: measured.append(1) or runs(1)[0])
     first, second = timer.estimate(cfg), timer.estimate(cfg)
     assert first.total_s == second.total_s == pytest.approx(300.0 * RunTimer.SAFETY) and measured == []
-    assert timer.source(cfg).startswith("recorded on Xeon, in NCHW, scaled x3.00")
+    assert timer.source(cfg).startswith("recorded on Xeon, in NCHW, scaled x3.00") and lines == []
     del timer._recorded.times["a"]  # no kind recorded both places: the steps are timed
     timer._cache.clear()
     timer.estimate(cfg)
     assert measured == [1] and timer.source(cfg) == "a few timed training steps"
+    assert lines == [f"estimating: timing a few training steps of individual, {', '.join(cfg['arch'])} "
+                     "(no record of this kind to go by)"]  # the user sees why a dry run takes seconds

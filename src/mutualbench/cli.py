@@ -171,7 +171,7 @@ def _dry_run(request: StudyRequest) -> int:
     from .studies.study import dry_run
     from .training.estimate import format_duration
 
-    rows, total = dry_run(request, log=_log(True))
+    rows, total = dry_run(request, log=_log(True), progress=_log(False))
     print(f"{request.spec_path}, profile {request.profile}, into {request.out} (dry run: nothing is trained or "
           "written)")
     print(tabulate([list(r.values()) for r in rows], headers=list(rows[0]), tablefmt="github"))

@@ -238,14 +238,17 @@ def _check_data_is_the_specs(spec, data: str, ds) -> None:
                         f"--data a copy of {spec.data}, or run a spec written for this data set")
 
 
-def dry_run(request: StudyRequest, *, log: Callable[[str], None] = print) -> tuple[list[dict], float]:
+def dry_run(request: StudyRequest, *, log: Callable[[str], None] = print,
+            progress: Callable[[str], None] | None = None) -> tuple[list[dict], float]:
     """The plan of a study, printed by ``replicate --dry-run``: one row per arm x seed x
     ablation value (its run id; "complete" when its record is in the study folder, "to run",
     or "same run as" an earlier row), each run to do with its estimated time on this machine,
     and their total; runs left out by ``--arms``, or planned by the folder's manifest beyond
-    the asked seeds and ablations, are "not selected". Trains nothing, writes nothing."""
+    the asked seeds and ablations, are "not selected". Trains nothing, writes nothing but
+    ``progress`` lines (a kind of run whose steps are timed)."""
     _, runner, manifest, pending = plan_study(request, log=log)
-    estimates = {runner.prepare(cfg)[1]: est for cfg, est in zip(pending, RunTimer(runner).estimate_all(pending),
+    timer = RunTimer(runner, progress=progress)
+    estimates = {runner.prepare(cfg)[1]: est for cfg, est in zip(pending, timer.estimate_all(pending),
                                                                      strict=True)}
     rows, first_row = [], {}
     for e in manifest["runs"]:
@@ -329,7 +332,7 @@ def replicate(request: StudyRequest, *, plan_only: bool = False, announce_estima
                         "submitted": submitted}
             errors = wait_for_jobs(runner.out_dir, [runner.prepare(c)[1] for c in pending], log)
         else:
-            timer = RunTimer(runner)
+            timer = RunTimer(runner, progress=log if announce_estimate else None)
             time_budget_s = request.time_budget_s
             if time_budget_s is not None and arms is None:
                 pending = in_plan_order(pending, runner, manifest, out, request.spec_path, log)

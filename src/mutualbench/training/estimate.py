@@ -214,8 +214,9 @@ class RunTimer:
 
     SAFETY = 1.15  # measured steps run warm; a whole run also pays for checkpoints and stragglers
 
-    def __init__(self, runner) -> None:
+    def __init__(self, runner, progress=None) -> None:
         self.runner = runner
+        self.progress = progress  # called with a line before each measurement (seconds each, more on a busy machine)
         self._cache: dict[str, RunEstimate] = {}  # by kind: recorded, or measured and scaled
         self._steps: dict[str, RunEstimate] = {}  # by kind without epochs: one measurement each
         self._family: dict[str, tuple[str, int]] = {}  # kind -> (kind without epochs or cohort, cohort)
@@ -274,6 +275,9 @@ class RunTimer:
                 except ValueError:  # another set of stages (a stage of 0 epochs): measured on its own
                     known = None
             if known is None:
+                if self.progress is not None:
+                    self.progress(f"estimating: timing a few training steps of {describe_kind(resolved)} "
+                                  "(no record of this kind to go by)")
                 known = measure_run_seconds(self.runner, config)
                 self._steps.setdefault(steps_key, known)
             self._cache[key] = known
@@ -317,6 +321,16 @@ class RunTimer:
                 teacher_s = self.estimate(tcfg).total_s
         return replace(est, train_s=est.train_s * self.SAFETY * left, eval_s=est.eval_s * self.SAFETY * left,
                        teacher_s=teacher_s)
+
+
+def describe_kind(resolved: dict) -> str:
+    """A kind of run in a few words: its method, architectures and cohort (``kd, seed_vgg_student``)."""
+    arch = resolved.get("arch")
+    words = [str(resolved.get("method")), ", ".join(arch) if isinstance(arch, list) else str(arch)]
+    cohort = int(resolved.get("cohort") or 1)
+    if cohort > 1:
+        words.append(f"cohort {cohort}")
+    return ", ".join(words)
 
 
 def format_duration(seconds: float) -> str:
