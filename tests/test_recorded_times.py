@@ -16,6 +16,15 @@ def runs(*totals: float) -> list[RunEstimate]:
     return [RunEstimate(0.0, 0.0, per_epoch=((0.09 * t, 0.01 * t),)).for_epochs((10,)) for t in totals]
 
 
+def kind(method: str, epochs: int) -> str:
+    """A kind of run as ``kind_of_run`` spells one (canonical JSON), here only a method and epochs."""
+    return json.dumps({"method": method, "train": {"epochs": epochs, "lr": 0.001}}, sort_keys=True,
+                      separators=(",", ":"))
+
+
+OTHER = kind("other", 10)
+
+
 def seconds(found):
     return None if found.seconds is None else round(found.seconds, 6)
 
@@ -76,6 +85,27 @@ def test_this_machine_in_another_layout_is_preferred_to_another_machine():
     assert found.how.startswith("this kind of machine, in NCHW, scaled x0.50: the median over 1 other kind of run")
 
 
+def test_a_kind_recorded_here_for_other_epochs_is_timed_per_epoch_before_any_record_from_elsewhere():
+    """Step-matched DML (40 epochs) never ran here; DML for 10 epochs did, twice: 3,000 and
+    3,600 s, so 330 s an epoch, 13,200 s for 40; a 40-epoch record from the Xeon, scalable
+    through the other kind, comes after."""
+    dml10, dml40 = kind("mutual", 10), kind("mutual", 40)
+    times = RecordedTimes({
+        dml10: {("EPYC", "channels-last"): runs(3000, 3600)},
+        dml40: {("Xeon", "channels-last"): runs(5000)},
+        OTHER: {("Xeon", "channels-last"): runs(10), ("EPYC", "channels-last"): runs(20)},
+    }, here="EPYC")
+    found = times.find(dml40, "channels-last", (40,))
+    assert seconds(found) == 13200.0 and found.scaled
+    assert found.how == "this kind of machine, from runs of this kind for 10 epochs, per epoch"
+    assert found.estimate.stage_epochs == (40,) and found.estimate.epochs == 40
+    # without the run's epochs, or with another number of stages, the Xeon's record is scaled instead
+    assert seconds(times.find(dml40, "channels-last")) == 10000.0
+    assert seconds(times.find(dml40, "channels-last", (10, 40))) == 10000.0
+    assert seconds(times.find(dml40, "NCHW", (40,))) == 5000.0  # not here in NCHW: the Xeon's, unscaled
+    assert seconds(times.find(kind("kd", 40), "channels-last", (40,))) is None  # another family
+
+
 def test_a_record_of_another_thread_count_is_another_kind_of_machine_and_a_resumed_one_is_skipped(
         tmp_path, tiny_cifar):
     data, root = tiny_cifar
@@ -111,13 +141,13 @@ def test_replicate_takes_a_scaled_record_without_timing_steps_and_times_steps_fo
     cfg = run_config("individual", data)
     kind, layout = timer._kind_of_run(cfg, resolve(cfg))
     timer._recorded = RecordedTimes({kind: {("Xeon", "NCHW"): runs(100)},
-                                     "a": {("Xeon", "NCHW"): runs(10), ("EPYC", layout): runs(30)}}, here="EPYC")
+                                     OTHER: {("Xeon", "NCHW"): runs(10), ("EPYC", layout): runs(30)}}, here="EPYC")
     measured = []
     monkeypatch.setattr(estimate, "measure_run_seconds", lambda *a, **k: measured.append(1) or runs(1)[0])
     first, second = timer.estimate(cfg), timer.estimate(cfg)
     assert first.total_s == second.total_s == pytest.approx(300.0 * RunTimer.SAFETY) and measured == []
     assert timer.source(cfg).startswith("recorded on Xeon, in NCHW, scaled x3.00") and lines == []
-    del timer._recorded.times["a"]  # no kind recorded both places: the steps are timed
+    del timer._recorded.times[OTHER]  # no kind recorded both places: the steps are timed
     timer._cache.clear()
     timer.estimate(cfg)
     assert measured == [1] and timer.source(cfg) == "a few timed training steps"

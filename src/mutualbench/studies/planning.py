@@ -12,8 +12,9 @@ its estimated time on this machine and the ``replicate`` command that runs it.
 Planning reads the study folder only: run ids come from the spec and the manifest's data
 checksum, times from the folder's own records (``recorded_times.RecordedTimes``): those made
 on this kind of machine in the memory layout the run will train in (its models and stages
-are built, untrained, to know it: ``estimate.planned_layout``), else a record from another
-machine or layout scaled by the other kinds of run recorded both there and here; nothing is
+are built, untrained, to know it and its epochs: ``estimate.planned_run``), else runs of the
+same kind for other epochs, per epoch, else a record from another machine or layout scaled
+by the other kinds of run recorded both there and here; nothing is
 trained, measured or written.
 """
 
@@ -37,7 +38,7 @@ from ..methods.pretrain import uses_teacher
 from ..storage.layout import RUNS
 from ..storage.records import complete_record
 from ..training.assembly import run_channels_last
-from ..training.estimate import format_duration, planned_layout
+from ..training.estimate import PlannedRun, format_duration, planned_run
 from ..training.recorded_times import RecordedTimes, kind_of_run
 from .spec import expand, load_spec
 
@@ -127,13 +128,14 @@ def missing_runs(study: Study, spec_path: Path, *, data: str | None = None,
         for arm in t["weights"]:
             tests_of.setdefault(arm, []).append(key)
     times = RecordedTimes.read(runs_dir, current_machine_kind(torch.device(device)))
-    layouts: dict[tuple[str, bool], str] = {}
+    plans: dict[tuple[str, bool], PlannedRun] = {}
 
-    def layout_of(config: dict, resolved: dict, kind: str) -> str:
+    def time_of(config: dict, resolved: dict):
+        kind = kind_of_run(resolved)
         asked = (kind, run_channels_last(config))
-        if asked not in layouts:
-            layouts[asked] = planned_layout(config, resolved)
-        return layouts[asked]
+        if asked not in plans:
+            plans[asked] = planned_run(config, resolved)
+        return times.find(kind, plans[asked].layout, plans[asked].stage_epochs)
 
     data_arg = f" --data {shlex.quote(data)}" if data else ""
     missing = []
@@ -144,8 +146,7 @@ def missing_runs(study: Study, spec_path: Path, *, data: str | None = None,
         rid = run_id(resolved, sha)
         if complete_record(runs_dir, rid) is not None:
             continue
-        kind = kind_of_run(resolved)
-        timed = times.find(kind, layout_of(p.config, resolved, kind))
+        timed = time_of(p.config, resolved)
         teacher = None
         if uses_teacher(get_method(resolved["method"]), resolved) and not resolved["teacher"]["checkpoint"]:
             t_config = teacher_config(p.config)
@@ -154,8 +155,7 @@ def missing_runs(study: Study, spec_path: Path, *, data: str | None = None,
             if not (runs_dir / t_rid / "final.pt").exists():
                 t_rec = complete_record(runs_dir, t_rid)
                 made_on = record_machine_kind(t_rec) if t_rec is not None else None
-                t_kind = kind_of_run(t_resolved)
-                t_s = times.find(t_kind, layout_of(t_config, t_resolved, t_kind)).seconds
+                t_s = time_of(t_config, t_resolved).seconds
                 teacher = (t_rid, t_s, made_on if made_on not in (None, times.here) else None)
         cmd = (f"mutualbench replicate {shlex.quote(str(spec.path))} --profile {profile} --seeds {p.seed + 1} "
                f"--no-ablations --arms {p.arm}{data_arg} --out {shlex.quote(str(study.folder))}")

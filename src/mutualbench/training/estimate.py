@@ -142,12 +142,20 @@ def stage_epochs(runner, config: dict) -> tuple[int, ...]:
     return tuple(int(s.epochs) for s in _planned_stages(runner, config))
 
 
-def planned_layout(config: dict, resolved: dict, num_classes: int = 10) -> str:
-    """The memory layout a run of ``config`` (``resolved``: ``run.resolve`` of it) would record
-    (``records.record_layout`` of its stages), from its models and stages alone, without its
-    data (the layout depends on neither the data nor the number of classes): the layout of a
-    single-model stage is not in its resolved config, and a run in one layout does not take
-    the time of a run in the other."""
+@dataclass(frozen=True)
+class PlannedRun:
+    """What a run will be, known from its models and stages alone: the memory layout it will
+    record and the epochs of each of its stages (of more than 0 epochs), in order."""
+
+    layout: str
+    stage_epochs: tuple[int, ...]
+
+
+def planned_run(config: dict, resolved: dict, num_classes: int = 10) -> PlannedRun:
+    """``PlannedRun`` of ``config`` (``resolved``: ``run.resolve`` of it), built without its
+    data (neither the layout nor the epochs depend on the data or the number of classes): the
+    layout of a single-model stage is not in its resolved config, and a run in one layout does
+    not take the time of a run in the other."""
     from ..methods.base import BuildContext, hashed_config
     from ..methods.pretrain import build_run
 
@@ -157,7 +165,13 @@ def planned_layout(config: dict, resolved: dict, num_classes: int = 10) -> str:
         ctx = BuildContext(hashed_config(resolved, method.name), torch.device("cpu"), num_classes, teacher,
                            channels_last=run_channels_last(config))
         _, stages = build_run(method, ctx)
-    return stages_layout(stages)
+    return PlannedRun(stages_layout(stages), tuple(int(s.epochs) for s in stages if s.epochs > 0))
+
+
+def planned_layout(config: dict, resolved: dict, num_classes: int = 10) -> str:
+    """The memory layout a run of ``config`` would record (``records.record_layout`` of its
+    stages), from its models and stages alone (``planned_run``)."""
+    return planned_run(config, resolved, num_classes).layout
 
 
 def checkpointed_epochs(path: Path) -> int:
@@ -192,10 +206,10 @@ def recorded_estimate(rec: dict) -> RunEstimate:
     return RunEstimate(0.0, 0.0, per_epoch=per_epoch).for_epochs(tuple(int(s["epochs"]) for s in stages))
 
 
-def _without_epochs(value):
+def without_epochs(value):
     """A config without any ``epochs`` key: runs that differ only in how long they train."""
     if isinstance(value, dict):
-        return {k: _without_epochs(v) for k, v in value.items() if k != "epochs"}
+        return {k: without_epochs(v) for k, v in value.items() if k != "epochs"}
     return value
 
 
@@ -221,7 +235,7 @@ class RunTimer:
         self._steps: dict[str, RunEstimate] = {}  # by kind without epochs: one measurement each
         self._family: dict[str, tuple[str, int]] = {}  # kind -> (kind without epochs or cohort, cohort)
         self._recorded = None  # RecordedTimes, read on first use
-        self._layouts: dict[tuple[str, bool], str] = {}  # (kind, channels_last asked) -> planned layout
+        self._layouts: dict[tuple[str, bool], PlannedRun] = {}  # (kind, channels_last asked) -> its plan
 
     @staticmethod
     def _kind(resolved: dict) -> str:
@@ -230,12 +244,20 @@ class RunTimer:
         return kind_of_run(resolved)
 
     def _kind_of_run(self, config: dict, resolved: dict) -> tuple[str, str]:
-        """The run's kind and the layout it would train in (``planned_layout``, once per kind)."""
+        """The run's kind and the layout it would train in (``planned_run``, once per kind)."""
         kind = self._kind(resolved)
-        asked = (kind, run_channels_last(config))
+        return kind, self._planned(config, resolved).layout
+
+    def _planned(self, config: dict, resolved: dict) -> PlannedRun:
+        asked = (self._kind(resolved), run_channels_last(config))
         if asked not in self._layouts:
-            self._layouts[asked] = planned_layout(config, resolved)
-        return kind, self._layouts[asked]
+            self._layouts[asked] = planned_run(config, resolved)
+        return self._layouts[asked]
+
+    def _find(self, config: dict, resolved: dict):
+        """``RecordedTimes.find`` for this run."""
+        planned = self._planned(config, resolved)
+        return self.recorded().find(self._kind(resolved), planned.layout, planned.stage_epochs)
 
     def recorded(self):
         """The complete runs of the output folder (``recorded_times.RecordedTimes``), read once:
@@ -254,7 +276,7 @@ class RunTimer:
         """Where a run's estimate comes from: ``RecordedTimes.find``'s words, or timed steps."""
         from .run import resolve
 
-        found = self.recorded().find(*self._kind_of_run(config, resolve(config)))
+        found = self._find(config, resolve(config))
         return found.how if found.scaled else "a few timed training steps"
 
     def _base(self, config: dict, resolved: dict) -> RunEstimate:
@@ -266,8 +288,8 @@ class RunTimer:
         kind, layout = self._kind_of_run(config, resolved)
         key = f"{kind} in {layout}"
         if key not in self._cache:
-            steps_key = canonical_json(_without_epochs(dict(resolved, seed=None)))
-            found = self.recorded().find(kind, layout)
+            steps_key = canonical_json(without_epochs(dict(resolved, seed=None)))
+            found = self._find(config, resolved)
             known = found.estimate if found.scaled else None
             if known is None and steps_key in self._steps:
                 try:
@@ -281,7 +303,7 @@ class RunTimer:
                 known = measure_run_seconds(self.runner, config)
                 self._steps.setdefault(steps_key, known)
             self._cache[key] = known
-            family = _without_epochs({k: v for k, v in resolved.items() if k not in ("seed", "cohort")})
+            family = without_epochs({k: v for k, v in resolved.items() if k not in ("seed", "cohort")})
             self._family[key] = (canonical_json(family), int(resolved.get("cohort") or 1))
         return self._floor(key)
 

@@ -7,7 +7,9 @@ in another layout, has its time there scaled by how this machine compares *on wh
 the median, over the other kinds of run recorded both there and here (in the layout the run
 will train in), of their time here over their time there. Both are read from records only,
 so two plans or dry runs in a row agree exactly however busy the machine is, and they count
-every epoch of real runs rather than a few timed steps. Where no other kind of run was
+every epoch of real runs rather than a few timed steps. A kind of run recorded here only for
+other epochs (DML for 30 epochs, when the run is DML for 40) takes their median epoch per
+stage times its own epochs, before any record from elsewhere. Where no other kind of run was
 recorded in both places, a time from elsewhere is given unscaled and named so
 (``Found.scaled`` is then false; ``RunTimer`` times the run's steps instead).
 
@@ -22,7 +24,7 @@ import statistics
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .estimate import RunEstimate, recorded_estimate
+from .estimate import RunEstimate, recorded_estimate, without_epochs
 
 Place = tuple[str, str]  # (kind of machine, memory layout)
 HERE = "this kind of machine"
@@ -37,6 +39,15 @@ def kind_of_run(resolved: dict) -> str:
 
     data = {k: v for k, v in (resolved.get("data") or {}).items() if k != "source"}
     return canonical_json(without_later_defaults({k: v for k, v in dict(resolved, data=data).items() if k != "seed"}))
+
+
+def family_of(kind: str) -> str:
+    """A kind of run without any of its epochs: runs that differ only in how long they train."""
+    import json
+
+    from ..core.config import canonical_json
+
+    return canonical_json(without_epochs(json.loads(kind)))
 
 
 def scaled(est: RunEstimate, factor: float) -> RunEstimate:
@@ -118,17 +129,38 @@ class RecordedTimes:
         where = HERE if machine == self.here else f"recorded on {machine}"
         return where if made_in == layout else f"{where}, in {made_in}"
 
-    def find(self, kind: str, layout: str) -> Found:
-        """The time of a run of ``kind`` that will train in ``layout`` on this machine: the
-        median of its kind's records here in that layout; else a record from another layout
-        or machine scaled by ``ratio`` (this machine first, then the one compared through the
-        most kinds of run); else a record from elsewhere as it is, named so."""
+    def _other_epochs(self, kind: str, target: Place, stage_epochs: tuple[int, ...]) -> Found | None:
+        """Runs of the same kind but for other epochs, recorded at ``target``, each stage's
+        median epoch times the epochs this run's stage will train (the kind recorded most
+        often first; None: none with one time per epoch of each of as many stages)."""
+        family = family_of(kind)
+        options = [(len(places[target]), k, median_estimate(places[target])) for k, places in self.times.items()
+                   if k != kind and target in places and family_of(k) == family]
+        options = [o for o in options if len(o[2].per_epoch) == len(stage_epochs)]
+        if not options:
+            return None
+        _, _, est = max(options, key=lambda o: (o[0], o[1]))
+        before = "+".join(str(e) for e in est.stage_epochs)
+        return Found(est.for_epochs(stage_epochs),
+                     f"{HERE}, from runs of this kind for {before} epochs, per epoch")
+
+    def find(self, kind: str, layout: str, stage_epochs: tuple[int, ...] | None = None) -> Found:
+        """The time of a run of ``kind`` that will train in ``layout`` on this machine (its
+        stages for ``stage_epochs``, where known): the median of its kind's records here in
+        that layout; else runs of the same kind for other epochs recorded here in that layout,
+        per epoch; else a record from another layout or machine scaled by ``ratio`` (this
+        machine first, then the one compared through the most kinds of run); else a record
+        from elsewhere as it is, named so."""
+        target = (self.here, layout)
         recorded = self.times.get(kind)
+        if recorded and target in recorded:
+            return Found(median_estimate(recorded[target]), HERE)
+        if stage_epochs:
+            longer = self._other_epochs(kind, target, tuple(stage_epochs))
+            if longer is not None:
+                return longer
         if not recorded:
             return Found(None, NOT_RECORDED, scaled=False)
-        target = (self.here, layout)
-        if target in recorded:
-            return Found(median_estimate(recorded[target]), HERE)
         options = [(place, r) for place in recorded if (r := self.ratio(kind, place, target)) is not None]
         if options:
             place, (factor, n) = max(options, key=lambda o: (o[0][0] == self.here, o[1][1], len(recorded[o[0]]), o[0]))
