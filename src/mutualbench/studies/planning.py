@@ -37,9 +37,8 @@ from ..methods import get_method
 from ..methods.pretrain import uses_teacher
 from ..storage.layout import RUNS
 from ..storage.records import complete_record
-from ..training.assembly import run_channels_last
-from ..training.estimate import PlannedRun, format_duration, planned_run
-from ..training.recorded_times import RecordedTimes, kind_of_run
+from ..training.estimate import format_duration
+from ..training.recorded_times import RecordedTimes
 from .spec import expand, load_spec
 
 POWER = 0.8
@@ -128,15 +127,6 @@ def missing_runs(study: Study, spec_path: Path, *, data: str | None = None,
         for arm in t["weights"]:
             tests_of.setdefault(arm, []).append(key)
     times = RecordedTimes.read(runs_dir, current_machine_kind(torch.device(device)))
-    plans: dict[tuple[str, bool], PlannedRun] = {}
-
-    def time_of(config: dict, resolved: dict):
-        kind = kind_of_run(resolved)
-        asked = (kind, run_channels_last(config))
-        if asked not in plans:
-            plans[asked] = planned_run(config, resolved)
-        return times.find(kind, plans[asked].layout, plans[asked].stage_epochs)
-
     data_arg = f" --data {shlex.quote(data)}" if data else ""
     missing = []
     for p in expand(spec, profile, list(range(planned)), spec.data, False):
@@ -146,7 +136,7 @@ def missing_runs(study: Study, spec_path: Path, *, data: str | None = None,
         rid = run_id(resolved, sha)
         if complete_record(runs_dir, rid) is not None:
             continue
-        timed = time_of(p.config, resolved)
+        timed = times.find_run(p.config, resolved)
         teacher = None
         if uses_teacher(get_method(resolved["method"]), resolved) and not resolved["teacher"]["checkpoint"]:
             t_config = teacher_config(p.config)
@@ -155,7 +145,7 @@ def missing_runs(study: Study, spec_path: Path, *, data: str | None = None,
             if not (runs_dir / t_rid / "final.pt").exists():
                 t_rec = complete_record(runs_dir, t_rid)
                 made_on = record_machine_kind(t_rec) if t_rec is not None else None
-                t_s = time_of(t_config, t_resolved).seconds
+                t_s = times.find_run(t_config, t_resolved).seconds
                 teacher = (t_rid, t_s, made_on if made_on not in (None, times.here) else None)
         cmd = (f"mutualbench replicate {shlex.quote(str(spec.path))} --profile {profile} --seeds {p.seed + 1} "
                f"--no-ablations --arms {p.arm}{data_arg} --out {shlex.quote(str(study.folder))}")

@@ -127,21 +127,6 @@ def measure_run_seconds(runner, config: dict, steps: int = TIMED_STEPS) -> RunEs
     return est.for_epochs(tuple(int(s.epochs) for s in stages))
 
 
-def _planned_stages(runner, config: dict) -> list:
-    """The run's stages with epochs, as training would build them (an untrained teacher)."""
-    resolved, _, ds, _ = runner.prepare(config)
-    with torch.random.fork_rng(devices=[runner.device] if runner.device.type == "cuda" else []):
-        teacher = new_teacher(resolved, ds.num_classes, device=runner.device) \
-            if uses_teacher(get_method(resolved["method"]), resolved) else None
-        run = assemble(resolved, ds, runner.device, teacher, channels_last=run_channels_last(config))
-        return [s for s in run.stages if s.epochs > 0]
-
-
-def stage_epochs(runner, config: dict) -> tuple[int, ...]:
-    """The epochs of each of the run's stages, in order, as training would build them."""
-    return tuple(int(s.epochs) for s in _planned_stages(runner, config))
-
-
 @dataclass(frozen=True)
 class PlannedRun:
     """What a run will be, known from its models and stages alone: the memory layout it will
@@ -235,7 +220,6 @@ class RunTimer:
         self._steps: dict[str, RunEstimate] = {}  # by kind without epochs: one measurement each
         self._family: dict[str, tuple[str, int]] = {}  # kind -> (kind without epochs or cohort, cohort)
         self._recorded = None  # RecordedTimes, read on first use
-        self._layouts: dict[tuple[str, bool], PlannedRun] = {}  # (kind, channels_last asked) -> its plan
 
     @staticmethod
     def _kind(resolved: dict) -> str:
@@ -249,15 +233,10 @@ class RunTimer:
         return kind, self._planned(config, resolved).layout
 
     def _planned(self, config: dict, resolved: dict) -> PlannedRun:
-        asked = (self._kind(resolved), run_channels_last(config))
-        if asked not in self._layouts:
-            self._layouts[asked] = planned_run(config, resolved)
-        return self._layouts[asked]
+        return self.recorded().planned(config, resolved)
 
     def _find(self, config: dict, resolved: dict):
-        """``RecordedTimes.find`` for this run."""
-        planned = self._planned(config, resolved)
-        return self.recorded().find(self._kind(resolved), planned.layout, planned.stage_epochs)
+        return self.recorded().find_run(config, resolved)
 
     def recorded(self):
         """The complete runs of the output folder (``recorded_times.RecordedTimes``), read once:
@@ -293,7 +272,7 @@ class RunTimer:
             known = found.estimate if found.scaled else None
             if known is None and steps_key in self._steps:
                 try:
-                    known = self._steps[steps_key].for_epochs(stage_epochs(self.runner, config))
+                    known = self._steps[steps_key].for_epochs(self._planned(config, resolved).stage_epochs)
                 except ValueError:  # another set of stages (a stage of 0 epochs): measured on its own
                     known = None
             if known is None:

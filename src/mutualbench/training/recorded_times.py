@@ -24,7 +24,8 @@ import statistics
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .estimate import RunEstimate, recorded_estimate, without_epochs
+from .assembly import run_channels_last
+from .estimate import PlannedRun, RunEstimate, planned_run, recorded_estimate, without_epochs
 
 Place = tuple[str, str]  # (kind of machine, memory layout)
 HERE = "this kind of machine"
@@ -87,6 +88,20 @@ class RecordedTimes:
 
     def __init__(self, times: dict[str, dict[Place, list[RunEstimate]]], here: str) -> None:
         self.times, self.here = times, here
+        self._plans: dict[tuple[str, bool], PlannedRun] = {}  # (kind, channels_last asked) -> its plan
+
+    def planned(self, config: dict, resolved: dict) -> PlannedRun:
+        """``estimate.planned_run`` of a run, once per kind of run and asked layout."""
+        asked = (kind_of_run(resolved), run_channels_last(config))
+        if asked not in self._plans:
+            self._plans[asked] = planned_run(config, resolved)
+        return self._plans[asked]
+
+    def find_run(self, config: dict, resolved: dict) -> Found:
+        """``find`` for a run of ``config`` (``resolved``: ``run.resolve`` of it): its kind, and
+        the layout and stage epochs of its plan."""
+        plan = self.planned(config, resolved)
+        return self.find(kind_of_run(resolved), plan.layout, plan.stage_epochs)
 
     @classmethod
     def read(cls, runs_dir: Path, here: str, threads: int | None = None) -> RecordedTimes:
