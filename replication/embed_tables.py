@@ -9,8 +9,8 @@ Markers, for every study in results/: <!-- <study>/<profile>-table:start --> ...
 <!-- <study>/scale-comparison:start --> ... :end --> for the spec's paired comparisons at the
 `cpu` and the `full` scale side by side, <!-- <study>/claims:start --> for the spec's claims
 at both scales, <!-- seed_blog/<profile>-factorial:start --> for the 2x2 factorial, and
-<!-- seed_blog/<profile>-provenance:start --> for which kind of machine ran which run of
-results/seed_blog/<profile>, <!-- <study>/<profile>-ablation-<name>:start --> for one ablation's
+<!-- <study>/<profile>-provenance:start --> for which kind of machine ran which run of
+results/<study>/<profile>, <!-- <study>/<profile>-ablation-<name>:start --> for one ablation's
 section of a table.md (its values, paired comparisons and contrasts within each value), <!-- <study>/<profile>-headline:start --> for a profile's claims in a
 few columns (the README's), <!-- registry:start --> for the registered methods and
 architectures (all computed from the stored records and the code, like the tables).
@@ -370,15 +370,14 @@ def embed_document(text: str, log=print) -> str:
             if body is not None:
                 text = _embed(text, f"seed_blog/{profile}-{name}", body)
                 log(f"embedded the {name} block of {blog.relative_to(ROOT)}")
-    blogs = ROOT / "results" / "seed_blog"
-    for blog in sorted(p for p in blogs.iterdir() if p.is_dir()) if blogs.is_dir() else []:
-        marker = f"seed_blog/{blog.name}-provenance"
+    for folder in sorted(p.parent for p in (ROOT / "results").glob("*/*/study.json")):
+        marker = f"{folder.parent.name}/{folder.name}-provenance"
         if f"<!-- {marker}:start -->" not in text:
             continue
-        body = provenance_table(blog)
+        body = provenance_table(folder)
         if body is not None:
             text = _embed(text, marker, body)
-            log(f"embedded the provenance block of {blog.relative_to(ROOT)}")
+            log(f"embedded the provenance block of {folder.relative_to(ROOT)}")
     if "<!-- registry:start -->" in text:
         text = _embed(text, "registry", registry_block())
         log("embedded the registered methods and architectures")

@@ -108,13 +108,13 @@ def test_the_provenance_blocks_are_what_the_stored_records_give():
     in the documents is what embed_tables.py makes of the stored records now, so a record
     added or replaced without regenerating the report fails here."""
     text = "\n".join(doc.read_text(encoding="utf-8") for doc in documents())
-    blocks = dict(re.findall(r"<!-- seed_blog/(\S+)-provenance:start -->\n(.*?)\n<!-- seed_blog/\1-provenance:end -->",
+    blocks = dict(re.findall(r"<!-- (\S+/\S+)-provenance:start -->\n(.*?)\n<!-- \1-provenance:end -->",
                              text, flags=re.S))
-    assert "full" in blocks
+    assert {"seed_blog/full", "online_kd/cpu"} <= set(blocks)
     embed = embed_tables()
-    for profile, body in blocks.items():
-        generated = embed.provenance_table(ROOT / "results" / "seed_blog" / profile)
-        assert generated is not None and body == generated.strip(), f"seed_blog/{profile}-provenance is stale"
+    for folder, body in blocks.items():
+        generated = embed.provenance_table(ROOT / "results" / folder)
+        assert generated is not None and body == generated.strip(), f"{folder}-provenance is stale"
 
 
 def test_the_provenance_block_counts_each_run_once_under_its_kind():
@@ -188,3 +188,56 @@ def test_an_ablation_block_is_its_section_of_the_table_and_nothing_else(tmp_path
     new = embed_tables().embed_document(text, log=lambda _: None)
     stored = embed_tables().ablation_sections(ROOT / "results" / "seed_blog" / "cpu-schedule" / "table.md")
     assert blocks(new)["seed_blog/cpu-schedule-ablation-schedule"].strip() == stored["schedule"]
+
+
+def schedule_paragraph(text: str) -> str:
+    """REPLICATION.md's reading of the schedule ablation: the prose after its generated table,
+    up to the provenance that follows."""
+    start = text.index("<!-- seed_blog/cpu-schedule-ablation-schedule:end -->")
+    return text[start:text.index("Which kind of machine ran which of its runs", start)].split("-->", 1)[1]
+
+
+def schedule_figures(folder: Path) -> set[str]:
+    """Every figure the schedule's reading may quote, as the tables print it (the regex that
+    finds the quotes takes no sign): paired differences, Holm p values, contrast means,
+    intervals and their widths, arm means."""
+    figures: set[str] = set()
+    for row in rows(f"{folder}/ablation_comparisons.csv"):
+        for pre in ("", "last5_"):
+            d = float(row[f"{pre}diff_mean"])
+            figures |= {f"{abs(d):.2f}", f"{float(row[f'{pre}p_holm']):.3f}"}
+    for row in rows(f"{folder}/ablation_contrasts.csv"):
+        for pre in ("", "last5_"):
+            lo, hi = number(row[f"{pre}ci95_low"]), number(row[f"{pre}ci95_high"])  # as printed
+            figures |= {f"{abs(float(row[f'{pre}mean'])):.2f}", f"{abs(lo):.2f}", f"{abs(hi):.2f}", f"{hi - lo:.2f}",
+                        f"{float(row[f'{pre}p_holm']):.3f}"}
+    for row in rows(f"{folder}/table.csv"):
+        figures |= {f"{float(row['final_mean']):.2f}"}
+    return figures
+
+
+def test_every_figure_of_the_schedule_reading_is_in_its_tables():
+    """The schedule ablation's prose quotes differences, p values and widths, not only
+    intervals: each one is a figure its stored CSVs give, and the count of pairs is theirs."""
+    text = (ROOT / "REPLICATION.md").read_text(encoding="utf-8")
+    paragraph = " ".join(schedule_paragraph(text).split())
+    figures = schedule_figures("results/seed_blog/cpu-schedule")
+    quoted = [m.group(0) for m in re.finditer(r"\d+\.\d+", paragraph)]
+    assert len(quoted) >= 20 and [q for q in quoted if q not in figures] == []
+    pairs = list(rows("results/seed_blog/cpu-schedule/ablation_comparisons.csv"))
+    above, total = sum(int(r["value_wins"]) for r in pairs), sum(int(r["n"]) for r in pairs)
+    assert f"({above} of {total} pairs above)" in paragraph
+    # each cell's cosine - constant difference, where the prose names the cell
+    names = {"student_dml_optimizer": "the control", "dml": "DML", "hint_student": "the hinted student",
+             "hint_dml": "hint+DML"}
+    said = {arm: re.search(rf"{re.escape(name)} by (\d+\.\d+)", paragraph) for arm, name in names.items()}
+    assert {r["arm"]: said[r["arm"]].group(1) for r in pairs} == \
+        {r["arm"]: f"{abs(float(r['diff_mean'])):.2f}" for r in pairs}
+
+
+def test_a_stale_schedule_figure_is_caught():
+    stale = "<!-- seed_blog/cpu-schedule-ablation-schedule:end -->\nthe control by 3.14 points\nWhich kind of machine " \
+            "ran which of its runs"
+    figures = schedule_figures("results/seed_blog/cpu-schedule")
+    assert "3.13" in figures and [q for q in re.findall(r"\d+\.\d+", schedule_paragraph(stale))
+                                  if q not in figures] == ["3.14"]
