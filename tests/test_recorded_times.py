@@ -153,3 +153,15 @@ def test_replicate_takes_a_scaled_record_without_timing_steps_and_times_steps_fo
     assert measured == [1] and timer.source(cfg) == "a few timed training steps"
     assert lines == [f"estimating: timing a few training steps of individual, {', '.join(cfg['arch'])} "
                      "(no record of this kind to go by)"]  # the user sees why a dry run takes seconds
+
+
+def test_the_margin_the_docs_quote_is_the_one_estimates_add():
+    """`replicate`, its dry run and `plan` add one margin (``estimate.RUN_MARGIN``); the docs
+    that explain their times quote it, and the printed sentence names it."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    margin = f"{estimate.RUN_MARGIN - 1:.0%}"
+    assert f"plus {margin})" in (root / "docs" / "studies.md").read_text()
+    assert f"plus the same {margin} margin" in " ".join((root / "docs" / "statistics.md").read_text().split())
+    assert f"each with a {margin} margin" in estimate.estimate_sources("here")

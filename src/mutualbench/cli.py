@@ -169,7 +169,7 @@ def _dry_run(request: StudyRequest) -> int:
     from .core.envinfo import device_name, resolve_device
     from .core.progress import count_runs
     from .studies.study import dry_run
-    from .training.estimate import format_duration
+    from .training.estimate import estimate_sources, format_duration
 
     rows, total = dry_run(request, log=_log(True), progress=_log(False))
     print(f"{request.spec_path}, profile {request.profile}, into {request.out} (dry run: nothing is trained or "
@@ -178,9 +178,7 @@ def _dry_run(request: StudyRequest) -> int:
     todo = sum(r["status"] == "to run" for r in rows)
     done = sum(r["status"] == "complete" for r in rows)
     print(f"\n{count_runs(done)} complete, {todo} to run: about {format_duration(total)} on this machine "
-          f"({device_name(resolve_device(request.device))}; from runs of the same kind recorded there: on this kind of "
-          "machine in the run's layout, else scaled from another machine or layout by the kinds of run recorded in "
-          "both, else a few timed training steps of each kind of run)")
+          f"({device_name(resolve_device(request.device))}; {estimate_sources('there')})")
     return 0
 
 

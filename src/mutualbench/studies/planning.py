@@ -14,8 +14,9 @@ checksum, times from the folder's own records (``recorded_times.RecordedTimes``)
 on this kind of machine in the memory layout the run will train in (its models and stages
 are built, untrained, to know it and its epochs: ``estimate.planned_run``), else runs of the
 same kind for other epochs, per epoch, else a record from another machine or layout scaled
-by the other kinds of run recorded both there and here; nothing is
-trained, measured or written.
+by the other kinds of run recorded both there and here; each with the margin ``replicate``
+adds (``estimate.RUN_MARGIN``), so a plan and a dry run give a run the same time; nothing
+is trained, measured or written.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from ..methods import get_method
 from ..methods.pretrain import uses_teacher
 from ..storage.layout import RUNS
 from ..storage.records import complete_record
-from ..training.estimate import format_duration
+from ..training.estimate import RUN_MARGIN, format_duration
 from ..training.recorded_times import RecordedTimes
 from .spec import expand, load_spec
 
@@ -145,11 +146,12 @@ def missing_runs(study: Study, spec_path: Path, *, data: str | None = None,
             if not (runs_dir / t_rid / "final.pt").exists():
                 t_rec = complete_record(runs_dir, t_rid)
                 made_on = record_machine_kind(t_rec) if t_rec is not None else None
-                t_s = times.find_run(t_config, t_resolved).seconds
+                t_s = _with_margin(times.find_run(t_config, t_resolved).seconds)
                 teacher = (t_rid, t_s, made_on if made_on not in (None, times.here) else None)
         cmd = (f"mutualbench replicate {shlex.quote(str(spec.path))} --profile {profile} --seeds {p.seed + 1} "
                f"--no-ablations --arms {p.arm}{data_arg} --out {shlex.quote(str(study.folder))}")
-        missing.append(MissingRun(p.arm, p.seed, rid, claims_of.get(p.arm, []), tests_of[p.arm], timed.seconds, timed.how,
+        missing.append(MissingRun(p.arm, p.seed, rid, claims_of.get(p.arm, []), tests_of[p.arm],
+                                  _with_margin(timed.seconds), timed.how,
                                   command=cmd, teacher=teacher))
     ran = pd.concat([study.runs, study.failed]) if not study.failed.empty else study.runs  # a failed run is run
     done = {(a, int(s)) for a, s in ran[ran["ablation"] == "main"][["arm", "seed"]].itertuples(index=False)}
@@ -161,6 +163,11 @@ def missing_runs(study: Study, spec_path: Path, *, data: str | None = None,
                        if r.arm in arms and all((a, r.seed) in have or a == r.arm for a in arms)]
         have.add((r.arm, r.seed))
     return planned, ordered
+
+
+def _with_margin(seconds: float | None) -> float | None:
+    """A recorded time as ``replicate`` plans it (``estimate.RUN_MARGIN``), so the two agree."""
+    return None if seconds is None else seconds * RUN_MARGIN
 
 
 def _claim_arms(found: dict[str, dict], claims: list[dict]) -> dict[str, set[str]]:

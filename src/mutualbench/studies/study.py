@@ -23,7 +23,7 @@ from ..storage.layout import MANIFEST, RUNS, default_out
 from ..storage.records import complete_record
 from ..storage.spec_schema import MAX_SEEDS
 from ..storage.stored_schema import manifest_problem as stored_manifest_problem
-from ..training.estimate import RunTimer, format_duration
+from ..training.estimate import RunTimer, estimate_sources, format_duration
 from ..training.run import Runner, resolve
 from .launch import run_local, run_per_gpu
 from .request import StudyRequest
@@ -339,9 +339,7 @@ def replicate(request: StudyRequest, *, plan_only: bool = False, announce_estima
             if announce_estimate:
                 expected = sum(e.train_s + e.eval_s for e in timer.estimate_all(pending))
                 log(f"estimated time for the {count_runs(len(pending))} to run: {format_duration(expected)} on this machine "
-                    f"({device_name(runner.device)}; from runs of the same kind recorded here: on this kind of machine "
-                    "in the run's layout, else scaled from another machine or layout by the kinds of run recorded in "
-                    "both, else a few timed training steps of each kind of run)")
+                    f"({device_name(runner.device)}; {estimate_sources('here')})")
             errors, left = run_local(pending, runner, log, time_budget_s,
                                      estimate=lambda c: timer.estimate(c).total_s)
     return {"manifest": manifest, "ran": len(pending) - left, "left": left, "total": total, "errors": errors}

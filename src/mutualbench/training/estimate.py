@@ -204,6 +204,17 @@ def _dominates(a: RunEstimate, b: RunEstimate) -> bool:
         x >= y for x, y in zip(a.stage_epochs, b.stage_epochs, strict=True))
 
 
+RUN_MARGIN = 1.15  # a run's median epoch or warm timed steps, times this: checkpoints, stragglers, a busy moment
+
+
+def estimate_sources(where: str) -> str:
+    """The one sentence that says where every time ``replicate``, its dry run and ``plan``
+    print comes from (``where``: "here", "there")."""
+    return (f"from runs of the same kind recorded {where}: on this kind of machine in the run's layout, else scaled "
+            "from another machine or layout by the kinds of run recorded in both, else a few timed training steps of "
+            f"each kind of run; each with a {RUN_MARGIN - 1:.0%} margin for checkpoints and slower epochs")
+
+
 class RunTimer:
     """Estimates per run for one runner, measured once per kind of run (the config without
     its seed, and without its epochs: a longer run of the same kind is the same steps, more
@@ -211,7 +222,7 @@ class RunTimer:
     is estimated cheaper than another of the same kind with a smaller cohort and no more
     epochs per stage."""
 
-    SAFETY = 1.15  # measured steps run warm; a whole run also pays for checkpoints and stragglers
+    SAFETY = RUN_MARGIN
 
     def __init__(self, runner, progress=None) -> None:
         self.runner = runner
