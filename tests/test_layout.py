@@ -137,6 +137,31 @@ def _same_in_both_layouts(method, resolved, ds, rel, exact_accuracy):
             assert fast["test_acc"] == plain["test_acc"]
 
 
+@pytest.mark.parametrize("method", ["mutual", "kdcl", "okddip", "pcl"])
+def test_the_plain_cohort_path_computes_in_channels_last_what_it_does_in_nchw(tiny_cifar, method):
+    """A cohort of BatchNorm networks trains on the plain path, whose layout comes from the
+    method's own speed section: two float64 epochs of every member's losses and accuracies
+    agree between the layouts to 1e-9 (a cohort arm trained channels-last is comparable with
+    an individual arm trained NCHW)."""
+    data, root = tiny_cifar
+    ds = load_dataset(str(data), root=root)
+    curves, paths = {}, set()
+    for channels_last in (False, True):
+        config = _config(method, data, channels_last, **{"speed.dtype": "float64", "train.epochs": 2,
+                                                         "arch": ["wrn_10_1"]})
+        config["cohort"] = 3
+        run = assemble(resolve(config), ds, torch.device("cpu"), None)
+        described = [s.describe() for s in run.stages]
+        paths |= {(d.get("cohort_path"), d.get("channels_last")) for d in described}
+        curves[channels_last] = run.engine().run()
+    assert paths == {("plain", False), ("plain", True)}
+    for plain, fast in zip(curves[False], curves[True], strict=True):
+        assert plain["train_loss"].keys() == fast["train_loss"].keys()
+        for model, loss in plain["train_loss"].items():
+            assert fast["train_loss"][model] == pytest.approx(loss, rel=1e-9, abs=1e-9), (method, model)
+        assert fast["test_acc"] == plain["test_acc"]
+
+
 def test_an_arm_whose_runs_mix_layouts_gets_one_note():
     rows = [{"ablation": "main", "value": "", "arm": "student", "member": "model", "seed": s, "run_id": f"r{s}",
              "layout": "NCHW" if s < 4 else "channels-last"} for s in range(5)]
