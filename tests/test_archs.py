@@ -89,3 +89,45 @@ def test_registry_lists_every_family():
     families = {ARCHS.get(n).family for n in ARCHS.names()}
     assert families >= {"seed_vgg", "cifar_resnet", "wide_resnet"}
     assert ARCHS.names().index("resnet20") < ARCHS.names().index("resnet110")
+
+
+def _logits(model, x):
+    with torch.no_grad():
+        out = model.train()(x)
+    return out[0] if isinstance(out, tuple) else out
+
+
+def test_he_normal_conv_draws_the_convolutions_as_he_fan_out_and_leaves_the_classifier_at_pytorchs_default():
+    """``he_normal_conv`` (torchvision's ResNet init, the online-distillation authors'): from one
+    seed, the same convolutions as ``he_normal_fan_out``, BatchNorm 1 and 0, and a classifier
+    within PyTorch's default bound 1/sqrt(fan_in), where the fan-out draw has std sqrt(2/10)."""
+    from mutualbench.archs import he_normal_conv, he_normal_fan_out
+
+    torch.manual_seed(3)
+    conv = he_normal_conv(create_arch("resnet32", 10))
+    torch.manual_seed(3)
+    fan_out = he_normal_fan_out(create_arch("resnet32", 10))
+    a, b = conv.state_dict(), fan_out.state_dict()
+    convs = [k for k, t in a.items() if t.ndim == 4]
+    assert len(convs) == 31 and all(torch.equal(a[k], b[k]) for k in convs)
+    bn = [m for m in conv.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(bn) == 31 and all(bool((m.weight == 1).all() and (m.bias == 0).all()) for m in bn)
+    head, head_he = conv.head[2], fan_out.head[2]
+    bound = 1 / 64 ** 0.5
+    assert head.weight.abs().max() <= bound and head.bias.abs().max() <= bound and head.bias.abs().sum() > 0
+    assert float(head_he.weight.std()) == pytest.approx((2 / 10) ** 0.5, rel=0.15) and not head_he.bias.any()
+
+
+def test_a_cifar_resnets_own_init_starts_its_logits_several_times_larger_than_he_normal_conv():
+    """Why the online-KD study draws its ResNets with ``he_normal_conv``: the ResNets' own init
+    (the classifier He fan-out too) starts every seed's logits 3-5 times larger."""
+    from mutualbench.archs import he_normal_conv
+
+    for seed in range(4):
+        torch.manual_seed(seed)
+        x = torch.randn(64, 3, 32, 32)
+        torch.manual_seed(100 + seed)
+        own = _logits(create_arch("resnet32", 10), x).std()
+        torch.manual_seed(100 + seed)
+        small = _logits(he_normal_conv(create_arch("resnet32", 10)), x).std()
+        assert own > 4 and small < 2 and own / small > 3, (seed, own, small)

@@ -11,6 +11,7 @@ from .base import (
     StagedModel,
     count_parameters,
     count_unique_parameters,
+    he_normal_conv,
     he_normal_fan_out,
 )
 from .registry import ARCHS, create_arch, is_known_arch, pattern_descriptions
@@ -25,6 +26,7 @@ __all__ = [
     "count_parameters",
     "count_unique_parameters",
     "create_arch",
+    "he_normal_conv",
     "he_normal_fan_out",
     "is_known_arch",
     "pattern_descriptions",

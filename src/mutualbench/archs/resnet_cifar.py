@@ -1,6 +1,12 @@
 """CIFAR ResNets of He et al. 2016 (sec. 4.2): 6n+2 layers, three stages of 16/32/64
 channels, basic blocks, parameter-free (option A) shortcuts: resnet20/32/56/110 have
-0.27M/0.46M/0.85M/1.7M parameters. Taps: ``stem``, ``layer1``, ``layer2``, ``layer3``."""
+0.27M/0.46M/0.85M/1.7M parameters. Taps: ``stem``, ``layer1``, ``layer2``, ``layer3``.
+
+Their own initialisation (a run's ``init = "pytorch_default"``): He normal (fan-out) for every
+convolution and for the classifier, BatchNorm weight 1 and bias 0. The classifier's fan-out
+gain (std sqrt(2/10) for 10 classes) starts them at a loss several times ln 10; ``init =
+"he_normal_conv"`` keeps the classifier at PyTorch's default, as torchvision's ResNets and the
+online-distillation authors' CIFAR ResNets do (``archs.base.he_normal_conv``)."""
 
 from __future__ import annotations
 

@@ -167,6 +167,13 @@ def optimizer_keys(prefix: str) -> dict[str, KeyType]:
 # use 2-5, and each member is a whole network in memory, so 100,000 is a typo, refused at once.
 MAX_COHORT = 16
 
+# ``init``: how the trained models are drawn. pytorch_default: each architecture's own
+# initialisation (PyTorch's layer defaults, or the one the architecture states, e.g. the
+# CIFAR ResNets' He fan-out); he_normal_fan_out: He normal (fan-out) for every convolution and
+# linear layer; he_normal_conv: He normal (fan-out) for convolutions, BatchNorm 1 and 0, linear
+# layers at PyTorch's default (torchvision's ResNet init). archs.he_normal_* say exactly.
+INIT_CHOICES = ("pytorch_default", "he_normal_fan_out", "he_normal_conv")
+
 # Every key of BASE_DEFAULTS, with its type and range (a test checks that the two cover each other).
 BASE_SCHEMA: dict[str, KeyType] = {
     "method": KeyType("str"),
@@ -174,7 +181,7 @@ BASE_SCHEMA: dict[str, KeyType] = {
     "cohort": KeyType("int", lo=1, hi=MAX_COHORT + 1),
     "seed": KeyType("int", lo=0),
     "device": KeyType("choice", choices=("auto", "cpu", "cuda")),
-    "init": KeyType("choice", choices=("pytorch_default", "he_normal_fan_out")),
+    "init": KeyType("choice", choices=INIT_CHOICES),
     "pretrain": KeyType("choice", choices=("none", "hints")),
     "data.source": KeyType("str"),
     "data.train_subset": KeyType("int", lo=1, nullable=True),

@@ -24,6 +24,7 @@ from ..archs import (
     count_parameters,
     count_unique_parameters,
     create_arch,
+    he_normal_conv,
     he_normal_fan_out,
 )
 from ..core.config import derive_seed
@@ -65,6 +66,9 @@ def default_dtype(dtype: torch.dtype) -> Iterator[None]:
     finally:
         torch.set_default_dtype(old)
 
+
+# The config's ``init`` choices other than ``pytorch_default`` (the architecture's own init).
+INITS = {"he_normal_fan_out": he_normal_fan_out, "he_normal_conv": he_normal_conv}
 
 class HashedConfig(dict):
     """A run's resolved config as its method's build sees it: exactly the sections the run id
@@ -111,11 +115,13 @@ class BuildContext:
 
     def new_model(self, arch: str, index: int) -> FeatureModel:
         """Model ``index`` of the run, initialised from its own seed (seed, "init", index):
-        the same index gets the same initial weights in every method for a given seed."""
+        the same index gets the same initial weights in every method for a given seed. The
+        config's ``init`` redraws the architecture's own initialisation (``INITS``)."""
         def make() -> FeatureModel:
             model = create_arch(arch, self.num_classes)
-            if self.config.get("init", "pytorch_default") == "he_normal_fan_out":
-                he_normal_fan_out(model)
+            init = self.config.get("init", "pytorch_default")
+            if init != "pytorch_default":
+                INITS[init](model)
             return model
 
         return self.new_module(make, "init", index)
