@@ -3,12 +3,14 @@ replication/online_kd_cifar100.toml: what they state (arms, the shared recipe, e
 settings per profile, the claims and their families, the published numbers and their
 label), and that every profile expands into runs without data (nothing is trained here)."""
 
+import json
 import re
 from pathlib import Path
 
 import pytest
 
 from mutualbench.analysis.claims import planned_seeds, profile_delta
+from mutualbench.core.config import run_id
 from mutualbench.studies.spec import arm_members, expand, load_spec
 from mutualbench.training.run import resolve
 
@@ -60,8 +62,10 @@ def test_the_arms_are_the_five_methods_and_training_alone_on_resnet32_cohorts_of
 def test_every_profile_expands_into_runs_of_the_shared_recipe(profile):
     epochs, milestones, lr, batch, subset, rampup, decay = PROFILES[profile]
     spec = load_spec(SPEC)
-    plan = expand(spec, profile, [0, 1, 2], "cifar10")
+    plan = expand(spec, profile, [0, 1, 2], "cifar10", ablations=False)
     assert len(plan) == len(METHODS) * 3 and {p.seed for p in plan} == {0, 1, 2}
+    # the authors' ResNet init: He fan-out convolutions, the classifier at PyTorch's default
+    assert {resolve(p.config)["init"] for p in plan} == {"he_normal_conv"}
     assert {(p.arm, p.config["method"], tuple(p.config["arch"]), p.config["cohort"]) for p in plan} == {
         (name, method, ("resnet32",), 1 if name == "individual" else 3) for name, method in METHODS.items()}
     for p in plan:
@@ -87,6 +91,29 @@ def test_every_profile_expands_into_runs_of_the_shared_recipe(profile):
         elif method == "pcl":
             assert r["pcl"]["temperature"] == 3.0 and r["pcl"]["rampup_epochs"] == rampup
             assert r["pcl"]["ema_decay"] == decay
+
+
+def test_the_init_ablation_holds_the_first_cpu_runs_drawn_with_the_resnets_own_init():
+    """The first nine `cpu` runs (individual, DML and ONE, seeds 0-2) were drawn with the
+    ResNets' own init (the classifier He fan-out too): the `init` ablation's `classifier_he`
+    value is exactly them, by run id, and its `he_normal_conv` value is the main arms' runs."""
+    spec = load_spec(SPEC)
+    plan = expand(spec, "cpu", [0, 1, 2], "cifar10")
+    ablation = [p for p in plan if p.ablation == "init"]
+    main = {(p.arm, p.seed): p for p in plan if p.ablation is None}
+    assert {(p.arm, p.value) for p in ablation} == {(arm, value) for arm in ("individual", "dml", "one")
+                                                    for value in ("he_normal_conv", "classifier_he")}
+    stored = sorted((ROOT / "results" / "online_kd" / "cpu" / "runs").glob("*.json"))
+    sha = json.loads(stored[0].read_text())["data"]["sha256"]
+    ids = {p.value: set() for p in ablation}
+    for p in ablation:
+        ids[p.value].add(run_id(resolve(p.config), sha))
+        if p.value == "he_normal_conv":
+            assert run_id(resolve(p.config), sha) == run_id(resolve(main[(p.arm, p.seed)].config), sha)
+    first = {f.stem for f in stored if json.loads(f.read_text())["config"].get("init", "pytorch_default")
+             == "pytorch_default"}
+    assert len(ids["classifier_he"]) == 9 and first == ids["classifier_he"]
+    assert not ids["classifier_he"] & ids["he_normal_conv"]
 
 
 def test_the_smoke_profile_is_the_exact_tier_and_the_cpu_profile_plans_three_seeds():

@@ -252,7 +252,8 @@ def online_kd_reading(text: str) -> str:
 
 def study_figures(folder: str) -> set[str]:
     """Every figure a study's reading may quote, as its tables print it (no sign): paired
-    differences with their intervals, standard deviations, means and Holm p values; claims'
+    differences (between arms, and between an ablation's values) with their intervals,
+    standard deviations, means and Holm p values; claims'
     equivalence p values; arms' means and standard deviations; each run's final accuracy."""
     figures: set[str] = set()
     for row in rows(f"{folder}/comparisons.csv"):
@@ -260,6 +261,12 @@ def study_figures(folder: str) -> set[str]:
             if row[f"{pre}diff_mean"]:
                 figures |= {f"{abs(number(row[f'{pre}{key}'])):.2f}" for key in
                             ("diff_mean", "diff_std", "ci95_low", "ci95_high", "mean_a", "mean_b")}
+                figures.add(f"{float(row[f'{pre}p_holm']):.3f}")
+    for row in rows(f"{folder}/ablation_comparisons.csv"):
+        for pre in ("", "last5_"):
+            if row[f"{pre}diff_mean"]:
+                figures |= {f"{abs(number(row[f'{pre}{key}'])):.2f}" for key in
+                            ("diff_mean", "diff_std", "mean_value", "mean_reference")}
                 figures.add(f"{float(row[f'{pre}p_holm']):.3f}")
     for row in rows(f"{folder}/claims.csv"):
         figures |= {f"{float(row[key]):.3f}" for key in ("p_equiv_holm", "last5_p_equiv_holm") if row[key]}
@@ -271,23 +278,27 @@ def study_figures(folder: str) -> set[str]:
 
 
 def test_every_figure_of_the_online_kd_reading_is_in_its_tables():
-    """The online-KD report's reading quotes differences, p values, means and single runs:
-    each is a figure its stored CSVs give, and the figures it names are the right rows'."""
+    """The online-KD report's reading quotes means and single runs (and, as arms complete,
+    differences and p values): each is a figure its stored CSVs give, and the figures it names
+    are the right rows'."""
     text = (ROOT / "docs" / "reports" / "online-kd.md").read_text(encoding="utf-8")
     reading = " ".join(online_kd_reading(text).split())
     figures = study_figures("results/online_kd/cpu")
     quoted = re.findall(r"\d+\.\d+", reading)
     assert len(quoted) >= 20 and [q for q in quoted if q not in figures] == []
-    # the figures it names: DML's paired difference, its seeds above, its members' mean
-    dml = next(r for r in rows("results/online_kd/cpu/comparisons.csv") if (r["a"], r["b"]) == ("dml", "individual"))
-    assert f"-{abs(float(dml['diff_mean'])):.2f} [{float(dml['ci95_low']):+.2f}" in reading
-    assert f"{dml['a_wins']} of {dml['n']} seeds above" in reading
-    assert f"students finish at {float(dml['mean_a']):.2f}% on average" in reading
+    # the figures it names: each classifier_he arm's mean, from the init ablation's rows
+    table = {(r["value"], r["arm"], r["member"]): r for r in rows("results/online_kd/cpu/table.csv")
+             if r["ablation"] == "init"}
+    alone = table[("classifier_he", "individual", "model")]
+    assert f"finished at {float(alone['final_mean']):.2f} ± {float(alone['final_std']):.2f}%" in reading
+    dml = ", ".join(f"{float(table[('classifier_he', 'dml', f'student{k}')]['final_mean']):.2f} ± "
+                    f"{float(table[('classifier_he', 'dml', f'student{k}')]['final_std']):.2f}" for k in (1, 2))
+    assert f"DML's students finished at {dml} and" in reading
 
 
 def test_a_stale_online_kd_figure_is_caught():
-    stale = "<!-- online_kd/cpu-table:end -->\nstudents finish at 30.79% on average\n" \
+    stale = "<!-- online_kd/cpu-table:end -->\na network alone finished at 52.26 ± 3.15%\n" \
             "## Which kind of machine ran which run"
     figures = study_figures("results/online_kd/cpu")
-    assert "30.78" in figures and [q for q in re.findall(r"\d+\.\d+", online_kd_reading(stale))
-                                   if q not in figures] == ["30.79"]
+    assert "52.25" in figures and [q for q in re.findall(r"\d+\.\d+", online_kd_reading(stale))
+                                   if q not in figures] == ["52.26"]
