@@ -260,14 +260,14 @@ def study_figures(folder: str) -> set[str]:
         for pre in ("", "last5_"):
             if row[f"{pre}diff_mean"]:
                 figures |= {f"{abs(number(row[f'{pre}{key}'])):.2f}" for key in
-                            ("diff_mean", "diff_std", "ci95_low", "ci95_high", "mean_a", "mean_b")}
-                figures.add(f"{float(row[f'{pre}p_holm']):.3f}")
+                            ("diff_mean", "diff_std", "ci95_low", "ci95_high", "mean_a", "mean_b") if row[f"{pre}{key}"]}
+                figures |= {f"{float(row[f'{pre}p_holm']):.3f}"} if row[f"{pre}p_holm"] else set()
     for row in rows(f"{folder}/ablation_comparisons.csv"):
         for pre in ("", "last5_"):
             if row[f"{pre}diff_mean"]:
                 figures |= {f"{abs(number(row[f'{pre}{key}'])):.2f}" for key in
-                            ("diff_mean", "diff_std", "mean_value", "mean_reference")}
-                figures.add(f"{float(row[f'{pre}p_holm']):.3f}")
+                            ("diff_mean", "diff_std", "mean_value", "mean_reference") if row[f"{pre}{key}"]}
+                figures |= {f"{float(row[f'{pre}p_holm']):.3f}"} if row[f"{pre}p_holm"] else set()
     for row in rows(f"{folder}/claims.csv"):
         figures |= {f"{float(row[key]):.3f}" for key in ("p_equiv_holm", "last5_p_equiv_holm") if row[key]}
     for row in rows(f"{folder}/table.csv"):
