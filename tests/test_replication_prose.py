@@ -256,18 +256,13 @@ def study_figures(folder: str) -> set[str]:
     standard deviations, means and Holm p values; claims'
     equivalence p values; arms' means and standard deviations; each run's final accuracy."""
     figures: set[str] = set()
-    for row in rows(f"{folder}/comparisons.csv"):
-        for pre in ("", "last5_"):
-            if row[f"{pre}diff_mean"]:
-                figures |= {f"{abs(number(row[f'{pre}{key}'])):.2f}" for key in
-                            ("diff_mean", "diff_std", "ci95_low", "ci95_high", "mean_a", "mean_b") if row[f"{pre}{key}"]}
-                figures |= {f"{float(row[f'{pre}p_holm']):.3f}"} if row[f"{pre}p_holm"] else set()
-    for row in rows(f"{folder}/ablation_comparisons.csv"):
-        for pre in ("", "last5_"):
-            if row[f"{pre}diff_mean"]:
-                figures |= {f"{abs(number(row[f'{pre}{key}'])):.2f}" for key in
-                            ("diff_mean", "diff_std", "mean_value", "mean_reference") if row[f"{pre}{key}"]}
-                figures |= {f"{float(row[f'{pre}p_holm']):.3f}"} if row[f"{pre}p_holm"] else set()
+    paired = {"comparisons.csv": ("diff_mean", "diff_std", "ci95_low", "ci95_high", "mean_a", "mean_b"),
+              "ablation_comparisons.csv": ("diff_mean", "diff_std", "mean_value", "mean_reference")}
+    for name, keys in paired.items():
+        for row in rows(f"{folder}/{name}"):
+            for pre in ("", "last5_"):
+                figures |= {f"{abs(number(row[pre + key])):.2f}" for key in keys if row[pre + key]}
+                figures |= {f"{float(row[pre + 'p_holm']):.3f}"} if row[pre + "p_holm"] else set()
     for row in rows(f"{folder}/claims.csv"):
         figures |= {f"{float(row[key]):.3f}" for key in ("p_equiv_holm", "last5_p_equiv_holm") if row[key]}
     for row in rows(f"{folder}/table.csv"):
