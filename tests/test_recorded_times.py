@@ -165,3 +165,15 @@ def test_the_margin_the_docs_quote_is_the_one_estimates_add():
     assert f"plus {margin})" in (root / "docs" / "studies.md").read_text()
     assert f"plus the same {margin} margin" in " ".join((root / "docs" / "statistics.md").read_text().split())
     assert f"each with a {margin} margin" in estimate.estimate_sources("here")
+
+
+def test_runs_that_differ_only_in_what_they_draw_are_one_kind_and_a_run_of_another_cost_is_not(tiny_cifar):
+    """A seed or an init draws other numbers at the same cost: a run with the models' init
+    changed takes the recorded time of the runs it was changed from, not timed steps; a change
+    to what is computed (its epochs, its arch) is another kind."""
+    data, _ = tiny_cifar
+    base = resolve(run_config("mutual", data, **{"seed": 0, "cohort": 2}))
+    assert kind_of_run(dict(base, seed=2, init="he_normal_conv")) == kind_of_run(base)
+    assert kind_of_run(dict(base, init="he_normal_fan_out")) == kind_of_run(dict(base, init="pytorch_default"))
+    assert kind_of_run(dict(base, train=dict(base["train"], epochs=base["train"]["epochs"] + 1))) != kind_of_run(base)
+    assert kind_of_run(dict(base, arch=["resnet20", "resnet32"])) != kind_of_run(base)

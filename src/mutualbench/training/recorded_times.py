@@ -32,14 +32,19 @@ HERE = "this kind of machine"
 NOT_RECORDED = "no run of this kind recorded here"
 
 
+COST_FREE_KEYS = ("seed", "init")  # what a run draws, not what it computes: runs differing only here cost the same
+
+
 def kind_of_run(resolved: dict) -> str:
-    """A run's kind: its resolved config without its seed and without the path its data was
-    read from (a record names the local copy it read), as a record made before a later key
-    existed would give it."""
+    """A run's kind: its resolved config without what does not change its cost (its seed and
+    its models' init, ``COST_FREE_KEYS``) and without the path its data was read from (a
+    record names the local copy it read), as a record made before a later key existed would
+    give it."""
     from ..core.config import canonical_json, without_later_defaults
 
     data = {k: v for k, v in (resolved.get("data") or {}).items() if k != "source"}
-    return canonical_json(without_later_defaults({k: v for k, v in dict(resolved, data=data).items() if k != "seed"}))
+    kept = {k: v for k, v in without_later_defaults(dict(resolved, data=data)).items() if k not in COST_FREE_KEYS}
+    return canonical_json(kept)
 
 
 def family_of(kind: str) -> str:
