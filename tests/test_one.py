@@ -44,6 +44,11 @@ def test_one_loss_is_hand_computed():
     soft = [[math.exp(v / 2) for v in row] for row in ([0.0, 0.0], [math.log(3.0), 0.0], [math.log(3.0) / 2, 0.0])]
     soft = [[v / sum(row) for v in row] for row in soft]
     assert t2["kl"].tolist() == pytest.approx([4 * kl(soft[2], soft[0]), 4 * kl(soft[2], soft[1])], abs=1e-12)
+    # a KL weight (the ramp-up's) scales the KL terms only, and the total with them
+    total_w, ce_w, half = one_loss_terms(logits, ensemble, y, 1.0, "sum", kl_weight=0.25)
+    assert half["kl"].tolist() == pytest.approx([0.25 * kl(pe, p1), 0.25 * kl(pe, p2)], abs=1e-12)
+    assert half["ce"].tolist() == terms["ce"].tolist() and ce_w.item() == ce_e.item()
+    assert total_w.item() == pytest.approx(total.item() - 0.75 * (kl(pe, p1) + kl(pe, p2)), abs=1e-12)
 
 
 def test_the_ensemble_is_a_detached_target_of_the_branches():
@@ -61,13 +66,35 @@ def test_the_gate_weighs_the_branches_per_image():
     assert weights.shape == (5, 3) and torch.allclose(weights.sum(-1), torch.ones(5))
 
 
-def _built(arch="wrn_10_1", k=3):
+def _built(arch="wrn_10_1", k=3, rampup_epochs=0):
     config = golden.case_config("one")
     config.update(arch=[arch], cohort=k)
+    config["one"] = dict(config["one"], rampup_epochs=rampup_epochs)
     resolved = resolve(config)
     method = get_method("one")
     ctx = BuildContext(hashed_config(resolved, "one"), CPU, 10)
     return ctx, method.build(ctx), method
+
+
+@pytest.mark.parametrize("epoch", [0, 1, 2, 5])
+def test_the_kl_terms_ramp_up_over_one_rampup_epochs_as_the_okddip_authors_one_baseline_does(epoch):
+    """With ``one.rampup_epochs = 2`` a step of epoch e weighs the KL terms by exp(-5 (1 - e/2)^2)
+    (exp(-5), exp(-1.25), then 1): the step's terms against ``one_loss_terms`` of the same
+    forward pass at weight 1; the CE terms are not weighed."""
+    ctx, (slots, (stage,)), _ = _built(rampup_epochs=2)
+    stage.begin()
+    stage.begin_epoch(epoch, epoch)
+    stage.train_mode()
+    torch.manual_seed(1)
+    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    with torch.no_grad():
+        logits, ensemble = slots["ensemble"].module.all_logits(x)
+    _, _, plain = one_loss_terms(logits, ensemble, y, stage.temperature, stage.reduction)
+    weight = math.exp(-5 * (1 - min(epoch, 2) / 2) ** 2)
+    out = stage.step(x, y)
+    for k in range(3):
+        assert out[f"branch{k + 1}/kl"].item() == pytest.approx(weight * plain["kl"][k].item(), rel=1e-5)
+        assert out[f"branch{k + 1}/ce"].item() == pytest.approx(plain["ce"][k].item(), rel=1e-5)
 
 
 def test_parts_start_as_the_same_index_would_and_share_one_trunk():

@@ -82,7 +82,8 @@ def test_every_profile_expands_into_runs_of_the_shared_recipe(profile):
         if method == "mutual":
             assert r["mutual"]["peer_weight"] == "mean" and r["mutual"]["update_order"] == "simultaneous"
         elif method == "one":
-            assert r["one"] == {"temperature": 3.0, "split_at": None}  # branches: ResNet-32's layer3
+            # branches: ResNet-32's layer3; the KL ramped up as OKDDip's (the authors' ONE baseline)
+            assert r["one"] == {"temperature": 3.0, "split_at": None, "rampup_epochs": rampup}
         elif method == "kdcl":
             assert (r["kdcl"]["ensemble"], r["kdcl"]["temperature"], r["kdcl"]["weight"]) == ("min_logit", 3.0, 1.0)
         elif method == "okddip":
@@ -93,27 +94,49 @@ def test_every_profile_expands_into_runs_of_the_shared_recipe(profile):
             assert r["pcl"]["ema_decay"] == decay
 
 
+def stored_cpu_runs() -> tuple[dict[str, dict], str]:
+    """The stored `cpu` records' configs by run id, and the data's checksum."""
+    stored = sorted((ROOT / "results" / "online_kd" / "cpu" / "runs").glob("*.json"))
+    records = {f.stem: json.loads(f.read_text()) for f in stored}
+    return {rid: r["config"] for rid, r in records.items()}, next(iter(records.values()))["data"]["sha256"]
+
+
+def ablation_ids(name: str) -> tuple[dict[str, set[str]], dict[tuple[str, int], str]]:
+    """The `cpu` run ids of ablation ``name`` by value, and the main arms' run ids by (arm, seed)."""
+    plan = expand(load_spec(SPEC), "cpu", [0, 1, 2], "cifar10")
+    _, sha = stored_cpu_runs()
+    ids: dict[str, set[str]] = {}
+    for p in plan:
+        if p.ablation == name:
+            ids.setdefault(p.value, set()).add(run_id(resolve(p.config), sha))
+    return ids, {(p.arm, p.seed): run_id(resolve(p.config), sha) for p in plan if p.ablation is None}
+
+
 def test_the_init_ablation_holds_the_first_cpu_runs_drawn_with_the_resnets_own_init():
-    """The first nine `cpu` runs (individual, DML and ONE, seeds 0-2) were drawn with the
+    """The first `cpu` runs of individual training and DML (seeds 0-2) were drawn with the
     ResNets' own init (the classifier He fan-out too): the `init` ablation's `classifier_he`
     value is exactly them, by run id, and its `he_normal_conv` value is the main arms' runs."""
-    spec = load_spec(SPEC)
-    plan = expand(spec, "cpu", [0, 1, 2], "cifar10")
-    ablation = [p for p in plan if p.ablation == "init"]
-    main = {(p.arm, p.seed): p for p in plan if p.ablation is None}
-    assert {(p.arm, p.value) for p in ablation} == {(arm, value) for arm in ("individual", "dml", "one")
-                                                    for value in ("he_normal_conv", "classifier_he")}
-    stored = sorted((ROOT / "results" / "online_kd" / "cpu" / "runs").glob("*.json"))
-    sha = json.loads(stored[0].read_text())["data"]["sha256"]
-    ids = {p.value: set() for p in ablation}
-    for p in ablation:
-        ids[p.value].add(run_id(resolve(p.config), sha))
-        if p.value == "he_normal_conv":
-            assert run_id(resolve(p.config), sha) == run_id(resolve(main[(p.arm, p.seed)].config), sha)
-    first = {f.stem for f in stored if json.loads(f.read_text())["config"].get("init", "pytorch_default")
-             == "pytorch_default"}
-    assert len(ids["classifier_he"]) == 9 and first == ids["classifier_he"]
-    assert not ids["classifier_he"] & ids["he_normal_conv"]
+    ids, main = ablation_ids("init")
+    configs, _ = stored_cpu_runs()
+    assert set(ids) == {"he_normal_conv", "classifier_he"}
+    assert ids["he_normal_conv"] == {main[(arm, seed)] for arm in ("individual", "dml") for seed in (0, 1, 2)}
+    first = {rid for rid, c in configs.items() if c.get("init", "pytorch_default") == "pytorch_default"
+             and c["method"] != "one"}
+    assert len(ids["classifier_he"]) == 6 and first == ids["classifier_he"]
+
+
+def test_the_one_rampup_ablation_holds_the_cpu_runs_of_one_without_its_ramp_up():
+    """ONE's `cpu` runs made before its KL terms were ramped up (three with the classifier
+    He-initialised, three with the main arms' init) are the `one_rampup` ablation's `none_*`
+    values, by run id; its `ramp` value is the main ONE arm, whose runs differ from all six."""
+    ids, main = ablation_ids("one_rampup")
+    configs, _ = stored_cpu_runs()
+    unramped = {rid for rid, c in configs.items() if c["method"] == "one" and not c["one"].get("rampup_epochs")}
+    before = {rid for rid in unramped if configs[rid].get("init", "pytorch_default") == "pytorch_default"}
+    assert set(ids) == {"ramp", "none", "none_classifier_he"}
+    assert len(ids["none_classifier_he"]) == 3 and ids["none_classifier_he"] == before
+    assert len(ids["none"]) == 3 and ids["none"] == unramped - before
+    assert ids["ramp"] == {main[("one", seed)] for seed in (0, 1, 2)} and not ids["ramp"] & unramped
 
 
 def test_the_smoke_profile_is_the_exact_tier_and_the_cpu_profile_plans_three_seeds():

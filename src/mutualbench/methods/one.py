@@ -8,7 +8,12 @@ trained with them on the fly. The loss of one batch is
 
     L = sum_k CE(z_k, y) + CE(z_e, y) + T^2 sum_k KL(softmax(z_e / T) || softmax(z_k / T))
 
-with T = ``one.temperature`` (3 in the paper). The ensemble's distribution is a target in
+with T = ``one.temperature`` (3 in the paper), the KL terms weighted by w(epoch): 1 in the
+paper's equation (``one.rampup_epochs = 0``, the default), or the sigmoid ramp-up
+exp(-5 (1 - t)^2), t = epoch / ``one.rampup_epochs`` (``cohort_loss.ramp_up``), with which the
+OKDDip authors' code trains its ONE baseline (80 epochs of 300, weight 1): early in training
+the gated ensemble is no better than its branches, and a full-weight pull towards it lets the
+whole network settle on one uniform prediction (CE ln C, KL 0). The ensemble's distribution is a target in
 the KL terms (detached, as a teacher's is in KD): the branches learn from it, and it learns
 from the labels (its CE) and through the branches it is made of.
 
@@ -31,13 +36,16 @@ from torch import nn
 from ..core.config import KeyType, register_section
 from ..core.errors import UserError
 from .base import BuildContext, Method, ModelSlot, OptimizingStage, loss_terms, register_method
+from .cohort_loss import ramp_up
 from .losses import _reduce, cross_entropy, kl_divergence
 from .stages import autocast_bf16, channels_last_input, layout_description, to_channels_last
 
 ONE_SECTION = register_section(
     "one",
-    {"temperature": 3.0, "split_at": None},  # None: branch off before the architecture's last stage
-    {"temperature": KeyType("number", lo=0, lo_open=True), "split_at": KeyType("str", nullable=True)},
+    # split_at None: branch off before the architecture's last stage; rampup_epochs 0: no ramp-up
+    {"temperature": 3.0, "split_at": None, "rampup_epochs": 0},
+    {"temperature": KeyType("number", lo=0, lo_open=True), "split_at": KeyType("str", nullable=True),
+     "rampup_epochs": KeyType("int", lo=0)},
 )
 
 
@@ -82,12 +90,14 @@ class OneNetwork(nn.Module):
 
 
 def one_loss_terms(logits: torch.Tensor, ensemble: torch.Tensor, target: torch.Tensor, temperature: float,
-                   reduction: str = "sum") -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+                   reduction: str = "sum", kl_weight: float = 1.0,
+                   ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     """ONE's loss of a batch from the branches' ``[K, B, C]`` and the ensemble's ``[B, C]``
     logits: (the total, the ensemble's CE, the branches' terms ``ce`` and ``kl``, ``[K]``
-    each, the KL weighted by T^2); total = sum of the branches' terms + the ensemble's CE."""
+    each, the KL weighted by ``kl_weight`` T^2); total = sum of the branches' terms + the
+    ensemble's CE."""
     ce = cross_entropy(logits, target, reduction)  # [K]
-    kl = temperature**2 * _reduce(kl_divergence(ensemble.detach().expand_as(logits), logits, temperature), reduction)
+    kl = kl_weight * temperature**2 * _reduce(kl_divergence(ensemble.detach().expand_as(logits), logits, temperature), reduction)
     ce_e = cross_entropy(ensemble, target, reduction)
     return ce.sum() + ce_e + kl.sum(), ce_e, {"ce": ce, "kl": kl}
 
@@ -102,7 +112,7 @@ class OneStage(OptimizingStage):
         self.network, self.names, self.device, self.bf16 = network, names, ctx.device, ctx.bf16
         self.channels_last = ctx.channels_last
         self.cfg, self.reduction = ctx.config["train"], ctx.reduction
-        self.temperature = ctx.config["one"]["temperature"]
+        self.temperature, self.rampup_epochs = ctx.config["one"]["temperature"], ctx.config["one"]["rampup_epochs"]
         self.epochs = self.cfg["epochs"]
         self.eval_names = (*names, "ensemble")
 
@@ -121,7 +131,8 @@ class OneStage(OptimizingStage):
         x = channels_last_input(x, self.channels_last)
         with autocast_bf16(self.device, self.bf16):
             logits, ensemble = self.network.all_logits(x)
-        total, ce_e, terms = one_loss_terms(logits, ensemble, y, self.temperature, self.reduction)
+        total, ce_e, terms = one_loss_terms(logits, ensemble, y, self.temperature, self.reduction,
+                                            ramp_up(self.epoch, self.rampup_epochs))
         self.optimizers["network"].step(total)
         with torch.no_grad():
             out = loss_terms("ensemble", ce_e, {"ce": ce_e})
