@@ -196,6 +196,22 @@ def test_a_look_at_the_planned_seeds_is_final_and_a_claims_own_delta_wins(tmp_pa
     assert "interim" not in table and "| **supported** |" in table.replace("  ", "")
 
 
+def test_a_claim_is_interim_while_another_test_of_its_holm_family_lacks_seeds(tmp_path):
+    """a vs b has the planned 4 seeds, a vs c (the same family) 3: a vs c's p-value still moves
+    a vs b's Holm adjustment, so a_beats_b is interim too, and says why."""
+    accs = dict(ACCS, c=ACCS["c"][:3])
+    folder = fake_study(tmp_path / "s", accs, SPEC, {"delta": 1.0, "seeds": 4})
+    out = evaluate(load_study(folder)).set_index("claim")
+    assert (out["look"] == "interim").all() and out.loc["a_beats_b", "achieved_n"] == 4
+    text = markdown({"cpu": evaluate(load_study(folder))})
+    assert "interim, n = 4 but its Holm family incomplete: **negligible** so far" in text
+    assert "interim, n = 3 of 4: **supported** so far" in text
+    # another family's missing seeds do not hold a claim back
+    spec = dict(SPEC, comparisons=[{"a": "a", "b": "b"}, {"a": "a", "b": "c", "family": "other"}])
+    out = evaluate(load_study(fake_study(tmp_path / "t", accs, spec, {"delta": 1.0, "seeds": 4}))).set_index("claim")
+    assert out.loc["a_beats_b", "look"] == "final" and out.loc["a_beats_c", "look"] == "interim"
+
+
 def test_a_profile_without_delta_never_reads_negligible(tmp_path):
     folder = fake_study(tmp_path / "s", ACCS, SPEC, {})
     out = evaluate(load_study(folder)).set_index("claim")

@@ -26,9 +26,10 @@ effect is smaller than the smallest that matters), **undecided** otherwise, and 
 when a profile lacks the runs.
 
 A profile plans its number of seeds (``seeds``, else ``[study] seeds``). The claims are
-decided at the planned n only, at the stated alpha: a look with fewer seeds is labelled
-*interim* everywhere it is shown, and is information, not a decision (adding seeds until a
-claim first looks decided would inflate its error rate).
+decided at the planned n only, at the stated alpha: a look with fewer seeds, in its own test or
+in another test of its Holm family (whose p-values adjust its own), is labelled *interim*
+everywhere it is shown, and is information, not a decision (adding seeds until a claim first
+looks decided would inflate its error rate).
 
 The same outcome (positive / negative / not significant) is what ``compare`` asks a rerun to
 reach for each of the spec's comparisons and contrasts ("claims reproduced: k of n").
@@ -277,7 +278,7 @@ CLAIM_COLUMNS = ["claim", "text", "test", "expect", "published", "verdict", "loo
 def evaluate(study: Study, found: dict[str, dict] | None = None) -> pd.DataFrame:
     """One row per claim of the study's spec: its test's numbers at both statistics, the
     verdict, and whether this look is final (the profile's planned seeds reached by every
-    statistic the rule names) or interim. Empty when the spec states no claims."""
+    statistic the rule names, in every test of the claim's Holm family) or interim. Empty when the spec states no claims."""
     found = tests(study) if found is None else found
     planned = planned_seeds(study.spec, study.manifest.get("profile"))
     rows = []
@@ -289,11 +290,13 @@ def evaluate(study: Study, found: dict[str, dict] | None = None) -> pd.DataFrame
         rule = parse_rule(c.get("rule"), c["name"])
         achieved = min((t[s]["n"] for s in rule.statistics), default=0) if t else 0
         # a seed whose run failed to train (the profile's rule) is run: it is out of the test, and
-        # no other seed replaces it, so the look is final once the rest of the planned seeds are in
-        failed = len(study.failed_seeds(t["weights"])) if t else 0
+        # no other seed replaces it, so the look is final once the rest of the planned seeds are in;
+        # and once every test of its Holm family is, since each one's adjusted p moves the others'
+        family = [f for f in found.values() if f["family"] == t["family"]] if t else []
+        reached = min((_reached(study, f, rule) for f in family), default=0)
         row = {"claim": c["name"], "text": c["text"], "test": key if "comparison" in c else f"contrast {key}",
                "expect": c["expect"], "published": c.get("published", ""), "verdict": verdict(c, t),
-               "look": look(achieved + failed, planned), "achieved_n": achieved, "planned_n": planned,
+               "look": look(reached, planned), "achieved_n": achieved, "planned_n": planned,
                "rule": rule.describe(), "delta": t["delta"] if t and t["delta"] else math.nan}
         for stat, _ in STATISTICS:
             pre = "" if stat == "final" else f"{stat}_"
@@ -305,6 +308,12 @@ def evaluate(study: Study, found: dict[str, dict] | None = None) -> pd.DataFrame
                         f"{pre}seeds_expected_sign": (n["pos"] if c["expect"] == "positive" else n["neg"]) if n else 0})
         rows.append(row)
     return pd.DataFrame(rows, columns=CLAIM_COLUMNS)
+
+
+def _reached(study: Study, t: dict, rule) -> int:
+    """The seeds a test has at the statistics ``rule`` names, counting those whose run failed to
+    train (they are run, and out of the test)."""
+    return min(t[s]["n"] for s in rule.statistics) + len(study.failed_seeds(t["weights"]))
 
 
 def _cell(r: pd.Series, pre: str) -> str:
@@ -333,6 +342,8 @@ def verdict_text(r: pd.Series, bold: bool = False) -> str:
     planned = r.get("planned_n", math.nan)
     if r.get("look") != "interim" or planned is None or math.isnan(planned):
         return v
+    if r["achieved_n"] >= planned:  # its own test is complete, another of its Holm family is not
+        return f"interim, n = {int(planned)} but its Holm family incomplete: {v} so far"
     return f"interim, n = {int(r['achieved_n'])} of {int(planned)}: {v} so far"
 
 
