@@ -289,6 +289,16 @@ def test_every_figure_of_the_online_kd_reading_is_in_its_tables():
     dml = ", ".join(f"{float(table[('classifier_he', 'dml', f'student{k}')]['final_mean']):.2f} ± "
                     f"{float(table[('classifier_he', 'dml', f'student{k}')]['final_std']):.2f}" for k in (1, 2))
     assert f"DML's students finished at {dml} and" in reading
+    # the main arm it is set against, and the paired difference between them
+    main = next(r for r in rows("results/online_kd/cpu/table.csv") if r["ablation"] == "main" and r["arm"] == "individual")
+    assert f"alone on the profile's 10,000 images finished at {float(main['final_mean']):.2f} ± " \
+           f"{float(main['final_std']):.2f}%" in reading
+    pair = next(r for r in rows("results/online_kd/cpu/ablation_comparisons.csv")
+                if (r["ablation"], r["arm"]) == ("init", "individual"))
+    assert f"finished at {float(alone['final_mean']):.2f} ± {float(alone['final_std']):.2f}%, " \
+           f"{abs(float(pair['diff_mean'])):.2f} points below" in reading
+    assert f"(the paired differences' std {float(pair['diff_std']):.2f})" in reading
+    assert f"(Holm p {float(pair['p_holm']):.3f} at the final epoch" in reading
 
 
 def test_a_stale_online_kd_figure_is_caught():
