@@ -278,7 +278,8 @@ CLAIM_COLUMNS = ["claim", "text", "test", "expect", "published", "verdict", "loo
 def evaluate(study: Study, found: dict[str, dict] | None = None) -> pd.DataFrame:
     """One row per claim of the study's spec: its test's numbers at both statistics, the
     verdict, and whether this look is final (the profile's planned seeds reached by every
-    statistic the rule names, in every test of the claim's Holm family) or interim. Empty when the spec states no claims."""
+    statistic the rule names, in every test of the claim's Holm family) or interim. Empty when
+    the spec states no claims."""
     found = tests(study) if found is None else found
     planned = planned_seeds(study.spec, study.manifest.get("profile"))
     rows = []

@@ -70,6 +70,7 @@ def default_dtype(dtype: torch.dtype) -> Iterator[None]:
 # The config's ``init`` choices other than ``pytorch_default`` (the architecture's own init).
 INITS = {"he_normal_fan_out": he_normal_fan_out, "he_normal_conv": he_normal_conv}
 
+
 class HashedConfig(dict):
     """A run's resolved config as its method's build sees it: exactly the sections the run id
     hashes (``run.resolve``). Reading a section outside them is an error that names the fix,

@@ -13,9 +13,9 @@ paper's equation (``one.rampup_epochs = 0``, the default), or the sigmoid ramp-u
 exp(-5 (1 - t)^2), t = epoch / ``one.rampup_epochs`` (``cohort_loss.ramp_up``), with which the
 OKDDip authors' code trains its ONE baseline (80 epochs of 300, weight 1): early in training
 the gated ensemble is no better than its branches, and a full-weight pull towards it lets the
-whole network settle on one uniform prediction (CE ln C, KL 0). The ensemble's distribution is a target in
-the KL terms (detached, as a teacher's is in KD): the branches learn from it, and it learns
-from the labels (its CE) and through the branches it is made of.
+whole network settle on one uniform prediction (CE ln C, KL 0). The ensemble's distribution
+is a target in the KL terms (detached, as a teacher's is in KD): the branches learn from it,
+and it learns from the labels (its CE) and through the branches it is made of.
 
 The models of a run are ``branch1`` ... ``branchK`` (each the trunk with its own branch: a
 network one can deploy alone, counted with the trunk) and ``ensemble`` (the whole network
@@ -97,7 +97,8 @@ def one_loss_terms(logits: torch.Tensor, ensemble: torch.Tensor, target: torch.T
     each, the KL weighted by ``kl_weight`` T^2); total = sum of the branches' terms + the
     ensemble's CE."""
     ce = cross_entropy(logits, target, reduction)  # [K]
-    kl = kl_weight * temperature**2 * _reduce(kl_divergence(ensemble.detach().expand_as(logits), logits, temperature), reduction)
+    kl = _reduce(kl_divergence(ensemble.detach().expand_as(logits), logits, temperature), reduction)
+    kl = kl_weight * temperature**2 * kl
     ce_e = cross_entropy(ensemble, target, reduction)
     return ce.sum() + ce_e + kl.sum(), ce_e, {"ce": ce, "kl": kl}
 
