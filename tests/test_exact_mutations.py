@@ -128,13 +128,13 @@ def _kl_reversed(p_logits, q_logits, temperature=1.0):
     return _KL(q_logits, p_logits, temperature)
 
 
-def _mutual_peers_attached(logits, target, peer_weight="mean", reduction="sum"):
+def _mutual_peers_attached(logits, target, peer_weight="mean", reduction="sum", kl_weight=1.0):
     k = logits.shape[0]
     logp = F.log_softmax(logits, dim=-1)
     p = logp.exp()  # peers not detached: their gradient flows too
     kl = sum((p[j] * (logp[j] - logp)).sum(-1) * (torch.arange(k) != j).view(k, 1) for j in range(k))
     ce = -logp.gather(-1, target.expand(k, -1).unsqueeze(-1)).squeeze(-1)
-    weighted = losses.peer_weight_value(peer_weight, k) * kl
+    weighted = kl_weight * losses.peer_weight_value(peer_weight, k) * kl
     terms = {"ce": losses._reduce(ce, reduction).detach(), "kl": losses._reduce(weighted, reduction).detach()}
     return losses._reduce(ce + weighted, reduction), terms
 

@@ -139,6 +139,24 @@ def test_the_one_rampup_ablation_holds_the_cpu_runs_of_one_without_its_ramp_up()
     assert ids["ramp"] == {main[("one", seed)] for seed in (0, 1, 2)} and not ids["ramp"] & unramped
 
 
+def test_the_dml_rampup_ablation_is_opt_in_and_differs_from_the_main_dml_arm_in_its_ramp_only():
+    """`dml_rampup` runs only when asked for (no profile plans it by default, so CI's smoke set
+    is unchanged); its `none` value is the main DML arm's runs, and `ramp_4_epochs` the same
+    runs with the KL terms ramped up over 4 epochs, every other setting equal."""
+    spec = load_spec(SPEC)
+    for profile in ("cpu", "smoke", "full"):
+        assert not [p for p in expand(spec, profile, [0, 1, 2], "cifar10") if p.ablation == "dml_rampup"]
+    plan = expand(spec, "cpu", [0, 1, 2], "cifar10", ablations=["dml_rampup"])
+    main = {p.seed: resolve(p.config) for p in plan if p.ablation is None and p.arm == "dml"}
+    values = {(p.value, p.seed): resolve(p.config) for p in plan if p.ablation == "dml_rampup"}
+    assert sorted(values) == [(v, s) for v in ("none", "ramp_4_epochs") for s in (0, 1, 2)]
+    for seed in (0, 1, 2):
+        assert values[("none", seed)] == main[seed] and main[seed]["mutual"]["rampup_epochs"] == 0
+        ramped = values[("ramp_4_epochs", seed)]
+        assert ramped["mutual"]["rampup_epochs"] == 4
+        assert dict(ramped, mutual=dict(ramped["mutual"], rampup_epochs=0)) == main[seed]
+
+
 def test_the_smoke_profile_is_the_exact_tier_and_the_cpu_profile_plans_three_seeds():
     spec = load_spec(SPEC)
     smoke = spec.profile("smoke")

@@ -389,7 +389,7 @@ def validate(config: dict, source: str = "config") -> dict:
 # default keeps the id it had before the key existed.
 LATER_KEYS = {"init": "pytorch_default", "pretrain": "none"}
 # The same for keys inside a section: (section, key) -> default.
-LATER_SECTION_KEYS = {("speed", "dtype"): "float32", ("one", "rampup_epochs"): 0}
+LATER_SECTION_KEYS = {("speed", "dtype"): "float32", ("one", "rampup_epochs"): 0, ("mutual", "rampup_epochs"): 0}
 
 
 def canonical_json(obj: Any) -> str:

@@ -71,11 +71,12 @@ def peer_weight_value(peer_weight: str, k: int) -> float:
 
 
 def mutual_loss_terms(logits: torch.Tensor, target: torch.Tensor, peer_weight: str = "mean",
-                      reduction: str = "sum") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                      reduction: str = "sum", kl_weight: float = 1.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Every cohort member's DML loss at once: ``logits`` is ``[K, B, C]``, result ``[K]``,
     with its terms ``ce`` and ``kl`` (``[K]`` each, detached: the weighted peer KL, so the
     two add up to the total up to rounding; the total is reduced in one piece, as before the
-    terms existed, so that it is the same number).
+    terms existed, so that it is the same number). ``kl_weight`` (a ramp-up's) scales the KL
+    terms on top of the peer weight; at 1 the arithmetic is the paper's loss unchanged.
 
     With P_l the detached peer distributions, sum_{l != k} KL(P_l || p_k) =
     sum_{l != k} sum_c P_l log P_l  -  sum_c (sum_{l != k} P_l) log p_k, so one pass over the
@@ -93,6 +94,8 @@ def mutual_loss_terms(logits: torch.Tensor, target: torch.Tensor, peer_weight: s
     kl_sum = others_neg_entropy - (others_p * logp).sum(-1)  # [K, B]
     ce = -logp.gather(-1, target.expand(k, -1).unsqueeze(-1)).squeeze(-1)  # [K, B]
     weighted_kl = peer_weight_value(peer_weight, k) * kl_sum
+    if kl_weight != 1.0:
+        weighted_kl = kl_weight * weighted_kl
     total = _reduce(ce + weighted_kl, reduction)
     with torch.no_grad():
         terms = {"ce": _reduce(ce, reduction), "kl": _reduce(weighted_kl, reduction)}
