@@ -383,6 +383,7 @@ def markdown(frames: dict[str, pd.DataFrame]) -> str:
              "the rule (" + "; ".join(rules) + "), contradicted when it meets it in the other direction, "
              "negligible when it meets neither and is equivalent within ±delta at every statistic "
              f"(delta: {' or '.join(deltas) + (' point' if deltas == ['1'] else ' points') if deltas else 'none stated, so never'}), undecided "
-             "otherwise. A look with fewer seeds than the profile plans is interim: the claims are decided at "
-             "the planned n only, so an interim verdict is information, not a decision."]
+             "otherwise. A look is interim until every test of the claim's Holm family has the seeds the profile "
+             "plans: the claims are decided at the planned n only, so an interim verdict is information, not a "
+             "decision."]
     return "\n".join(lines) + "\n"
