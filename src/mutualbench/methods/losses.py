@@ -93,9 +93,7 @@ def mutual_loss_terms(logits: torch.Tensor, target: torch.Tensor, peer_weight: s
     others_p = peer_p.sum(0, keepdim=True) - peer_p  # [K, B, C]
     kl_sum = others_neg_entropy - (others_p * logp).sum(-1)  # [K, B]
     ce = -logp.gather(-1, target.expand(k, -1).unsqueeze(-1)).squeeze(-1)  # [K, B]
-    weighted_kl = peer_weight_value(peer_weight, k) * kl_sum
-    if kl_weight != 1.0:
-        weighted_kl = kl_weight * weighted_kl
+    weighted_kl = kl_weight * peer_weight_value(peer_weight, k) * kl_sum  # one scalar: no extra pass
     total = _reduce(ce + weighted_kl, reduction)
     with torch.no_grad():
         terms = {"ce": _reduce(ce, reduction), "kl": _reduce(weighted_kl, reduction)}
