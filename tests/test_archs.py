@@ -115,7 +115,7 @@ def test_he_normal_conv_draws_the_convolutions_as_he_fan_out_and_leaves_the_clas
     head, head_he = conv.head[2], fan_out.head[2]
     bound = 1 / 64 ** 0.5
     assert head.weight.abs().max() <= bound and head.bias.abs().max() <= bound and head.bias.abs().sum() > 0
-    assert float(head_he.weight.std()) == pytest.approx((2 / 10) ** 0.5, rel=0.15) and not head_he.bias.any()
+    assert float(head_he.weight.detach().std()) == pytest.approx((2 / 10) ** 0.5, rel=0.15) and not head_he.bias.any()
 
 
 def test_a_cifar_resnets_own_init_starts_its_logits_several_times_larger_than_he_normal_conv():
